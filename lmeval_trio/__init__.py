@@ -1,0 +1,1 @@
+"""lmeval-trio: lm-evaluation-harness jobs served over HTTP on Trio."""

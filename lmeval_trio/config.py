@@ -1,0 +1,193 @@
+"""Server settings: the one place that reads the environment.
+
+Every setting is an environment variable prefixed ``LMEVAL_`` except the two the original
+server defined (``MAX_CONCURRENCY``, ``QUEUE_PROCESS_INTERVAL``), which keep their names so
+existing deployments keep working. Values are validated once, at start, with errors that
+name the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Environment variable name for each field whose name is not LMEVAL_<FIELD>.
+_LEGACY_NAMES = {
+    "max_concurrency": "MAX_CONCURRENCY",
+    "queue_process_interval_s": "QUEUE_PROCESS_INTERVAL",
+}
+_LIST_FIELDS = frozenset(
+    {
+        "api_keys",
+        "allowed_lm_eval_paths",
+        "allowed_path_roots",
+        "env_allowlist",
+        "cors_origins",
+        "gpus",
+    }
+)
+_SECRET_FIELDS = frozenset({"api_keys"})
+
+
+class SettingsError(ValueError):
+    """The environment holds an invalid setting; the message names the variable."""
+
+
+class Settings(BaseModel):
+    """Effective configuration of one server (or one embedded supervisor)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = Field(
+        default=Path("lmeval-data"),
+        description="Where the job database, logs, results and caches live.",
+    )
+    max_concurrency: int = Field(default=4, ge=0, le=1024, description="Execution slots.")
+    queue_process_interval_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Accepted for compatibility; dispatch is event-driven and ignores it.",
+    )
+    kill_grace_s: float = Field(
+        default=10.0, gt=0, le=600, description="SIGTERM → SIGKILL grace period for a job."
+    )
+    log_tail_lines: int = Field(
+        default=100, ge=0, le=10_000, description="Lines of stdout/stderr in GET /job/{id}."
+    )
+    log_tail_max_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Bytes read from the end of a log for its tail."
+    )
+    progress_flush_s: float = Field(
+        default=1.0, gt=0, description="How often live progress is written to the store."
+    )
+    requeue_interrupted: bool = Field(
+        default=True,
+        description="Requeue jobs that a crash or shutdown interrupted (else mark them Failed).",
+    )
+    fast_start: bool = Field(
+        default=True, description="Run the server's lm-eval through the cached task index."
+    )
+    install_signal_handlers: bool = Field(
+        default=True, description="Turn SIGTERM into a graceful shutdown (served app only)."
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, description="Upper bound for background work at shutdown."
+    )
+    # Safety (see README "Security").
+    api_keys: tuple[str, ...] = Field(default=(), description="Bearer keys; empty = open.")
+    api_keys_file: Path | None = Field(default=None, description="File with one key per line.")
+    allowed_lm_eval_paths: tuple[str, ...] = Field(
+        default=(), description="Executables a request may name as lm_eval_path."
+    )
+    allowed_path_roots: tuple[Path, ...] = Field(
+        default=(), description="Roots (besides the data dir) that path fields may point into."
+    )
+    env_allowlist: tuple[str, ...] = Field(
+        default=(), description="If set, the only env_vars names a request may pass."
+    )
+    allow_code_execution: bool = Field(
+        default=False, description="Allow trust_remote_code / unsafe code tasks."
+    )
+    allow_online: bool = Field(
+        default=False, description="Let jobs reach the Hugging Face hub (else offline mode)."
+    )
+    cors_origins: tuple[str, ...] = Field(default=(), description="Allowed CORS origins.")
+    max_queued_jobs: int = Field(default=10_000, ge=1, description="Queue bound (429 beyond).")
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="Body size bound.")
+    retention_max_age_s: float | None = Field(
+        default=None, gt=0, description="Delete finished jobs older than this."
+    )
+    retention_max_jobs: int | None = Field(
+        default=None, ge=0, description="Keep at most this many finished jobs."
+    )
+    gpus: tuple[str, ...] = Field(default=(), description="GPU ids; when set they form the slots.")
+    gpus_per_job: int = Field(default=1, ge=1, description="GPUs in one slot.")
+    log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
+    log_level: str = Field(default="INFO", description="Server log level.")
+
+    @field_validator("data_dir", "api_keys_file", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().absolute()
+
+    @field_validator("allowed_path_roots", mode="after")
+    @classmethod
+    def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(p.expanduser().absolute() for p in value)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from the environment; ``overrides`` win (used by tests and the CLI)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(env_name(name))
+            if raw is not None and raw.strip() != "":
+                values[name] = _parse_raw(name, raw)
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise SettingsError(_describe(error)) from None
+
+    def all_api_keys(self) -> frozenset[str]:
+        """Keys from the setting and the key file (read at start, so rotation = restart)."""
+        keys = set(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as error:
+                raise SettingsError(f"LMEVAL_API_KEYS_FILE: cannot read: {error}") from None
+            keys.update(line.strip() for line in text.splitlines() if line.strip())
+        return frozenset(keys)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Effective settings with secrets masked, for GET /config and the start-up log."""
+        data = self.model_dump(mode="json")
+        for name in _SECRET_FIELDS:
+            data[name] = f"<{len(data[name])} configured>"
+        return data
+
+
+def job_base_environment() -> dict[str, str]:
+    """The server's environment minus its own settings (which may hold secrets).
+
+    lm-eval reads LMEVAL_LOG_LEVEL itself, so that one variable passes through.
+    """
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("LMEVAL_") or name == "LMEVAL_LOG_LEVEL"
+    }
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return _LEGACY_NAMES.get(field, "LMEVAL_" + field.upper())
+
+
+def _parse_raw(name: str, raw: str) -> Any:
+    """Lists come comma-separated (or as a JSON array); everything else as given."""
+    if name not in _LIST_FIELDS:
+        return raw
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{env_name(name)}: invalid JSON list: {error}") from None
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        parts.append(f"{env_name(field)}: {item['msg']}")
+    return "invalid settings: " + "; ".join(parts)

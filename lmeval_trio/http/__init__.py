@@ -1,0 +1,1 @@
+"""The HTTP edge: a Quart-Trio app whose routes stay thin and call the supervisor."""

@@ -1,0 +1,87 @@
+"""create_app(): the Quart-Trio app, sharing its nursery with a supervisor.
+
+The app either owns its supervisor (started in the app's nursery at startup, stopped at
+shutdown: the hypercorn case) or borrows one the caller owns (embedding: the caller's
+``async with Supervisor(...)`` outlives the app, and the app installs no signal handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from quart_schema import QuartSchema
+from quart_trio import QuartTrio
+
+from lmeval_trio.config import Settings
+from lmeval_trio.http import errors, jobs, ops, outputs, security
+from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.http.signals import forward_sigterm
+from lmeval_trio.supervisor import Supervisor
+
+STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger("lmeval_trio.http")
+
+
+def create_app(
+    settings: Settings | None = None, *, supervisor: Supervisor | None = None
+) -> QuartTrio:
+    """Build the app; pass ``supervisor`` to serve one you own, else the app runs its own."""
+    settings = settings or (supervisor.settings if supervisor else Settings.from_env())
+    app = QuartTrio(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        BACKGROUND_TASK_SHUTDOWN_TIMEOUT=settings.shutdown_timeout_s,
+        QUART_SCHEMA_SWAGGER_JS_URL="/static/swagger-ui/swagger-ui-bundle.js",
+        QUART_SCHEMA_SWAGGER_CSS_URL="/static/swagger-ui/swagger-ui.css",
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["lmeval_trio.settings"] = settings
+    QuartSchema(
+        app,
+        info={"title": "lmeval-trio", "version": _version()},
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        swagger_ui_path="/docs",
+    )
+    errors.install(app)
+    security.install(app, settings)
+    app.register_blueprint(jobs.blueprint())
+    app.register_blueprint(outputs.blueprint())
+    app.register_blueprint(ops.blueprint())
+    if supervisor is not None:
+        app.extensions[SUPERVISOR_KEY] = supervisor
+    else:
+        _own_supervisor(app, settings)
+    return app
+
+
+def _own_supervisor(app: QuartTrio, settings: Settings) -> None:
+    @app.before_serving
+    async def start() -> None:
+        supervisor = Supervisor(settings)
+        await app.nursery.start(supervisor.run)
+        app.extensions[SUPERVISOR_KEY] = supervisor
+        if settings.install_signal_handlers:
+            await app.nursery.start(forward_sigterm)
+        log.info(
+            "lmeval-trio serving; data in %s, %d slots", settings.data_dir, supervisor.slots.total
+        )
+
+    @app.after_serving
+    async def stop() -> None:
+        supervisor: Supervisor | None = app.extensions.pop(SUPERVISOR_KEY, None)
+        if supervisor is not None:
+            supervisor.shutdown()
+            await supervisor.closed.wait()
+        app.nursery.cancel_scope.cancel()  # the signal forwarder
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lmeval-trio")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,130 @@
+"""Every error as JSON with a ``detail`` (what the original's FastAPI clients read).
+
+422 bodies keep FastAPI's shape, a list of ``{loc, msg, type}``, so a client that printed the
+original's validation errors prints ours; other errors carry a sentence, and policy refusals
+also name the ``field`` and the ``rule``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from lmeval_trio.cli_schema import RequestRejected
+from lmeval_trio.policy import PolicyViolation
+from lmeval_trio.results import ResultsUnavailable
+from lmeval_trio.supervisor import (
+    JobNotFound,
+    NotAccepting,
+    NotResumable,
+    QueueFull,
+)
+
+log = logging.getLogger("lmeval_trio.http")
+
+
+class InvalidParameter(Exception):
+    """A bad query parameter or path value (422, naming it)."""
+
+    def __init__(self, location: str, name: str, message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.name = name
+        self.message = message
+
+
+class Conflict(Exception):
+    """The job is not in a state that allows this (409)."""
+
+
+def error_response(status: int, detail: Any, **extra: Any) -> Response:
+    response = jsonify({"detail": detail, **extra})
+    response.status_code = status
+    return response
+
+
+def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {
+            "loc": [location, *item["loc"]],
+            "msg": item["msg"],
+            "type": item["type"],
+        }
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+
+
+def install(app: Quart) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.errorhandler(ValidationError)
+    async def _validation(error: ValidationError) -> Response:
+        return error_response(422, field_errors("body", error))
+
+    @app.errorhandler(InvalidParameter)
+    async def _parameter(error: InvalidParameter) -> Response:
+        detail = [
+            {"loc": [error.location, error.name], "msg": error.message, "type": "value_error"}
+        ]
+        return error_response(422, detail)
+
+    @app.errorhandler(RequestRejected)
+    async def _rejected(error: RequestRejected) -> Response:
+        loc = ["body", error.field] if error.field else ["body"]
+        detail = [
+            {
+                "loc": loc,
+                "msg": f"lm-eval rejects this: {error.message}",
+                "type": "lm_eval_rejected",
+            }
+        ]
+        return error_response(422, detail)
+
+    @app.errorhandler(PolicyViolation)
+    async def _policy(error: PolicyViolation) -> Response:
+        return error_response(403, str(error), field=error.field, rule=error.rule)
+
+    @app.errorhandler(JobNotFound)
+    async def _not_found(error: JobNotFound) -> Response:
+        return error_response(404, str(error))
+
+    @app.errorhandler(ResultsUnavailable)
+    async def _no_results(error: ResultsUnavailable) -> Response:
+        return error_response(404, str(error))
+
+    @app.errorhandler(NotResumable)
+    async def _not_resumable(error: NotResumable) -> Response:
+        return error_response(409, str(error))
+
+    @app.errorhandler(Conflict)
+    async def _conflict(error: Conflict) -> Response:
+        return error_response(409, str(error))
+
+    @app.errorhandler(QueueFull)
+    async def _queue_full(error: QueueFull) -> Response:
+        response = error_response(429, str(error))
+        response.headers["Retry-After"] = "30"
+        return response
+
+    @app.errorhandler(NotAccepting)
+    async def _not_accepting(error: NotAccepting) -> Response:
+        response = error_response(503, str(error))
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def _http(error: HTTPException) -> Response:
+        response = error_response(error.code or 500, error.description or error.name)
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error", exc_info=error)
+        return error_response(500, "internal server error (logged on the server)")

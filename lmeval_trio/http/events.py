@@ -1,0 +1,97 @@
+"""A job's Server-Sent Events stream: status changes, progress and new log lines.
+
+Event ids are the two log offsets (``<stdout>-<stderr>``), so a client that reconnects with
+Last-Event-ID continues the logs exactly where it left off; status and progress are state,
+sent afresh on every connect. The stream waits on the job's change signal, never polls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lmeval_trio.http.errors import InvalidParameter
+from lmeval_trio.http.schemas import summary
+from lmeval_trio.logs import collapse_redraws, read_range
+from lmeval_trio.supervisor import JobNotFound, Supervisor
+
+STREAMS = ("stdout", "stderr")
+CHUNK_BYTES = 64 * 1024
+KEEPALIVE_S = 15.0
+COALESCE_S = 0.25  # gather bursts of changes into one round of events (and rate-limit progress)
+
+
+def parse_last_event_id(raw: str | None) -> dict[str, int]:
+    if not raw:
+        return dict.fromkeys(STREAMS, 0)
+    parts = raw.split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InvalidParameter("header", "Last-Event-ID", "expected '<stdout>-<stderr>' offsets")
+    return {"stdout": int(parts[0]), "stderr": int(parts[1])}
+
+
+def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def event_stream(
+    supervisor: Supervisor, job_id: int, offsets: dict[str, int]
+) -> AsyncIterator[bytes]:
+    """Yield SSE frames until the job has ended and its logs are drained."""
+    last_status: dict[str, Any] | None = None
+    last_progress: dict[str, Any] | None = None
+    while True:
+        pulse = supervisor.live_changes(job_id)
+        version = pulse.version if pulse is not None else 0
+        try:
+            record = await supervisor.get(job_id)
+        except JobNotFound:
+            yield _event("end", {"job_id": job_id, "reason": "deleted"})
+            return
+        more = False
+        for stream in STREAMS:
+            frame, offsets[stream], full = await _log_frame(
+                record.log_path(stream), stream, offsets[stream]
+            )
+            more = more or full
+            if frame is not None:
+                yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")
+        state = summary(record, supervisor.progress(record))
+        progress = state.pop("progress")
+        if state != last_status:
+            last_status = state
+            yield _event("status", state)
+        if progress != last_progress:
+            last_progress = progress
+            yield _event("progress", {"job_id": job_id, **progress})
+        if more:
+            continue
+        if pulse is None:
+            yield _event("end", {"job_id": job_id, "status": record.status.value})
+            return
+        with trio.move_on_after(KEEPALIVE_S) as idle:
+            await pulse.wait_past(version)
+        if idle.cancelled_caught:
+            yield b": keep-alive\n\n"
+        await trio.sleep(COALESCE_S)
+
+
+async def _log_frame(
+    path: Path, stream: str, offset: int
+) -> tuple[dict[str, Any] | None, int, bool]:
+    """New complete lines of one log from ``offset``: (frame or None, new offset, more?)."""
+    chunk = await trio.to_thread.run_sync(read_range, path, offset, CHUNK_BYTES)
+    data = chunk.data
+    full = len(data) >= CHUNK_BYTES - 4
+    if not full:
+        data = data[: max(data.rfind(b"\n"), data.rfind(b"\r")) + 1]  # finish lines first
+    if not data:
+        return None, offset, False
+    text = data.decode("utf-8", errors="replace")
+    frame = {"stream": stream, "offset": chunk.offset, "lines": collapse_redraws(text)}
+    return frame, chunk.offset + len(data), full

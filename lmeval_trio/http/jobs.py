@@ -1,0 +1,174 @@
+"""Job routes: the original server's API (and its aliases) plus resume. Thin by design:
+each route parses, calls the supervisor, and shapes the answer."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from quart import Blueprint, Response, jsonify, request
+from quart_schema import document_querystring, document_request, document_response, tag
+
+from lmeval_trio.cli_schema import request_model
+from lmeval_trio.http import schemas
+from lmeval_trio.http.errors import InvalidParameter
+from lmeval_trio.http.params import bool_arg, int_arg, supervisor
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import ACTIVE, JobStatus
+from lmeval_trio.supervisor import StopOutcome
+
+MAX_PAGE = 1000
+
+
+class ListQuery(BaseModel):
+    include_completed: bool = True
+    include_finished: bool = True
+    status: str | None = None
+    limit: int | None = None
+    offset: int = 0
+
+
+def blueprint() -> Blueprint:
+    """Build the routes (the request model comes from the installed lm-eval)."""
+    bp = Blueprint("jobs", __name__)
+    job_request = request_model()
+
+    @bp.post("/job")
+    @tag(["jobs"])
+    @document_request(job_request)
+    @document_response(schemas.Submitted, 200)
+    @document_response(schemas.Error, 422)
+    @document_response(schemas.Error, 403)
+    async def submit() -> Response:
+        """Queue an lm-eval job."""
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            raise InvalidParameter("body", "body", "expected a JSON object")
+        record = await supervisor().submit(job_request.model_validate(body))
+        return jsonify(
+            schemas.Submitted(
+                message=f"Job {record.id} successfully queued.", job_id=record.id
+            ).model_dump()
+        )
+
+    @bp.get("/jobs")
+    @tag(["jobs"])
+    @document_querystring(ListQuery)
+    @document_response(schemas.JobList, 200)
+    async def list_jobs() -> Response:
+        """List jobs. include_completed=false (or include_finished=false) keeps Queued and
+        Running ones; status filters by one status; limit/offset page."""
+        statuses = _status_filter()
+        limit = int_arg("limit", None, minimum=1, maximum=MAX_PAGE)
+        offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
+        sup = supervisor()
+        records = await sup.list_jobs(statuses, limit=limit, offset=offset)
+        counts = await sup.store.counts()
+        total = sum(counts[s] for s in statuses) if statuses else sum(counts.values())
+        jobs = [schemas.summary(r, sup.progress(r)) for r in records]
+        return jsonify({"jobs": jobs, "total": total})
+
+    @bp.get("/job/<int:job_id>")
+    @tag(["jobs"])
+    @document_response(schemas.JobDetail, 200)
+    @document_response(schemas.Error, 404)
+    async def get_job(job_id: int) -> Response:
+        """One job with the most recent stdout and stderr lines."""
+        sup = supervisor()
+        record = await sup.get(job_id)
+        detail = schemas.summary(record, sup.progress(record))
+        detail["stdout"] = await sup.log_tail(record, "stdout")
+        detail["stderr"] = await sup.log_tail(record, "stderr")
+        return jsonify(detail)
+
+    @bp.route("/job/<int:job_id>/stop", methods=["GET", "POST"])
+    @bp.route("/job/<int:job_id>/dequeue", methods=["GET", "POST"])
+    @tag(["jobs"])
+    @document_response(schemas.StopResult, 200)
+    @document_response(schemas.Error, 404)
+    async def stop_job(job_id: int) -> Response:
+        """Stop a job: dequeue it, or end its whole process tree (SIGTERM, grace, SIGKILL)."""
+        outcome, record = await supervisor().stop(job_id)
+        return jsonify(
+            schemas.StopResult(
+                message=_stop_message(job_id, outcome, record),
+                job_id=job_id,
+                job_status=record.status,
+            ).model_dump()
+        )
+
+    @bp.route("/jobs/stop", methods=["GET", "POST"])
+    @bp.route("/jobs/dequeue", methods=["GET", "POST"])
+    @tag(["jobs"])
+    @document_response(schemas.BulkResult, 200)
+    async def stop_all() -> Response:
+        """Stop every queued and running job."""
+        stopped = await supervisor().stop_all()
+        return jsonify(
+            schemas.BulkResult(
+                message=f"Stopped {len(stopped)} jobs.", job_ids=stopped
+            ).model_dump()
+        )
+
+    @bp.delete("/job/<int:job_id>")
+    @tag(["jobs"])
+    @document_response(schemas.BulkResult, 200)
+    @document_response(schemas.Error, 404)
+    async def delete_job(job_id: int) -> Response:
+        """Stop the job if needed, then delete its record and files."""
+        await supervisor().delete(job_id)
+        return jsonify(
+            schemas.BulkResult(message=f"Job {job_id} deleted.", job_ids=[job_id]).model_dump()
+        )
+
+    @bp.delete("/jobs")
+    @tag(["jobs"])
+    @document_response(schemas.BulkResult, 200)
+    async def delete_all() -> Response:
+        """Stop everything and delete every job's record and files."""
+        count = await supervisor().delete_all()
+        return jsonify({"status": "success", "message": f"Deleted {count} jobs.", "job_ids": []})
+
+    @bp.post("/job/<int:job_id>/resume")
+    @tag(["jobs"])
+    @document_response(schemas.Submitted, 200)
+    @document_response(schemas.Error, 409)
+    async def resume_job(job_id: int) -> Response:
+        """Queue a new job that repeats a Stopped or Failed one, reusing its response cache
+        so requests already answered are not sent to the model again."""
+        record = await supervisor().resume(job_id)
+        return jsonify(
+            schemas.Submitted(
+                message=f"Job {record.id} successfully queued (resumes job {job_id}).",
+                job_id=record.id,
+            ).model_dump()
+        )
+
+    return bp
+
+
+def _status_filter() -> list[JobStatus] | None:
+    active_only = not (bool_arg("include_completed", True) and bool_arg("include_finished", True))
+    name = request.args.get("status")
+    if name:
+        wanted = _parse_statuses(name)
+        return [s for s in wanted if s in ACTIVE] if active_only else wanted
+    return sorted(ACTIVE, key=list(JobStatus).index) if active_only else None
+
+
+def _parse_statuses(raw: str) -> list[JobStatus]:
+    by_name = {s.value.lower(): s for s in JobStatus}
+    statuses = []
+    for part in raw.split(","):
+        status = by_name.get(part.strip().lower())
+        if status is None:
+            choices = ", ".join(s.value for s in JobStatus)
+            raise InvalidParameter("query", "status", f"unknown status {part!r} ({choices})")
+        statuses.append(status)
+    return statuses
+
+
+def _stop_message(job_id: int, outcome: StopOutcome, record: JobRecord) -> str:
+    if outcome is StopOutcome.DEQUEUED:
+        return f"Job {job_id} removed from the queue."
+    if outcome is StopOutcome.STOPPED:
+        return f"Job {job_id} stopped."
+    return f"Job {job_id} already finished ({record.status.value}); nothing to stop."

@@ -1,0 +1,124 @@
+"""What a job produced: bounded log reads, a live event stream, results and artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, jsonify, make_response, request, send_file
+from quart_schema import document_response, tag
+from werkzeug.exceptions import NotFound
+
+from lmeval_trio import results
+from lmeval_trio.http import schemas
+from lmeval_trio.http.errors import Conflict
+from lmeval_trio.http.events import event_stream, parse_last_event_id
+from lmeval_trio.http.params import choice_arg, int_arg, supervisor
+from lmeval_trio.logs import collapse_redraws, read_range
+from lmeval_trio.status import TERMINAL
+
+MAX_LOG_READ_BYTES = 1024 * 1024
+STREAMS = ("stdout", "stderr")
+
+
+def blueprint() -> Blueprint:
+    bp = Blueprint("outputs", __name__)
+
+    @bp.get("/job/<int:job_id>/logs")
+    @tag(["outputs"])
+    @document_response(schemas.LogChunkOut, 200)
+    async def logs(job_id: int) -> Response:
+        """A byte range of a log: ``offset``/``limit``, or the last ``tail`` bytes.
+        ``lines`` holds the text with tqdm redraws collapsed to their last state."""
+        sup = supervisor()
+        record = await sup.get(job_id)
+        stream = choice_arg("stream", "stderr", STREAMS)
+        limit = int_arg("limit", 64 * 1024, minimum=1, maximum=MAX_LOG_READ_BYTES) or 1
+        tail = int_arg("tail", None, minimum=1, maximum=MAX_LOG_READ_BYTES)
+        offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
+        if tail is not None:
+            offset, limit = -tail, tail
+        chunk = await trio.to_thread.run_sync(read_range, record.log_path(stream), offset, limit)
+        return jsonify(
+            {
+                "job_id": job_id,
+                "stream": stream,
+                "offset": chunk.offset,
+                "next_offset": chunk.next_offset,
+                "size": chunk.size,
+                "text": chunk.text,
+                "lines": collapse_redraws(chunk.text),
+            }
+        )
+
+    @bp.get("/job/<int:job_id>/events")
+    @tag(["outputs"])
+    async def events(job_id: int) -> Response:
+        """Server-Sent Events: ``status``, ``progress`` (at most 4/s) and ``log`` events until
+        the job ends, then ``end``. Reconnect with Last-Event-ID to continue the logs."""
+        sup = supervisor()
+        await sup.get(job_id)
+        offsets = parse_last_event_id(
+            request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+        )
+        response = await make_response(
+            event_stream(sup, job_id, offsets),
+            200,
+            {
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            },
+        )
+        response.timeout = None  # type: ignore[union-attr]
+        return response  # type: ignore[return-value]
+
+    @bp.get("/job/<int:job_id>/results")
+    @tag(["outputs"])
+    @document_response(schemas.Error, 404)
+    @document_response(schemas.Error, 409)
+    async def job_results(job_id: int) -> Response:
+        """The parsed lm-eval results plus a flat metrics table."""
+        record = await supervisor().get(job_id)
+        if record.status not in TERMINAL:
+            raise Conflict(f"job {job_id} is {record.status.value}; results come when it ends")
+        data: dict[str, Any] = await trio.to_thread.run_sync(results.load_results, record)
+        data["status"] = record.status.value
+        return jsonify(data)
+
+    @bp.get("/job/<int:job_id>/artifacts")
+    @tag(["outputs"])
+    @document_response(schemas.ArtifactList, 200)
+    async def artifacts(job_id: int) -> Response:
+        """The job's files (logs, results, samples, cache) with their sizes."""
+        record = await supervisor().get(job_id)
+        found = await trio.to_thread.run_sync(results.list_artifacts, record)
+        return jsonify(
+            {
+                "job_id": job_id,
+                "artifacts": [
+                    {
+                        "name": a.name,
+                        "size_bytes": a.size_bytes,
+                        "url": f"/job/{job_id}/artifacts/{a.name}",
+                    }
+                    for a in found
+                ],
+            }
+        )
+
+    @bp.get("/job/<int:job_id>/artifacts/<path:name>")
+    @tag(["outputs"])
+    async def artifact(job_id: int, name: str) -> Response:
+        """Download one artifact (streamed from disk)."""
+        record = await supervisor().get(job_id)
+        found = await trio.to_thread.run_sync(results.resolve_artifact, record, name)
+        if found is None:
+            raise NotFound(f"job {job_id} has no artifact {name!r}")
+        response = await send_file(
+            found.path, as_attachment=True, attachment_filename=found.path.name
+        )
+        response.timeout = None
+        return response
+
+    return bp

@@ -1,0 +1,118 @@
+"""JSON shapes of the HTTP API (the original server's, plus extra fields) and their builders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from lmeval_trio.progress import ProgressSnapshot
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import JobStatus
+
+
+class JobSummary(BaseModel):
+    """One job in listings; the first six fields are the original server's."""
+
+    job_id: int
+    argument: str = Field(description="The command line, shell-quoted.")
+    status: JobStatus
+    timestamp: str | None = Field(description="Start time (UTC ISO-8601); null while queued.")
+    exit_code: int | None
+    inference_progress_pct: int = Field(ge=0, le=100)
+    created_at: str
+    queued_at: str
+    started_at: str | None
+    finished_at: str | None
+    reason: str | None = Field(description="Why the job failed, stopped or was requeued.")
+    resumed_from: int | None
+    attempts: int
+    gpus: list[str]
+    progress: dict[str, Any] = Field(description="Phase, n, total, rate_per_s, elapsed_s, eta_s.")
+    request: dict[str, Any] = Field(description="The request as submitted (env values hidden).")
+
+
+class JobDetail(JobSummary):
+    stdout: list[str] = Field(description="The most recent stdout lines.")
+    stderr: list[str] = Field(description="The most recent stderr lines (bars collapsed).")
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    total: int = Field(description="Jobs matching the filter (before limit/offset).")
+
+
+class Submitted(BaseModel):
+    status: str = "success"
+    message: str
+    job_id: int
+
+
+class StopResult(BaseModel):
+    status: str = "success"
+    message: str
+    job_id: int
+    job_status: JobStatus
+
+
+class BulkResult(BaseModel):
+    status: str = "success"
+    message: str
+    job_ids: list[int]
+
+
+class Error(BaseModel):
+    detail: Any = Field(description="What went wrong (a list of field errors for 422).")
+    field: str | None = None
+    rule: str | None = None
+
+
+class LogChunkOut(BaseModel):
+    job_id: int
+    stream: str
+    offset: int
+    next_offset: int
+    size: int
+    text: str
+    lines: list[str]
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    size_bytes: int
+    url: str
+
+
+class ArtifactList(BaseModel):
+    job_id: int
+    artifacts: list[ArtifactOut]
+
+
+def summary(record: JobRecord, progress: ProgressSnapshot) -> dict[str, Any]:
+    """The summary dict for ``record``; Completed always reports 100 percent."""
+    percent = 100 if record.status is JobStatus.COMPLETED else progress.percent
+    return {
+        "job_id": record.id,
+        "argument": record.argument,
+        "status": record.status.value,
+        "timestamp": record.started_at,
+        "exit_code": record.exit_code,
+        "inference_progress_pct": percent,
+        "created_at": record.created_at,
+        "queued_at": record.queued_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "reason": record.reason,
+        "resumed_from": record.resumed_from,
+        "attempts": record.attempts,
+        "gpus": record.gpus,
+        "progress": {**progress.to_dict(), "percent": percent},
+        "request": _public_request(record.request),
+    }
+
+
+def _public_request(request: dict[str, Any]) -> dict[str, Any]:
+    """env_vars often carry tokens: show their names, never their values."""
+    if "env_vars" not in request:
+        return request
+    return {**request, "env_vars": dict.fromkeys(request["env_vars"], "***")}

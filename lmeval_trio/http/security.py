@@ -1,0 +1,77 @@
+"""Authentication (Bearer API keys) and CORS for every route.
+
+Without keys the server is open and says so loudly at start. Keys are compared in constant
+time and never logged. Health probes and the static documentation stay open so that load
+balancers and the docs page work without a key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from quart import Quart, Response, request
+
+from lmeval_trio.config import Settings
+from lmeval_trio.http.errors import error_response
+
+log = logging.getLogger("lmeval_trio.security")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
+OPEN_PREFIXES = ("/static/",)
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+
+
+def install(app: Quart, settings: Settings) -> None:
+    keys = tuple(k.encode() for k in sorted(settings.all_api_keys()))
+    origins = frozenset(settings.cors_origins)
+    if not keys:
+        log.warning(
+            "NO API KEYS CONFIGURED: anyone who can reach this server can run jobs. "
+            "Set LMEVAL_API_KEYS or LMEVAL_API_KEYS_FILE."
+        )
+
+    @app.before_request
+    async def authenticate() -> Response | None:
+        if request.method == "OPTIONS" and request.headers.get("Origin") in origins:
+            return _preflight(request.headers["Origin"])
+        if not keys or _is_open(request.path):
+            return None
+        return _check_bearer(request.headers.get("Authorization"), keys)
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin is not None and (origin in origins or "*" in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Vary"] = "Origin"
+            if "*" not in origins:  # never a wildcard together with credentials
+                response.headers["Access-Control-Allow-Credentials"] = "true"
+        return response
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def _check_bearer(header: str | None, keys: tuple[bytes, ...]) -> Response | None:
+    if header is None or not header.startswith("Bearer "):
+        response = error_response(401, "missing API key: send 'Authorization: Bearer <key>'")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="lmeval-trio"'
+        return response
+    offered = header[len("Bearer ") :].strip().encode()
+    # Compare against every key so the time taken does not reveal which one matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(offered, key)
+    if not matched:
+        return error_response(403, "invalid API key")
+    return None
+
+
+def _preflight(origin: str) -> Response:
+    response = Response("", status=204)
+    response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+    response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response

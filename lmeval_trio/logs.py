@@ -1,0 +1,177 @@
+"""Job logs: drain a child's output into files, and read bounded views of those files.
+
+The child's pipes are drained continuously, whoever is watching, so a chatty job never
+blocks on a full pipe and the server's memory stays flat: bytes go to disk, and only the
+newest line fragment is held in memory. Readers (tails, ranges) never load a whole file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lmeval_trio.pulse import Pulse
+
+_SEPARATORS = re.compile(r"[\r\n]")
+MAX_SEGMENT_CHARS = 64 * 1024
+
+
+class SegmentSplitter:
+    """Incrementally decodes UTF-8 and splits on both ``\\r`` and ``\\n``.
+
+    tqdm redraws a bar with ``\\r``, so a progress parser must see each redraw as a segment;
+    a multi-byte character split across reads is reassembled by the incremental decoder.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        text = self._pending + self._decoder.decode(data)
+        parts = _SEPARATORS.split(text)
+        self._pending = parts.pop()
+        if len(self._pending) > MAX_SEGMENT_CHARS:  # no separator for too long: emit anyway
+            parts.append(self._pending)
+            self._pending = ""
+        return [part for part in parts if part]
+
+    def flush(self) -> list[str]:
+        rest = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        return [rest] if rest else []
+
+
+class LogPump:
+    """An output sink: appends bytes to ``path`` and hands text segments to ``on_segment``."""
+
+    def __init__(
+        self, path: Path, changed: Pulse, on_segment: Callable[[str], object] | None = None
+    ) -> None:
+        self.path = path
+        self.bytes_written = 0
+        self._changed = changed
+        self._on_segment = on_segment
+        self._splitter = SegmentSplitter()
+        self._file: trio._file_io.AsyncIOWrapper | None = None  # type: ignore[type-arg]
+
+    async def open(self) -> None:
+        self._file = await trio.open_file(self.path, "ab")
+
+    async def __call__(self, data: bytes) -> None:
+        assert self._file is not None, "LogPump.open() first"
+        await self._file.write(data)
+        await self._file.flush()
+        self.bytes_written += len(data)
+        if self._on_segment is not None:
+            for segment in self._splitter.feed(data):
+                self._on_segment(segment)
+        self._changed.fire()
+
+    async def aclose(self) -> None:
+        if self._on_segment is not None:
+            for segment in self._splitter.flush():
+                self._on_segment(segment)
+        if self._file is not None:
+            with trio.CancelScope(shield=True):
+                await self._file.aclose()
+            self._file = None
+
+
+def collapse_redraws(text: str) -> list[str]:
+    """Lines of ``text`` with each tqdm redraw sequence reduced to its last state.
+
+    Complete lines keep their ``\\n`` (as the original server's lists did); a trailing line
+    still being redrawn is returned without one.
+    """
+    lines = []
+    for raw in text.splitlines(keepends=True):
+        ending = "\n" if raw.endswith("\n") else ""
+        body = raw.rstrip("\r\n")
+        states = [s for s in body.split("\r") if s]
+        if states:
+            lines.append(states[-1] + ending)
+        elif ending and not body:
+            lines.append(ending)
+    return lines
+
+
+def read_tail_lines(path: Path, max_lines: int, max_bytes: int) -> list[str]:
+    """The last ``max_lines`` collapsed lines, reading at most ``max_bytes`` from the end."""
+    if max_lines <= 0:
+        return []
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            file.seek(start)
+            data = file.read(max_bytes)
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    lines = collapse_redraws(text)
+    if start > 0 and lines:
+        lines = lines[1:]  # the first line was cut by the window
+    return lines[-max_lines:]
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A byte range of a log file, decoded."""
+
+    offset: int
+    next_offset: int
+    size: int
+    data: bytes
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+def read_range(path: Path, offset: int, limit: int) -> LogChunk:
+    """Up to ``limit`` bytes from ``offset``, cut back to a UTF-8 boundary.
+
+    A negative offset counts from the end (``tail``). The returned ``next_offset`` is where
+    the next read should start, so a follower never skips or repeats a byte.
+    """
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(0, size + offset) if offset < 0 else min(offset, size)
+            file.seek(start)
+            data = file.read(limit)
+    except FileNotFoundError:
+        return LogChunk(offset=0, next_offset=0, size=0, data=b"")
+    if start > 0 and offset < 0:
+        skipped = _continuation_prefix(data)
+        data, start = data[skipped:], start + skipped
+    data = _cut_partial_character(data)
+    return LogChunk(offset=start, next_offset=start + len(data), size=size, data=data)
+
+
+def _continuation_prefix(data: bytes) -> int:
+    """How many leading bytes belong to a character that began before the window."""
+    index = 0
+    while index < min(len(data), 3) and (data[index] & 0xC0) == 0x80:
+        index += 1
+    return index
+
+
+def _cut_partial_character(data: bytes) -> bytes:
+    """Drop an incomplete multi-byte sequence at the end (the next read picks it up)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue
+        if byte & 0x80 == 0:
+            return data
+        needed = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+        return data if back >= needed else data[:-back]
+    return data

@@ -1,0 +1,61 @@
+"""What the server knows about one job: the record the store keeps and the API reports."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lmeval_trio.status import JobStatus
+
+
+def utc_now() -> str:
+    """UTC ISO-8601 with offset, the timestamp format the original server used."""
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored; immutable so a reader never sees a half-applied change."""
+
+    id: int
+    status: JobStatus
+    request: dict[str, Any]
+    argv: list[str]
+    env: dict[str, str]
+    job_dir: Path
+    output_dir: Path
+    created_at: str
+    queued_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    pid: int | None = None
+    pid_start_ticks: int | None = None
+    progress: dict[str, Any] | None = None
+    progress_pct: int = 0
+    resumed_from: int | None = None
+    attempts: int = 0
+    gpus: list[str] = field(default_factory=list)
+
+    @property
+    def argument(self) -> str:
+        """The command line as one shell-quoted string (the original's ``argument``)."""
+        return shlex.join(self.argv)
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.job_dir / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.job_dir / "stderr.log"
+
+    def log_path(self, stream: str) -> Path:
+        return self.stdout_path if stream == "stdout" else self.stderr_path
+
+    def evolve(self, **changes: Any) -> JobRecord:
+        return replace(self, **changes)

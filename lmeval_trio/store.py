@@ -1,0 +1,310 @@
+"""The job store: one SQLite database, used from worker threads so the event loop never waits.
+
+stdlib sqlite3 with one connection (WAL, synchronous=NORMAL) behind a CapacityLimiter(1):
+serialising calls is what SQLite wants anyway, and a thread hop keeps disk latency off the
+event loop. Ids come from AUTOINCREMENT so they never repeat, even after deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import JobStatus, check_transition
+
+T = TypeVar("T")
+
+# Each entry upgrades the schema by one version; PRAGMA user_version records how far we are.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL,
+        request TEXT NOT NULL,
+        argv TEXT NOT NULL,
+        env TEXT NOT NULL,
+        job_dir TEXT NOT NULL,
+        output_dir TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        queued_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        exit_code INTEGER,
+        reason TEXT,
+        pid INTEGER,
+        pid_start_ticks INTEGER,
+        progress TEXT,
+        progress_pct INTEGER NOT NULL DEFAULT 0,
+        resumed_from INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        gpus TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX jobs_status ON jobs (status, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+_JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
+_PATH_COLUMNS = frozenset({"job_dir", "output_dir"})
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (newer schema, unreadable file, ...)."""
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What the supervisor decides about a new job once its id is known."""
+
+    request: dict[str, Any]
+    argv: list[str]
+    env: dict[str, str]
+    job_dir: Path
+    output_dir: Path
+    resumed_from: int | None = None
+
+
+class JobStore:
+    """Async facade over the jobs table."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = trio.CapacityLimiter(1)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await trio.to_thread.run_sync(conn.close, limiter=self._lock)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._lock)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        _migrate(conn)
+        self._conn = conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the job store is closed")
+        return self._conn
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def create(self, draft_for: Callable[[int], Draft], queued_at: str) -> JobRecord:
+        """Insert a Queued job; ``draft_for(id)`` fills in what depends on the new id."""
+        return await self._run(self._create, draft_for, queued_at)
+
+    def _create(self, draft_for: Callable[[int], Draft], queued_at: str) -> JobRecord:
+        with _transaction(self.conn) as conn:
+            cursor = conn.execute(
+                "INSERT INTO jobs (status, request, argv, env, job_dir, output_dir, created_at,"
+                " queued_at) VALUES (?, '{}', '[]', '{}', '', '', ?, ?)",
+                (JobStatus.QUEUED.value, queued_at, queued_at),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            draft = draft_for(job_id)
+            conn.execute(
+                "UPDATE jobs SET request=?, argv=?, env=?, job_dir=?, output_dir=?,"
+                " resumed_from=? WHERE id=?",
+                (
+                    json.dumps(draft.request),
+                    json.dumps(draft.argv),
+                    json.dumps(draft.env),
+                    str(draft.job_dir),
+                    str(draft.output_dir),
+                    draft.resumed_from,
+                    job_id,
+                ),
+            )
+        record = self._get(job_id)
+        assert record is not None
+        return record
+
+    async def transition(
+        self, job_id: int, old: JobStatus, new: JobStatus, **fields: Any
+    ) -> JobRecord:
+        """Move ``job_id`` from ``old`` to ``new`` atomically, checked against the table."""
+        check_transition(job_id, old, new)
+        return await self._run(self._transition, job_id, old, new, fields)
+
+    def _transition(
+        self, job_id: int, old: JobStatus, new: JobStatus, fields: dict[str, Any]
+    ) -> JobRecord:
+        columns = {"status": new.value, **{k: _encode(k, v) for k, v in fields.items()}}
+        assignments = ", ".join(f"{name}=?" for name in columns)
+        cursor = self.conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id=? AND status=?",
+            (*columns.values(), job_id, old.value),
+        )
+        record = self._get(job_id)
+        if cursor.rowcount != 1 or record is None:
+            actual = record.status.value if record else "deleted"
+            raise StoreError(f"job {job_id}: expected {old.value}, found {actual}")
+        return record
+
+    async def update(self, job_id: int, **fields: Any) -> JobRecord:
+        """Change fields other than the status (those go through transition())."""
+        if "status" in fields:
+            raise ValueError("status changes go through transition()")
+        return await self._run(self._update, job_id, fields)
+
+    def _update(self, job_id: int, fields: dict[str, Any]) -> JobRecord:
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        values = [_encode(k, v) for k, v in fields.items()]
+        self.conn.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*values, job_id))
+        record = self._get(job_id)
+        if record is None:
+            raise StoreError(f"job {job_id} does not exist")
+        return record
+
+    async def set_progress(self, job_id: int, progress: dict[str, Any], pct: int) -> None:
+        await self._run(self._set_progress, job_id, progress, pct)
+
+    def _set_progress(self, job_id: int, progress: dict[str, Any], pct: int) -> None:
+        self.conn.execute(
+            "UPDATE jobs SET progress=?, progress_pct=? WHERE id=?",
+            (json.dumps(progress), pct, job_id),
+        )
+
+    async def delete(self, job_ids: Sequence[int]) -> int:
+        return await self._run(self._delete, list(job_ids))
+
+    def _delete(self, job_ids: list[int]) -> int:
+        with _transaction(self.conn) as conn:
+            total = 0
+            for job_id in job_ids:
+                total += conn.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount
+        return total
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> JobRecord | None:
+        return await self._run(self._get, job_id)
+
+    def _get(self, job_id: int) -> JobRecord | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    async def select(
+        self,
+        statuses: Iterable[JobStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "id",
+    ) -> list[JobRecord]:
+        """Jobs by ``order`` ("id" or "queue": queue order), optionally filtered and paged."""
+        wanted = None if statuses is None else [s.value for s in statuses]
+        return await self._run(self._list, wanted, limit, offset, order)
+
+    def _list(
+        self, statuses: list[str] | None, limit: int | None, offset: int, order: str
+    ) -> list[JobRecord]:
+        sql = "SELECT * FROM jobs"
+        params: list[Any] = []
+        if statuses is not None:
+            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            params.extend(statuses)
+        sql += " ORDER BY queued_at, id" if order == "queue" else " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params.extend([limit, offset])
+        return [_record(row) for row in self.conn.execute(sql, params)]
+
+    async def counts(self) -> dict[JobStatus, int]:
+        return await self._run(self._counts)
+
+    def _counts(self) -> dict[JobStatus, int]:
+        counts = dict.fromkeys(JobStatus, 0)
+        for status, count in self.conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY 1"):
+            counts[JobStatus(status)] = int(count)
+        return counts
+
+    async def writable(self) -> bool:
+        """A cheap write probe for health checks."""
+        try:
+            await self._run(self.conn.execute, "PRAGMA user_version=" + str(SCHEMA_VERSION))
+        except (sqlite3.Error, StoreError):
+            return False
+        return True
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database schema is version {version}, newer than this server's "
+            f"{SCHEMA_VERSION}: upgrade lmeval-trio"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        # executescript commits first, so the whole step is one script: all or nothing.
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; PRAGMA user_version={number + 1}; COMMIT;"
+        )
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return None if value is None else json.dumps(value)
+    if column in _PATH_COLUMNS:
+        return str(value)
+    if isinstance(value, JobStatus):
+        return value.value
+    return value
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    data = dict(row)
+    return JobRecord(
+        id=data["id"],
+        status=JobStatus(data["status"]),
+        request=json.loads(data["request"]),
+        argv=json.loads(data["argv"]),
+        env=json.loads(data["env"]),
+        job_dir=Path(data["job_dir"]),
+        output_dir=Path(data["output_dir"]),
+        created_at=data["created_at"],
+        queued_at=data["queued_at"],
+        started_at=data["started_at"],
+        finished_at=data["finished_at"],
+        exit_code=data["exit_code"],
+        reason=data["reason"],
+        pid=data["pid"],
+        pid_start_ticks=data["pid_start_ticks"],
+        progress=None if data["progress"] is None else json.loads(data["progress"]),
+        progress_pct=data["progress_pct"],
+        resumed_from=data["resumed_from"],
+        attempts=data["attempts"],
+        gpus=json.loads(data["gpus"]),
+    )

@@ -1,0 +1,618 @@
+"""The supervisor: queues jobs, runs at most N at once, and owns every job's lifetime.
+
+A memory channel is the queue and a CapacityLimiter the execution slots, so a job starts the
+moment a slot frees (no polling). Each running job lives in its own cancel scope: stop and
+delete cancel that scope, and the process runner takes the whole process group down. The
+store is the source of truth for records; live state (progress, change signals) is kept
+only for queued and running jobs. Usable without HTTP::
+
+    async with Supervisor(settings) as supervisor:
+        record = await supervisor.submit({"model": "dummy", "tasks": "my_task"})
+        final = await supervisor.wait(record.id)
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import trio
+from pydantic import BaseModel
+
+from lmeval_trio import command, process
+from lmeval_trio.cli_schema import request_model
+from lmeval_trio.config import Settings, job_base_environment
+from lmeval_trio.logs import LogPump, read_tail_lines
+from lmeval_trio.policy import Policy
+from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
+from lmeval_trio.pulse import Pulse
+from lmeval_trio.records import JobRecord, utc_now
+from lmeval_trio.slots import Slots
+from lmeval_trio.status import TERMINAL, JobStatus
+from lmeval_trio.store import Draft, JobStore
+
+log = logging.getLogger("lmeval_trio.supervisor")
+
+
+class SupervisorError(Exception):
+    """Base of the errors the supervisor reports to its callers."""
+
+
+class JobNotFound(SupervisorError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"No lm-evaluation-harness job with ID={job_id} found.")
+        self.job_id = job_id
+
+
+class QueueFull(SupervisorError):
+    """More jobs are queued than LMEVAL_MAX_QUEUED_JOBS allows."""
+
+
+class NotAccepting(SupervisorError):
+    """The supervisor is not running (not started yet, shutting down, or crashed)."""
+
+
+class NotResumable(SupervisorError):
+    """Only Stopped and Failed jobs can be resumed."""
+
+
+class StopReason(enum.Enum):
+    STOP = "stopped by request"
+    DELETE = "deleted"
+    SHUTDOWN = "interrupted: the server shut down while this job ran"
+
+
+class StopOutcome(enum.Enum):
+    STOPPED = "stopped"
+    DEQUEUED = "removed from the queue"
+    ALREADY_FINISHED = "already finished"
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """In-memory state of a queued or running job."""
+
+    record: JobRecord
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    changed: Pulse = field(default_factory=Pulse)
+    progress: ProgressTracker = field(default_factory=ProgressTracker)
+    stop_reason: StopReason | None = None
+    dispatched: bool = False  # handed to a slot: from now on only its own task settles it
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+
+@dataclass(frozen=True)
+class SupervisorStatistics:
+    """A snapshot for health checks and metrics (trio-style ``statistics()``)."""
+
+    alive: bool
+    queued: int
+    running: int
+    slots_total: int
+    slots_free: int
+
+
+class Supervisor:
+    """Owns the queue, the slots and every job's process; see the module docstring."""
+
+    def __init__(self, settings: Settings, *, launcher: command.Launcher | None = None) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.data_dir / "jobs.db")
+        self.launcher = launcher or command.Launcher.default(
+            fast_start=settings.fast_start, index_cache=settings.data_dir / "cache" / "task-index"
+        )
+        self.policy = Policy(settings, self.launcher.executable)
+        self.slots = Slots(settings)
+        self._send, self._receive = trio.open_memory_channel[int](math.inf)
+        self._live: dict[int, LiveJob] = {}
+        self._nursery: trio.Nursery | None = None
+        self._dispatch_scope = trio.CancelScope()
+        self._accepting = False
+        self._alive = False
+        self._shutdown_requested = trio.Event()
+        self.closed = trio.Event()  # set once every job process is gone and the store closed
+        self.changed = Pulse()  # any job changed: for listings that follow everything
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            await self.store.open()
+            await self._recover()
+        except BaseException as error:
+            await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+            raise
+        self._nursery.start_soon(self._dispatch)
+        self._accepting = self._alive = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self._stop_everything()
+        finally:
+            try:
+                result = await self._nursery_manager.__aexit__(exc_type, exc, tb)
+            finally:
+                self._alive = False
+                with trio.CancelScope(shield=True):
+                    await self.store.close()
+                self.closed.set()
+        return result
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until shutdown() is called: for owners that start it in their own nursery."""
+        try:
+            async with self:
+                task_status.started(self)
+                await self._shutdown_requested.wait()
+        finally:
+            self._alive = False
+
+    def shutdown(self) -> None:
+        """Ask a supervisor started with run() to stop its jobs and return."""
+        self._accepting = False
+        self._shutdown_requested.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def statistics(self) -> SupervisorStatistics:
+        running = sum(1 for live in self._live.values() if live.record.status is JobStatus.RUNNING)
+        return SupervisorStatistics(
+            alive=self._alive,
+            queued=len(self._live) - running,
+            running=running,
+            slots_total=self.slots.total,
+            slots_free=self.slots.free,
+        )
+
+    async def _stop_everything(self) -> None:
+        """Shutdown: stop dispatching, interrupt running jobs (they go back to the queue)."""
+        self._accepting = False
+        self._dispatch_scope.cancel()
+        running = [live for live in self._live.values() if live.record.status is JobStatus.RUNNING]
+        for live in running:
+            self._cancel(live, StopReason.SHUTDOWN)
+        for live in running:
+            await live.done.wait()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Requeue what the previous run left: interrupted jobs first, then the queue."""
+        for record in await self.store.select([JobStatus.RUNNING]):
+            await self._kill_leftover(record)
+            reason = f"interrupted: the server stopped while this job ran (pid {record.pid})"
+            await self._finish_interrupted(record, reason)
+        for record in await self.store.select([JobStatus.QUEUED], order="queue"):
+            self._enqueue(record)
+        await self._prune()
+
+    async def _kill_leftover(self, record: JobRecord) -> None:
+        """Kill the old run's process group, unless its pid now belongs to someone else."""
+        if record.pid is None:
+            return
+        ticks = process.process_start_ticks(record.pid)
+        ours = ticks == record.pid_start_ticks if ticks is not None else True
+        if ours and process.group_alive(record.pid):
+            log.warning("job %s: killing leftover process group %s", record.id, record.pid)
+            await process.kill_group(record.pid, grace_s=self.settings.kill_grace_s)
+
+    async def _finish_interrupted(self, record: JobRecord, reason: str) -> JobRecord:
+        if self.settings.requeue_interrupted:
+            return await self.store.transition(
+                record.id,
+                JobStatus.RUNNING,
+                JobStatus.QUEUED,
+                reason=reason + "; requeued",
+                pid=None,
+                pid_start_ticks=None,
+            )
+        return await self.store.transition(
+            record.id, JobStatus.RUNNING, JobStatus.FAILED, reason=reason, finished_at=utc_now()
+        )
+
+    # -- public operations ----------------------------------------------------------------
+
+    async def submit(
+        self, body: Mapping[str, Any] | BaseModel, *, resumed_from: JobRecord | None = None
+    ) -> JobRecord:
+        """Validate, check the policy, store and queue a job. Raises pydantic's
+        ValidationError, PolicyViolation, RequestRejected, QueueFull or NotAccepting."""
+        self._check_accepting()
+        request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
+        await trio.to_thread.run_sync(self.policy.check, request)
+        command.check(request)
+        if sum(1 for j in self._live.values() if j.record.status is JobStatus.QUEUED) >= (
+            self.settings.max_queued_jobs
+        ):
+            raise QueueFull(f"the queue holds {self.settings.max_queued_jobs} jobs already")
+        record = await self.store.create(self._draft(request, resumed_from), utc_now())
+        if resumed_from is not None:
+            await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+        self._enqueue(record)
+        log.info("job %s queued: %s", record.id, record.argument)
+        return record
+
+    def _draft(self, request: dict[str, Any], resumed_from: JobRecord | None) -> Any:
+        def draft_for(job_id: int) -> Draft:
+            job_dir = command.job_dir_for(self.settings.data_dir, job_id)
+            built = command.build(request, job_dir, self.launcher)
+            return Draft(
+                request=request,
+                argv=built.argv,
+                env=built.env,
+                job_dir=job_dir,
+                output_dir=built.output_dir,
+                resumed_from=None if resumed_from is None else resumed_from.id,
+            )
+
+        return draft_for
+
+    async def get(self, job_id: int) -> JobRecord:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.record
+        record = await self.store.get(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    async def list_jobs(
+        self,
+        statuses: Sequence[JobStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[JobRecord]:
+        records = await self.store.select(statuses, limit=limit, offset=offset)
+        return [self._live[r.id].record if r.id in self._live else r for r in records]
+
+    def progress(self, record: JobRecord) -> ProgressSnapshot:
+        """Live progress for an active job, else the stored snapshot."""
+        live = self._live.get(record.id)
+        if live is not None:
+            return live.progress.snapshot()
+        if record.progress is not None:
+            return ProgressSnapshot.from_dict(record.progress)
+        return ProgressSnapshot.from_dict({"percent": record.progress_pct})
+
+    def live_changes(self, job_id: int) -> Pulse | None:
+        """The change signal of an active job (None once it has finished)."""
+        live = self._live.get(job_id)
+        return None if live is None else live.changed
+
+    async def wait(self, job_id: int) -> JobRecord:
+        """Wait until the job is finished (or leaves the queue for good) and return it."""
+        live = self._live.get(job_id)
+        if live is not None:
+            await live.done.wait()
+        return await self.get(job_id)
+
+    async def stop(self, job_id: int) -> tuple[StopOutcome, JobRecord]:
+        """Stop a job: remove it from the queue, or end its process tree."""
+        live = self._live.get(job_id)
+        if live is None:
+            return StopOutcome.ALREADY_FINISHED, await self.get(job_id)
+        outcome = (
+            StopOutcome.DEQUEUED if live.record.status is JobStatus.QUEUED else StopOutcome.STOPPED
+        )
+        await self._stop_live(live, StopReason.STOP)
+        return outcome, await self.get(job_id)
+
+    async def stop_all(self) -> list[int]:
+        lives = list(self._live.values())
+        async with trio.open_nursery() as nursery:
+            for live in lives:
+                nursery.start_soon(self._stop_live, live, StopReason.STOP)
+        return [live.id for live in lives]
+
+    async def delete(self, job_id: int) -> None:
+        """Stop the job if it is active, then remove its record and files."""
+        record = await self.get(job_id)
+        live = self._live.get(job_id)
+        if live is not None:
+            await self._stop_live(live, StopReason.DELETE)
+        await self._remove([record])
+
+    async def delete_all(self) -> int:
+        await self.stop_all()
+        records = await self.store.select()
+        await self._remove(records)
+        return len(records)
+
+    async def resume(self, job_id: int) -> JobRecord:
+        """Queue a new job with a Stopped/Failed job's request and a copy of its cache."""
+        old = await self.get(job_id)
+        if old.status not in (JobStatus.STOPPED, JobStatus.FAILED):
+            raise NotResumable(
+                f"job {job_id} is {old.status.value}; only Stopped or Failed jobs can be resumed"
+            )
+        return await self.submit(old.request, resumed_from=old)
+
+    async def log_tail(self, record: JobRecord, stream: str) -> list[str]:
+        return await trio.to_thread.run_sync(
+            read_tail_lines,
+            record.log_path(stream),
+            self.settings.log_tail_lines,
+            self.settings.log_tail_max_bytes,
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise NotAccepting("the supervisor is not running")
+
+    def _enqueue(self, record: JobRecord) -> None:
+        self._live[record.id] = LiveJob(record)
+        self._send.send_nowait(record.id)
+        self.changed.fire()
+
+    async def _stop_live(self, live: LiveJob, reason: StopReason) -> None:
+        if not live.dispatched and live.stop_reason is None:
+            self._cancel(live, reason)
+            await self._settle(live, JobStatus.STOPPED, reason=reason.value, finished_at=utc_now())
+            return
+        self._cancel(live, reason)
+        await live.done.wait()
+
+    def _cancel(self, live: LiveJob, reason: StopReason) -> None:
+        if live.stop_reason is None:
+            live.stop_reason = reason
+        live.scope.cancel()
+
+    async def _dispatch(self) -> None:
+        """Hand queued jobs to free slots, in order, the moment a slot frees."""
+        assert self._nursery is not None
+        with self._dispatch_scope:
+            async for job_id in self._receive:
+                live = self._live.get(job_id)
+                if live is None or live.scope.cancel_called:
+                    continue
+                gpus = await self.slots.acquire(job_id)
+                if live.scope.cancel_called or job_id not in self._live:
+                    self.slots.release(job_id)
+                    continue
+                live.dispatched = True
+                self._nursery.start_soon(self._run_job, live, gpus)
+
+    async def _run_job(self, live: LiveJob, gpus: tuple[str, ...]) -> None:
+        """One job from Running to its end; nothing it does may escape to the nursery."""
+        try:
+            status, fields = await self._execute(live, gpus)
+        except Exception as error:  # a bug must cost one job, never the supervisor
+            log.exception("job %s: internal error", live.id)
+            status, fields = JobStatus.FAILED, {"reason": f"internal error: {error!r}"}
+        finally:
+            self.slots.release(live.id)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._settle(live, status, **fields)
+            except Exception:
+                log.exception("job %s: could not record its end", live.id)
+                self._forget(live)
+            await self._prune()
+
+    async def _execute(
+        self, live: LiveJob, gpus: tuple[str, ...]
+    ) -> tuple[JobStatus, dict[str, Any]]:
+        returncode: int | None = None
+        with live.scope:
+            await trio.to_thread.run_sync(_prepare_dirs, live.record)
+            live.record = await self.store.transition(
+                live.id,
+                JobStatus.QUEUED,
+                JobStatus.RUNNING,
+                started_at=utc_now(),
+                finished_at=None,
+                exit_code=None,
+                attempts=live.record.attempts + 1,
+                gpus=list(gpus),
+            )
+            live.changed.fire()
+            self.changed.fire()
+            try:
+                returncode = await self._run_with_logs(live, self._environment(live.record, gpus))
+            except process.SpawnError as error:
+                return JobStatus.FAILED, {
+                    "reason": f"could not start: {error}",
+                    "finished_at": utc_now(),
+                }
+        return await self._outcome(live, returncode)
+
+    async def _run_with_logs(self, live: LiveJob, env: dict[str, str]) -> int:
+        stdout = LogPump(live.record.stdout_path, live.changed)
+        stderr = LogPump(live.record.stderr_path, live.changed, live.progress.feed)
+        await stdout.open()
+        try:
+            await stderr.open()
+            try:
+                return await self._run_process(live, env, stdout, stderr)
+            finally:
+                await stderr.aclose()
+        finally:
+            await stdout.aclose()
+
+    def _environment(self, record: JobRecord, gpus: tuple[str, ...]) -> dict[str, str]:
+        env = job_base_environment()
+        env.update(record.env)
+        env.update(self.policy.job_environment())
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        return env
+
+    async def _run_process(
+        self, live: LiveJob, env: dict[str, str], stdout: LogPump, stderr: LogPump
+    ) -> int:
+        """The child's return code (cancellation propagates after the tree is gone)."""
+        result: list[int] = []
+        async with trio.open_nursery() as nursery:
+
+            async def child(task_status: trio.TaskStatus[process.ProcessInfo]) -> None:
+                result.append(
+                    await process.run_process_group(
+                        live.record.argv,
+                        env=env,
+                        cwd=live.record.job_dir,
+                        on_stdout=stdout,
+                        on_stderr=stderr,
+                        grace_s=self.settings.kill_grace_s,
+                        task_status=task_status,
+                    )
+                )
+                nursery.cancel_scope.cancel()  # the child is gone: stop the flusher
+
+            info: process.ProcessInfo = await nursery.start(child)
+            live.record = await self.store.update(
+                live.id, pid=info.pid, pid_start_ticks=info.start_ticks
+            )
+            nursery.start_soon(self._flush_progress, live)
+        return result[0]
+
+    async def _flush_progress(self, live: LiveJob) -> None:
+        """Write live progress to the store, at most once per progress_flush_s."""
+        seen = live.changed.version
+        stored = live.progress.snapshot()
+        while True:
+            seen = await live.changed.wait_past(seen)
+            snapshot = live.progress.snapshot()
+            if snapshot != stored:
+                stored = snapshot
+                await self.store.set_progress(live.id, snapshot.to_dict(), snapshot.percent)
+                self.changed.fire()
+                await trio.sleep(self.settings.progress_flush_s)
+
+    async def _outcome(
+        self, live: LiveJob, returncode: int | None
+    ) -> tuple[JobStatus, dict[str, Any]]:
+        fields: dict[str, Any] = {"exit_code": returncode, "finished_at": utc_now()}
+        if live.stop_reason is StopReason.SHUTDOWN:
+            return JobStatus.QUEUED, {"reason": live.stop_reason.value}
+        if live.stop_reason is not None:
+            return JobStatus.STOPPED, {**fields, "reason": live.stop_reason.value}
+        if returncode is None:
+            return JobStatus.FAILED, {**fields, "reason": "the job ended before it started"}
+        if returncode == 0:
+            live.progress.complete()
+            return JobStatus.COMPLETED, fields
+        return JobStatus.FAILED, {**fields, "reason": await self._failure_reason(live, returncode)}
+
+    async def _failure_reason(self, live: LiveJob, returncode: int) -> str:
+        if returncode < 0:
+            name = (
+                signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "?"
+            )
+            return f"lm-eval was killed by signal {name} ({returncode})"
+        lines = await self.log_tail(live.record, "stderr")
+        cause = next((ln.strip() for ln in reversed(lines) if _looks_like_error(ln)), None)
+        base = f"lm-eval exited with code {returncode}"
+        return f"{base}: {cause}" if cause else base
+
+    async def _settle(self, live: LiveJob, status: JobStatus, **fields: Any) -> None:
+        """Record the job's new status and drop its live state (unless requeued)."""
+        snapshot = live.progress.snapshot()
+        if status is not JobStatus.QUEUED:
+            fields.setdefault("progress", snapshot.to_dict())
+            fields.setdefault("progress_pct", snapshot.percent)
+        old = live.record.status
+        if status is JobStatus.QUEUED and old is JobStatus.QUEUED:
+            pass  # shut down before it started: it simply stays queued
+        elif status is JobStatus.QUEUED:
+            live.record = await self._finish_interrupted(live.record, str(fields.get("reason")))
+        else:
+            live.record = await self.store.transition(live.id, old, status, **fields)
+        log.info("job %s: %s -> %s", live.id, old.value, live.record.status.value)
+        self._forget(live)
+
+    def _forget(self, live: LiveJob) -> None:
+        self._live.pop(live.id, None)
+        live.changed.fire()
+        live.done.set()
+        self.changed.fire()
+
+    async def _remove(self, records: Sequence[JobRecord]) -> None:
+        for record in records:
+            await trio.to_thread.run_sync(shutil.rmtree, record.job_dir, True)
+        await self.store.delete([r.id for r in records])
+        self.changed.fire()
+
+    async def _prune(self) -> None:
+        """Apply the retention settings to finished jobs."""
+        max_age_s, max_jobs = self.settings.retention_max_age_s, self.settings.retention_max_jobs
+        if max_age_s is None and max_jobs is None:
+            return
+        finished = await self.store.select(TERMINAL)
+        doomed = _expired(finished, max_age_s, max_jobs)
+        if doomed:
+            log.info("retention: deleting %d finished jobs", len(doomed))
+            await self._remove(doomed)
+
+
+def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:
+    model = request_model()
+    if isinstance(body, model):
+        return body
+    data = body.model_dump(exclude_unset=True) if isinstance(body, BaseModel) else dict(body)
+    return model.model_validate(data)
+
+
+def _prepare_dirs(record: JobRecord) -> None:
+    record.job_dir.mkdir(parents=True, exist_ok=True)
+    (record.job_dir / "cache").mkdir(exist_ok=True)
+
+
+def _copy_cache(old_dir: Path, new_dir: Path) -> None:
+    source = old_dir / "cache"
+    if source.is_dir():
+        shutil.copytree(source, new_dir / "cache", dirs_exist_ok=True)
+
+
+def _looks_like_error(line: str) -> bool:
+    head = line.strip().split(":", 1)[0]
+    return head.endswith(("Error", "Exception", "Interrupt")) and " " not in head
+
+
+def _expired(
+    finished: list[JobRecord], max_age_s: float | None, max_jobs: int | None
+) -> list[JobRecord]:
+    from datetime import UTC, datetime
+
+    doomed: dict[int, JobRecord] = {}
+    if max_age_s is not None:
+        now = datetime.now(UTC)
+        for record in finished:
+            ended = datetime.fromisoformat(record.finished_at or record.created_at)
+            if (now - ended).total_seconds() > max_age_s:
+                doomed[record.id] = record
+    if max_jobs is not None and len(finished) > max_jobs:
+        for record in finished[: len(finished) - max_jobs]:
+            doomed[record.id] = record
+    return list(doomed.values())

@@ -1,0 +1,141 @@
+"""Shared fixtures: settings in a temp folder, a real hypercorn on port 0, the stub model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from lmeval_trio.config import Settings
+from lmeval_trio.http.app import create_app
+from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.status import TERMINAL, JobStatus
+from lmeval_trio.supervisor import Supervisor
+from tests.support.stub_openai import StubHandle, start_stub
+
+SUPPORT = Path(__file__).parent / "support"
+TASKS_DIR = SUPPORT / "tasks"
+FAKE_LM_EVAL = SUPPORT / "fake_lm_eval.py"
+DUMMY_JOB: dict[str, Any] = {
+    "model": "dummy",
+    "model_args": "pretrained=dummy",
+    "tasks": ["tiny_mc", "tiny_gen"],
+    "include_path": str(TASKS_DIR),
+}
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Test settings: isolated data dir, the fake lm_eval allowed, short grace."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "install_signal_handlers": False,
+        "kill_grace_s": 3.0,
+        "allowed_lm_eval_paths": (str(FAKE_LM_EVAL),),
+        "allowed_path_roots": (SUPPORT, tmp_path),
+        "progress_flush_s": 0.05,
+    }
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+def fake_job(mode: str, **env: str) -> dict[str, Any]:
+    """A request that runs the fake lm_eval in ``mode``."""
+    return {
+        "lm_eval_path": str(FAKE_LM_EVAL),
+        "model": "dummy",
+        "tasks": "fake",
+        "env_vars": {"FAKE_MODE": mode, **env},
+    }
+
+
+@dataclass
+class Server:
+    url: str
+    client: httpx.AsyncClient
+    app: Any
+
+    async def submit(self, body: dict[str, Any]) -> int:
+        response = await self.client.post("/job", json=body)
+        assert response.status_code == 200, response.text
+        job_id: int = response.json()["job_id"]
+        return job_id
+
+    async def job(self, job_id: int) -> dict[str, Any]:
+        response = await self.client.get(f"/job/{job_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def wait_status(self, job_id: int, *statuses: JobStatus) -> dict[str, Any]:
+        """Wait (on the supervisor's change signal) until the job reaches a status."""
+        wanted = set(statuses) or set(TERMINAL)
+        supervisor: Supervisor = self.app.extensions[SUPERVISOR_KEY]
+        with trio.fail_after(120):
+            while True:
+                version = supervisor.changed.version
+                if (await supervisor.get(job_id)).status in wanted:
+                    return await self.job(job_id)
+                await supervisor.changed.wait_past(version)
+
+
+def _json(text: str) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+async def start_server(
+    nursery: trio.Nursery, settings: Settings, supervisor: Supervisor | None = None
+) -> tuple[str, trio.Event, Any]:
+    """Serve the app with a real hypercorn on 127.0.0.1:0; returns (url, shutdown, app)."""
+    app = create_app(settings, supervisor=supervisor)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 2
+    config.accesslog = None
+    shutdown = trio.Event()
+    urls: list[str] = await nursery.start(
+        partial(serve, app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    )
+    return urls[0], shutdown, app
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        url, shutdown, app = await start_server(nursery, settings)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            yield Server(url, client, app)
+        shutdown.set()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubHandle]:
+    handle = start_stub()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""A stand-in for lm_eval, used as ``lm_eval_path`` by tests that need a controllable child.
+
+The request's ``env_vars`` choose the behaviour (FAKE_MODE):
+  env      print the environment and argv as JSON on stdout, exit 0
+  exit     print argv, exit with FAKE_CODE
+  flood    write FAKE_MB megabytes of tqdm-style redraws to stderr (some stdout), exit 0
+  block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
+  tree     start a grandchild that ignores SIGTERM, print both pids, wait forever
+  bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
+           FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+
+def main() -> None:
+    mode = os.environ.get("FAKE_MODE", "env")
+    if mode == "env":
+        print(json.dumps({"env": dict(os.environ), "argv": sys.argv, "cwd": os.getcwd()}))
+    elif mode == "exit":
+        print(json.dumps(sys.argv), flush=True)
+        sys.stderr.write("ValueError: fake failure for the test\n")
+        sys.exit(int(os.environ.get("FAKE_CODE", "1")))
+    elif mode == "flood":
+        flood(int(os.environ.get("FAKE_MB", "1")))
+    elif mode == "block":
+        print("ready", flush=True)
+        while True:
+            signal.pause()
+    elif mode == "tree":
+        tree()
+    elif mode == "bars":
+        bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
+
+
+def flood(megabytes: int) -> None:
+    line = ("Requesting API:  37%|###7      | 84/228 [00:39<01:05,  2.21it/s]" + " " * 50)[:100]
+    chunk = ("\r" + line) * 100
+    written = 0
+    target = megabytes * 1024 * 1024
+    while written < target:
+        sys.stderr.write(chunk)
+        written += len(chunk)
+        if written % (1024 * 1024) < len(chunk):
+            sys.stdout.write(f"{written} bytes written\n")
+    sys.stderr.write("\n")
+
+
+def tree() -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal,os\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('grandchild', os.getpid(), flush=True)\nwhile True: signal.pause()",
+        ],
+    )
+    del child
+    print("leader", os.getpid(), flush=True)
+    while True:
+        signal.pause()
+
+
+def bars(total: int, gate: str) -> None:
+    print("INFO [evaluator:589] Running loglikelihood requests", file=sys.stderr, flush=True)
+    with open(gate) as steps:
+        for n in range(total + 1):
+            pct = n * 100 // total
+            sys.stderr.write(f"\rRequesting API: {pct:3d}%|#| {n}/{total} [00:01<00:02,  2.00it/s]")
+            sys.stderr.flush()
+            if n < total:
+                steps.readline()
+    sys.stderr.write("\n")
+
+
+if __name__ == "__main__":
+    main()
