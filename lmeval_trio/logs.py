@@ -18,7 +18,7 @@ import trio
 
 from lmeval_trio.pulse import Pulse
 
-_SEPARATORS = re.compile(r"[\r\n]")
+_SEPARATORS = re.compile(r"([\r\n])")
 MAX_SEGMENT_CHARS = 64 * 1024
 
 
@@ -33,14 +33,31 @@ class SegmentSplitter:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
 
+    @property
+    def pending(self) -> str:
+        """The segment still being written (tqdm's newest bar state lives here)."""
+        return self._pending
+
     def feed(self, data: bytes) -> list[str]:
+        """Complete segments, with runs of redraws reduced to the last one of the run.
+
+        Intermediate redraws of one bar carry no information the last one lacks, and a
+        flood of them must not cost a parse each.
+        """
         text = self._pending + self._decoder.decode(data)
-        parts = _SEPARATORS.split(text)
-        self._pending = parts.pop()
+        pieces = _SEPARATORS.split(text)  # [seg, sep, seg, sep, ..., pending]
+        self._pending = pieces.pop()
+        count = len(pieces) // 2
+        segments = []
+        for i in range(count):
+            segment, separator = pieces[2 * i], pieces[2 * i + 1]
+            overdrawn = separator == "\r" and (i + 1 < count or self._pending)
+            if segment and not overdrawn:
+                segments.append(segment)
         if len(self._pending) > MAX_SEGMENT_CHARS:  # no separator for too long: emit anyway
-            parts.append(self._pending)
+            segments.append(self._pending)
             self._pending = ""
-        return [part for part in parts if part]
+        return segments
 
     def flush(self) -> list[str]:
         rest = self._pending + self._decoder.decode(b"", final=True)
@@ -62,16 +79,18 @@ class LogPump:
         self._file: trio._file_io.AsyncIOWrapper | None = None  # type: ignore[type-arg]
 
     async def open(self) -> None:
-        self._file = await trio.open_file(self.path, "ab")
+        # Unbuffered: one write per chunk goes straight to the OS (one thread hop, no flush).
+        self._file = await trio.open_file(self.path, "ab", buffering=0)
 
     async def __call__(self, data: bytes) -> None:
         assert self._file is not None, "LogPump.open() first"
         await self._file.write(data)
-        await self._file.flush()
         self.bytes_written += len(data)
         if self._on_segment is not None:
             for segment in self._splitter.feed(data):
                 self._on_segment(segment)
+            if self._splitter.pending:
+                self._on_segment(self._splitter.pending)  # a bar's newest state
         self._changed.fire()
 
     async def aclose(self) -> None:

@@ -18,7 +18,8 @@ import logging
 import math
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -474,6 +475,14 @@ class Supervisor:
     ) -> int:
         """The child's return code (cancellation propagates after the tree is gone)."""
         result: list[int] = []
+        with _unwrap_spawn_error():
+            await self._supervise_child(live, env, stdout, stderr, result)
+        return result[0]
+
+    async def _supervise_child(
+        self, live: LiveJob, env: dict[str, str], stdout: LogPump, stderr: LogPump,
+        result: list[int],
+    ) -> None:
         async with trio.open_nursery() as nursery:
 
             async def child(task_status: trio.TaskStatus[process.ProcessInfo]) -> None:
@@ -495,7 +504,6 @@ class Supervisor:
                 live.id, pid=info.pid, pid_start_ticks=info.start_ticks
             )
             nursery.start_soon(self._flush_progress, live)
-        return result[0]
 
     async def _flush_progress(self, live: LiveJob) -> None:
         """Write live progress to the store, at most once per progress_flush_s."""
@@ -582,6 +590,20 @@ def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:
         return body
     data = body.model_dump(exclude_unset=True) if isinstance(body, BaseModel) else dict(body)
     return model.model_validate(data)
+
+
+@contextmanager
+def _unwrap_spawn_error() -> Iterator[None]:
+    """A spawn failure arrives wrapped in our nursery's group; callers want it bare."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        spawn, rest = group.split(process.SpawnError)
+        if spawn is None or rest is not None:
+            raise
+        while isinstance(spawn, BaseExceptionGroup):
+            spawn = spawn.exceptions[0]
+        raise spawn from None
 
 
 def _prepare_dirs(record: JobRecord) -> None:

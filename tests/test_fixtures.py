@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -295,6 +296,21 @@ def test_close_wakes_delayed_requests() -> None:
     assert done.wait(3)
     worker.join(1)
     assert time.monotonic() - t0 < 3
+
+
+def test_client_disconnect_is_counted_quietly(capsys: pytest.CaptureFixture[str]) -> None:
+    with start_stub(delay_s=0.2) as stub:
+        body = b'{"prompt": "x"}'
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", stub.port)) as sock:
+            sock.sendall(head.encode() + body)
+            time.sleep(0.05)  # the request is now sleeping in the delay
+        deadline = time.monotonic() + 3
+        while stub.stats()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stub.stats()["in_flight"] == 0
+        assert stub.stats()["client_disconnects"] == 1
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_fail_first() -> None:

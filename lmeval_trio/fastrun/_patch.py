@@ -108,7 +108,7 @@ class Targets:
     """The validated lm_eval internals, captured before anything is patched."""
 
     version: str
-    index_mod: ModuleType
+    index_mod: Any  # lm_eval.tasks._index (untyped; attributes are reassigned)
     task_index: Any
     entry_cls: type
     log: logging.Logger

@@ -30,6 +30,12 @@ choice) or ``question`` + ``answer`` (generation). It finds the question that oc
 in the prompt; for loglikelihood the continuation that ends with the correct choice gets
 the highest (and greedy) logprob, and generation returns the correct answer text.
 
+``GET /stats`` returns ``{"routes": {"POST /v1/completions": n, ...}, "v1_requests",
+"prompts", "loglikelihood_prompts", "generation_prompts", "chat_requests",
+"failures_injected", "client_disconnects", "in_flight", "delay_s", "fail_remaining"}``.
+``/v1`` requests are counted on arrival (before the delay); ``/stats`` routes are not
+counted; ``client_disconnects`` (clients gone before the answer was written) is best effort.
+
 ``--delay S`` sleeps S seconds in every ``/v1/...`` request (not the tokenizer routes), so
 lm-eval's "Requesting API" progress is observable. ``--fail-first N`` answers the first N
 ``/v1/...`` requests with ``--fail-status`` (default 500).
@@ -271,6 +277,7 @@ class StubState:
     generation_prompts: int = 0
     chat_requests: int = 0
     failures_injected: int = 0
+    client_disconnects: int = 0
     in_flight: int = 0
     counter: int = 0
 
@@ -284,6 +291,7 @@ class StubState:
                 "generation_prompts": self.generation_prompts,
                 "chat_requests": self.chat_requests,
                 "failures_injected": self.failures_injected,
+                "client_disconnects": self.client_disconnects,
                 "in_flight": self.in_flight,
                 "delay_s": self.delay_s,
                 "fail_remaining": self.fail_remaining,
@@ -295,7 +303,7 @@ class StubState:
             self.routes.clear()
             self.v1_requests = self.prompts = 0
             self.loglikelihood_prompts = self.generation_prompts = 0
-            self.chat_requests = self.failures_injected = 0
+            self.chat_requests = self.failures_injected = self.client_disconnects = 0
 
     def next_id(self) -> int:
         with self.lock:
@@ -310,6 +318,12 @@ class StubServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: StubState) -> None:
         self.state = state
         super().__init__(address, StubHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Client disconnects while reading/writing are normal when jobs are cancelled.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class StubHandler(BaseHTTPRequestHandler):
@@ -331,11 +345,17 @@ class StubHandler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client went away (e.g. lm_eval was killed mid-request): count it, no traceback.
+            self.close_connection = True
+            with self.state.lock:
+                self.state.client_disconnects += 1
 
     def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         self._send_json(status, {"error": {"message": message, "type": kind, "code": status}})

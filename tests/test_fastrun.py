@@ -1,0 +1,701 @@
+"""Tests for ``python -m lmeval_trio.fastrun``: parity with stock lm_eval, cache, fallbacks.
+
+The end-to-end part runs real lm_eval subprocesses (``--model dummy``) on the
+tiny tasks in ``tests/support/fastrun_tasks``. Only one of them is a stock
+``lm_eval`` run; the three slow ones (stock, cold fastrun, stock fallback)
+start together to share the wall clock. Subprocesses get a pycache prefix in
+the session temp dir: this machine exports PYTHONDONTWRITEBYTECODE=1 and the
+venv has no .pyc files, which otherwise costs every process ~5-10 s of
+compiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmeval_trio import fastrun
+from lmeval_trio.fastrun import _cache, _main, _patch
+
+FASTRUN_TASKS = Path(__file__).parent / "support" / "fastrun_tasks"
+PYTHON = sys.executable
+LM_EVAL = str(Path(PYTHON).with_name("lm_eval"))
+RUN_TIMEOUT = 600.0
+LM_EVAL_ARGS = [
+    "run",
+    "--model",
+    "dummy",
+    "--model_args",
+    "pretrained=dummy",
+    "--tasks",
+    "fastrun_mc,fastrun_gen",
+    "--include_path",
+    str(FASTRUN_TASKS),
+    "--log_samples",
+]
+#: Keys of results_*.json that must be identical between runs.
+COMPARED_KEYS = (
+    "results",
+    "n-samples",
+    "configs",
+    "versions",
+    "n-shot",
+    "higher_is_better",
+    "group_subtasks",
+)
+#: lm_eval installs python modules next to its YAML files; same for both runners.
+_LOG_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}:\d{2}:\d{2}:\d{2} ")
+
+
+def lm_eval_tasks_dir() -> Path:
+    """lm_eval's built-in tasks dir, found without importing lm_eval.tasks (~5 s)."""
+    spec = importlib.util.find_spec("lm_eval")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "tasks"
+
+
+def expected_cache(cache_dir: Path) -> _cache.IndexCache:
+    """The cache file a fastrun job would use for the installed lm_eval."""
+    tasks = lm_eval_tasks_dir()
+    key = _cache.build_key(
+        tasks,
+        lm_eval_version=importlib.metadata.version("lm_eval"),
+        source_files={
+            "_index.py": tasks / "_index.py",
+            "_yaml_loader.py": tasks / "_yaml_loader.py",
+        },
+    )
+    return _cache.IndexCache(cache_dir, key, logging.getLogger("test"))
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@dataclass
+class Run:
+    """One finished subprocess with its outputs."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    output_dir: Path
+
+    def results(self) -> dict[str, Any]:
+        files = sorted((self.output_dir / "dummy").glob("results_*.json"))
+        assert len(files) == 1, (files, self.stderr[-3000:])
+        data: dict[str, Any] = json.loads(files[0].read_text())
+        return data
+
+    def samples(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted((self.output_dir / "dummy").glob("samples_*.jsonl")):
+            task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
+            out[task] = [json.loads(line) for line in path.read_text().splitlines()]
+        return out
+
+
+@dataclass
+class Env:
+    """Shared environment for every subprocess of the session."""
+
+    root: Path
+    env: dict[str, str]
+
+    def start(
+        self, name: str, argv: list[str], *, with_output: bool = True
+    ) -> tuple[subprocess.Popen[str], Path, float]:
+        out = self.root / "out" / name
+        cmd = [*argv, "--output_path", str(out)] if with_output else argv
+        proc = subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return proc, out, time.monotonic()
+
+    def finish(self, started: tuple[subprocess.Popen[str], Path, float]) -> Run:
+        proc, out, t0 = started
+        try:
+            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"{proc.args!r} timed out\n{stderr[-3000:]}")
+        args = proc.args
+        assert isinstance(args, list)
+        return Run(
+            [str(a) for a in args], proc.returncode, stdout, stderr, time.monotonic() - t0, out
+        )
+
+    def run(self, name: str, argv: list[str], *, with_output: bool = True) -> Run:
+        return self.finish(self.start(name, argv, with_output=with_output))
+
+
+def fastrun_argv(cache_dir: Path, *lm_eval_args: str) -> list[str]:
+    return fastrun.command(list(lm_eval_args), index_cache=cache_dir, python=PYTHON)
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    root = tmp_path_factory.mktemp("fastrun")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LMEVAL_", "PYTHONDONTWRITEBYTECODE", "HF_"))
+    }
+    env |= {
+        "HF_HOME": str(root / "hf"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPYCACHEPREFIX": str(root / "pycache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return Env(root, env)
+
+
+@dataclass
+class SlowRuns:
+    stock: Run
+    cold: Run
+    fallback: Run
+    cache_dir: Path
+
+
+#: Makes lm_eval's TaskIndex look renamed, as a future lm_eval might.
+_RENAMED_INTERNAL = (
+    "import sys; from lmeval_trio.fastrun import _patch, _main; "
+    "_patch.TASKINDEX_METHODS = ('build', '_iter_yaml_files', 'process_cfg_renamed'); "
+    "_main.main()"
+)
+
+
+@pytest.fixture(scope="session")
+def slow_runs(e2e: Env) -> SlowRuns:
+    """The three ~20 s runs, started together.
+
+    * stock: the real ``lm_eval`` console script (the only stock run);
+    * cold: fastrun whose cache file exists but is corrupt -> warn, rebuild, cache;
+    * fallback: fastrun with an unrecognised lm_eval internal -> warn, stock path.
+    """
+    cache_dir = e2e.root / "index-cache"
+    cache_dir.mkdir(mode=0o700)
+    cache_file = expected_cache(cache_dir).path
+    cache_file.write_bytes(b"this is not a task index\n")
+    cache_file.chmod(0o600)
+    fallback_cache = e2e.root / "fallback-cache"
+
+    stock = e2e.start("stock", [LM_EVAL, *LM_EVAL_ARGS])
+    cold = e2e.start("cold", fastrun_argv(cache_dir, *LM_EVAL_ARGS))
+    fallback = e2e.start(
+        "fallback",
+        [PYTHON, "-c", _RENAMED_INTERNAL, "--index-cache", str(fallback_cache), *LM_EVAL_ARGS],
+    )
+    runs = SlowRuns(e2e.finish(stock), e2e.finish(cold), e2e.finish(fallback), cache_dir)
+    for run in (runs.stock, runs.cold, runs.fallback):
+        assert run.returncode == 0, (run.argv, run.stderr[-4000:])
+    return runs
+
+
+@pytest.fixture(scope="session")
+def warm_run(e2e: Env, slow_runs: SlowRuns) -> Run:
+    run = e2e.run("warm", fastrun_argv(slow_runs.cache_dir, *LM_EVAL_ARGS))
+    assert run.returncode == 0, run.stderr[-4000:]
+    print(
+        f"\nfastrun timings: stock {slow_runs.stock.seconds:.1f} s, "
+        f"cold {slow_runs.cold.seconds:.1f} s, fallback {slow_runs.fallback.seconds:.1f} s "
+        f"(these three ran concurrently), warm {run.seconds:.1f} s"
+    )
+    return run
+
+
+def assert_same_results(expected: Run, actual: Run) -> None:
+    want, got = expected.results(), actual.results()
+    for key in COMPARED_KEYS:
+        assert got.get(key) == want.get(key), key
+    assert got["config"]["model_args"] == want["config"]["model_args"]
+    assert actual.samples() == expected.samples()
+    assert actual.stdout == expected.stdout
+
+
+def lm_eval_log_lines(stderr: str) -> list[str]:
+    """stderr minus timestamps, tqdm bars and fastrun's own lines."""
+    lines = []
+    for raw in re.split(r"[\r\n]|(?=\d{4}-\d{2}-\d{2}:\d{2}:\d{2}:\d{2} )", stderr):
+        line = _LOG_PREFIX.sub("", raw).rstrip()
+        if not line or "[fastrun]" in line or re.search(r"\d+/\d+ \[", line):
+            continue
+        lines.append(line)
+    return lines
+
+
+def test_cold_run_matches_stock_and_rebuilds_corrupt_cache(slow_runs: SlowRuns) -> None:
+    cold = slow_runs.cold
+    assert_same_results(slow_runs.stock, cold)
+    assert lm_eval_log_lines(cold.stderr) == lm_eval_log_lines(slow_runs.stock.stderr)
+    assert re.search(r"WARNING .*\[fastrun\] task index: rejecting cache: .*corrupt", cold.stderr)
+    assert "[fastrun] task index: built " in cold.stderr
+    cache = expected_cache(slow_runs.cache_dir)
+    assert cache.read() is not None  # the rebuilt file replaced the corrupt one
+
+
+def test_warm_run_hits_cache_and_matches_stock(slow_runs: SlowRuns, warm_run: Run) -> None:
+    assert "[fastrun] task index: cache hit" in warm_run.stderr
+    assert "task index: built" not in warm_run.stderr
+    assert "WARNING  [fastrun]" not in warm_run.stderr
+    assert_same_results(slow_runs.stock, warm_run)
+    assert lm_eval_log_lines(warm_run.stderr) == lm_eval_log_lines(slow_runs.stock.stderr)
+
+
+def test_unrecognised_internal_falls_back_to_stock(slow_runs: SlowRuns) -> None:
+    run = slow_runs.fallback
+    assert re.search(
+        r"WARNING .*\[fastrun\] fastrun disabled: .*has no attribute 'process_cfg_renamed'"
+        r".*falling back to stock",
+        run.stderr,
+    )
+    assert "task index:" not in run.stderr
+    assert not (slow_runs.cache_dir.parent / "fallback-cache").exists()
+    assert_same_results(slow_runs.stock, run)
+    assert lm_eval_log_lines(run.stderr) == lm_eval_log_lines(slow_runs.stock.stderr)
+
+
+def test_tampered_cache_key_is_rejected(e2e: Env, slow_runs: SlowRuns, warm_run: Run) -> None:
+    """A cache whose header claims another lm_eval version is never trusted."""
+    good = expected_cache(slow_runs.cache_dir)
+    tampered_dir = e2e.root / "tampered-cache"
+    tampered_dir.mkdir(mode=0o700)
+    header, payload = good.path.read_bytes().split(b"\n", 1)
+    meta = json.loads(header)
+    meta["key"]["lm_eval_version"] = "0.0.1"
+    target = tampered_dir / good.path.name
+    target.write_bytes(json.dumps(meta).encode() + b"\n" + payload)
+    target.chmod(0o600)
+    cache = _cache.IndexCache(tampered_dir, good.key, logging.getLogger("test"))
+    with pytest.raises(_cache.CacheReject, match=r"key mismatch.*lm_eval_version"):
+        cache.read()
+
+
+def test_argparse_error_exits_2(e2e: Env, tmp_path: Path) -> None:
+    run = e2e.run(
+        "argparse", fastrun_argv(tmp_path, "run", "--model", "dummy", "--bogus"), with_output=False
+    )
+    assert run.returncode == 2
+    assert "lm-eval: error: unrecognized arguments: --bogus" in run.stderr
+    assert run.stdout == ""
+
+
+def test_own_usage_error_exits_2(e2e: Env) -> None:
+    run = e2e.run("usage", [PYTHON, "-m", fastrun.MODULE, "--index-cache"], with_output=False)
+    assert run.returncode == 2
+    assert "fastrun: error: --index-cache needs a directory" in run.stderr
+
+
+def test_unknown_task_exits_1(e2e: Env, slow_runs: SlowRuns) -> None:
+    run = e2e.run(
+        "unknown",
+        fastrun_argv(slow_runs.cache_dir, "--model", "dummy", "--tasks", "no_such_task_xyz"),
+        with_output=False,
+    )
+    assert run.returncode == 1
+    assert "ValueError: Tasks not found: no_such_task_xyz" in run.stderr
+    assert "[fastrun] task index: cache hit" in run.stderr
+
+
+# ------------------------------------------------------------------ argv
+
+
+@pytest.mark.parametrize(
+    ("argv", "cache", "rest"),
+    [
+        (["run", "--model", "dummy"], None, ["run", "--model", "dummy"]),
+        (["--index-cache", "/c", "run"], "/c", ["run"]),
+        (["--index-cache=/c", "--", "--index-cache", "x"], "/c", ["--index-cache", "x"]),
+        (["--", "run"], None, ["run"]),
+        (
+            ["--model", "dummy", "--index-cache", "/c"],
+            None,
+            ["--model", "dummy", "--index-cache", "/c"],
+        ),
+        ([], None, []),
+    ],
+)
+def test_split_args(argv: list[str], cache: str | None, rest: list[str]) -> None:
+    assert _main.split_args(argv) == (cache, rest)
+
+
+@pytest.mark.parametrize("argv", [["--index-cache"], ["--index-cache="], ["--index-cache", ""]])
+def test_split_args_rejects_missing_dir(argv: list[str]) -> None:
+    with pytest.raises(_main.UsageError):
+        _main.split_args(argv)
+
+
+def test_command_separates_lm_eval_args() -> None:
+    argv = fastrun.command(["--index-cache", "run"], index_cache="/c", python="py")
+    assert argv == [
+        "py",
+        "-m",
+        "lmeval_trio.fastrun",
+        "--index-cache",
+        "/c",
+        "--",
+        "--index-cache",
+        "run",
+    ]
+    assert _main.split_args(argv[3:]) == ("/c", ["--index-cache", "run"])
+
+
+def test_default_cache_dir_reads_env_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fastrun.ENV_INDEX_CACHE, "/somewhere")
+    assert fastrun.default_cache_dir() == "/somewhere"
+    monkeypatch.delenv(fastrun.ENV_INDEX_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert fastrun.default_cache_dir() == "/xdg/lmeval-trio/task-index"
+
+
+# ---------------------------------------------------------- cache (no lm_eval)
+
+
+def make_tree(root: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "t.yaml").write_text("task: t\n")
+    (root / "a" / "_default_template_yaml").write_text("output_type: multiple_choice\n")
+    (root / "a" / "__pycache__").mkdir()
+    (root / "a" / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    return root
+
+
+def test_fingerprint_tracks_every_file_but_pycache(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tasks")
+    base, count = _cache.fingerprint_tree(root)
+    assert count == 2
+    (root / "a" / "__pycache__" / "y.pyc").write_bytes(b"\0")
+    assert _cache.fingerprint_tree(root)[0] == base
+    template = root / "a" / "_default_template_yaml"
+    template.write_text("output_type: generate_until\n")  # an extension-less include
+    changed = _cache.fingerprint_tree(root)[0]
+    assert changed != base
+    (root / "b").mkdir()
+    assert _cache.fingerprint_tree(root)[0] != changed
+    st = template.stat()
+    os.utime(template, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert _cache.fingerprint_tree(root)[0] != changed
+
+
+def test_fingerprint_survives_symlink_loop(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tasks")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    digest, count = _cache.fingerprint_tree(root)
+    assert count == 2 and len(digest) == 64
+
+
+def key_for(root: Path, version: str = "0.4.13") -> _cache.CacheKey:
+    src = root / "a" / "t.yaml"
+    return _cache.build_key(root, lm_eval_version=version, source_files={"t.yaml": src})
+
+
+def test_key_changes_with_version_and_tree(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tasks")
+    key = key_for(root)
+    assert key == key_for(root)
+    assert key_for(root, "0.4.14").digest != key.digest
+    (root / "a" / "new.yaml").write_text("task: new\n")
+    assert key_for(root).digest != key.digest
+
+
+def test_cache_round_trip_and_rejections(tmp_path: Path) -> None:
+    log = logging.getLogger("test")
+    root = make_tree(tmp_path / "tasks")
+    cache_dir = tmp_path / "cache"
+    cache = _cache.IndexCache(cache_dir, key_for(root), log)
+    assert cache.read() is None  # plain miss, no directory yet
+    assert cache.write(b"payload-1")
+    assert oct(cache_dir.stat().st_mode & 0o777) == "0o700"
+    assert oct(cache.path.stat().st_mode & 0o777) == "0o600"
+    assert cache.read() == b"payload-1"
+
+    blob = cache.path.read_bytes()
+    cache.path.write_bytes(blob[:-1])
+    with pytest.raises(_cache.CacheReject, match="truncated or corrupt"):
+        cache.read()
+    cache.path.write_bytes(blob[:-1] + b"X")
+    with pytest.raises(_cache.CacheReject, match="truncated or corrupt"):
+        cache.read()
+    cache.path.write_bytes(b"\x80garbage")
+    with pytest.raises(_cache.CacheReject, match="unreadable header"):
+        cache.read()
+    cache.path.write_bytes(b'{"magic": "something else"}\n')
+    with pytest.raises(_cache.CacheReject, match="not a fastrun"):
+        cache.read()
+
+    cache.write(b"payload-2")
+    cache.path.chmod(0o666)
+    with pytest.raises(_cache.CacheReject, match="world-writable"):
+        cache.read()
+
+
+def test_write_prunes_other_fingerprints_only(tmp_path: Path) -> None:
+    log = logging.getLogger("test")
+    root = make_tree(tmp_path / "tasks")
+    other_root = make_tree(tmp_path / "other")
+    cache_dir = tmp_path / "cache"
+    old = _cache.IndexCache(cache_dir, key_for(root), log)
+    old.write(b"old")
+    other = _cache.IndexCache(cache_dir, key_for(other_root), log)
+    other.write(b"other tasks dir")
+    stale_tmp = cache_dir / ".tmp-dead.pickle"
+    stale_tmp.write_bytes(b"")
+    os.utime(stale_tmp, (0, 0))
+    (root / "a" / "t.yaml").write_text("task: t2\n")
+    new = _cache.IndexCache(cache_dir, key_for(root), log)
+    assert new.path != old.path
+    new.write(b"new")
+    assert not old.path.exists() and not stale_tmp.exists()
+    assert other.read() == b"other tasks dir"
+    assert new.read() == b"new"
+
+
+def test_write_failure_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cache = _cache.IndexCache(
+        blocker / "sub", key_for(make_tree(tmp_path / "t")), logging.getLogger("t")
+    )
+    with caplog.at_level(logging.WARNING, logger="t"):
+        assert cache.write(b"x") is False
+    assert "could not write cache" in caplog.text
+
+
+# ------------------------------------------------------ logging replay (no lm_eval)
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def capture(level: int, *loggers: logging.Logger) -> Iterator[ListHandler]:
+    """Attach a handler directly (lm_eval's own setup may stop propagation to root)."""
+    handler = ListHandler()
+    saved = [(lg, lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(level)
+        lg.propagate = False
+    try:
+        yield handler
+    finally:
+        for lg, lvl, prop in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(lvl)
+            lg.propagate = prop
+
+
+def test_recording_logger_attributes_records_to_the_caller() -> None:
+    real = logging.getLogger("test.fake_index")
+    recorder = _patch.RecordingLogger(real, frozenset({"skip me %s"}))
+
+    def process(log: Any) -> None:
+        log.debug("Skip %s (%s)", Path("/x.yaml"), ValueError("bad"))
+        log.warning("Duplicate task name 'x'")
+        log.debug("skip me %s", 1)
+
+    with capture(logging.INFO, real) as live:
+        process(recorder)
+    assert [(r.levelno, r.funcName, r.getMessage()) for r in live.records] == [
+        (logging.WARNING, "process", "Duplicate task name 'x'")
+    ]
+    assert [(r[0], r[3], r[4]) for r in recorder.records] == [
+        (logging.DEBUG, "process", "Skip /x.yaml (bad)"),
+        (logging.WARNING, "process", "Duplicate task name 'x'"),
+    ]
+    with capture(logging.DEBUG, real) as replayed:
+        _patch.replay(real, recorder.records)
+    assert [
+        (r.levelno, r.pathname, r.lineno, r.funcName, r.getMessage()) for r in replayed.records
+    ] == recorder.records
+
+
+# -------------------------------------------------- validation (no lm_eval.tasks)
+
+
+def test_inspect_targets_reports_missing_class() -> None:
+    fake = type(sys)("lm_eval.tasks._index")
+    with pytest.raises(_patch.Unsupported, match="TaskIndex is missing"):
+        _patch.inspect_targets(fake)
+
+
+def test_inspect_targets_reports_unvalidated_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_patch, "VALIDATED_SOURCES", {"9.9.9": {}})
+    with pytest.raises(_patch.Unsupported, match=r"lm_eval \S+ has not been validated"):
+        _patch.inspect_targets(type(sys)("x"))
+
+
+# ------------------------------------------- in-process parity with lm_eval's build
+
+
+FAKE_BUILTIN = {
+    "arc/_template_yaml": "output_type: multiple_choice\ndoc_to_text: q\n",
+    "arc/arc_easy.yaml": "include: _template_yaml\ntask: arc_easy\ntag: [ai2_arc]\n",
+    "arc/arc_hard.yaml": "include: _template_yaml\ntask: arc_hard\ntag: ai2_arc\n",
+    "arc/dup.yaml": "task: arc_easy\n",  # duplicate name -> WARNING from process_cfg
+    "grp/group.yaml": "group: grp\ntask: [arc_easy, arc_hard]\n",
+    "bad/shape.yaml": "dataset_path: x\n",  # unknown shape -> DEBUG "Skip"
+    "bad/list.yaml": "- 1\n",
+    "py/task.yaml": "task: pyt\nclass: !function mod.Cls\n",
+    "__pycache__/ignored.yaml": "task: nope\n",
+}
+INCLUDED = {
+    "mine.yaml": "task: arc_hard\n",  # overrides a "built-in" -> merge WARNING
+    "extra.yaml": "task: extra\ntag: ai2_arc\n",
+}
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def index_mod() -> Any:
+    import lm_eval.tasks._index as index_mod
+
+    return index_mod
+
+
+@pytest.fixture
+def fresh_process(index_mod: Any) -> Iterator[Callable[[], None]]:
+    """Undo fastrun's patches: between simulated processes and after the test."""
+    saved = {n: index_mod.TaskIndex.__dict__[n] for n in _patch.TASKINDEX_METHODS}
+    saved_load, saved_log = index_mod.load_yaml, index_mod.log
+
+    def restore() -> None:
+        for name, raw in saved.items():
+            setattr(index_mod.TaskIndex, name, raw)
+        index_mod.load_yaml, index_mod.log = saved_load, saved_log
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
+FASTRUN_TEST_LOG = logging.getLogger("test.fastrun")
+BuildResult = tuple[dict[str, Any], list[tuple[Any, ...]], list[str]]
+
+
+def capture_build(index_mod: Any, paths: list[Path], **kwargs: Any) -> BuildResult:
+    """Build, returning (index, lm_eval log records, fastrun messages)."""
+    with capture(logging.DEBUG, index_mod.log, FASTRUN_TEST_LOG) as handler:
+        index = index_mod.TaskIndex.build(paths, **kwargs)
+    lm = [
+        (r.name, r.levelno, r.pathname, r.lineno, r.funcName, r.getMessage())
+        for r in handler.records
+        if r.name.startswith("lm_eval")
+    ]
+    ours = [r.getMessage() for r in handler.records if r.name == FASTRUN_TEST_LOG.name]
+    return index, lm, ours
+
+
+def test_patched_build_equals_stock_build(
+    index_mod: Any, fresh_process: Callable[[], None], tmp_path: Path
+) -> None:
+    builtin = write_files(tmp_path / "builtin", FAKE_BUILTIN)
+    included = write_files(tmp_path / "included", INCLUDED)
+    paths = [builtin, included]
+    stock = capture_build(index_mod, paths)
+    stock_flat = capture_build(index_mod, paths, resolve_includes=False)
+    stock_index, stock_logs, _ = stock
+    assert {r[1] for r in stock_logs} >= {logging.DEBUG, logging.WARNING}  # both paths exercised
+    assert stock_index["arc_hard"].yaml_path == included / "mine.yaml"  # include_path wins
+
+    targets = dataclasses.replace(_patch.inspect_targets(index_mod), default_root=builtin)
+    cache_dir = tmp_path / "cache"
+
+    def new_process() -> None:
+        fresh_process()
+        _patch.Patcher(targets, cache_dir, FASTRUN_TEST_LOG).install()
+
+    new_process()
+    cold_index, cold_logs, cold_msgs = capture_build(index_mod, paths)
+    assert any("cache miss" in m for m in cold_msgs), cold_msgs
+    assert list(cold_index.items()) == list(stock_index.items())
+    assert cold_logs == stock_logs
+
+    new_process()
+    warm_index, warm_logs, warm_msgs = capture_build(index_mod, paths)
+    assert any("cache hit" in m for m in warm_msgs), warm_msgs
+    assert list(warm_index.items()) == list(stock_index.items())
+    assert warm_logs == stock_logs
+    assert warm_index["arc_easy"] is not cold_index["arc_easy"]
+
+    # A second TaskManager in the same process: fresh, equal entries; same log lines.
+    again_index, again_logs, again_msgs = capture_build(index_mod, paths)
+    assert list(again_index.items()) == list(stock_index.items())
+    assert again_logs == stock_logs and not again_msgs
+    assert again_index["arc_easy"] is not warm_index["arc_easy"]
+
+    # resolve_includes=False never uses the cache (built with includes resolved).
+    flat_index, flat_logs, flat_msgs = capture_build(index_mod, paths, resolve_includes=False)
+    assert (flat_index, flat_logs, flat_msgs) == stock_flat
+
+
+@pytest.mark.parametrize("damage", ["payload", "header"])
+def test_bad_cache_content_rebuilds_with_warning(
+    index_mod: Any, fresh_process: Callable[[], None], tmp_path: Path, damage: str
+) -> None:
+    builtin = write_files(tmp_path / "builtin", FAKE_BUILTIN)
+    stock_index, stock_logs, _ = capture_build(index_mod, [builtin])
+    targets = dataclasses.replace(_patch.inspect_targets(index_mod), default_root=builtin)
+    cache_dir = tmp_path / "cache"
+    key = _cache.build_key(
+        builtin, lm_eval_version=targets.version, source_files=targets.source_files
+    )
+    cache = _cache.IndexCache(cache_dir, key, FASTRUN_TEST_LOG)
+    if damage == "payload":  # a valid file whose pickle is not an index
+        cache.write(pickle.dumps(("not", "entries")))
+        expected = "is unreadable"
+    else:  # a real index, but the header claims another lm_eval version
+        _patch.Patcher(targets, cache_dir, FASTRUN_TEST_LOG).install()
+        capture_build(index_mod, [builtin])
+        fresh_process()
+        head, payload = cache.path.read_bytes().split(b"\n", 1)
+        meta = json.loads(head)
+        meta["key"]["lm_eval_version"] = "0.0.1"
+        cache.path.write_bytes(json.dumps(meta).encode() + b"\n" + payload)
+        expected = "key mismatch (differs in: lm_eval_version)"
+
+    _patch.Patcher(targets, cache_dir, FASTRUN_TEST_LOG).install()
+    index, logs, msgs = capture_build(index_mod, [builtin])
+    assert list(index.items()) == list(stock_index.items()) and logs == stock_logs
+    assert any(expected in m and "rebuilding" in m for m in msgs), msgs
+    assert any(m.startswith("task index: built") for m in msgs), msgs
+    assert cache.read() is not None
