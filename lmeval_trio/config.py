@@ -72,6 +72,9 @@ class Settings(BaseModel):
     fast_start: bool = Field(
         default=True, description="Run the server's lm-eval through the cached task index."
     )
+    task_index_dir: Path | None = Field(
+        default=None, description="Where the task index cache lives (default: DATA_DIR/cache)."
+    )
     install_signal_handlers: bool = Field(
         default=True, description="Turn SIGTERM into a graceful shutdown (served app only)."
     )
@@ -110,7 +113,7 @@ class Settings(BaseModel):
     log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
     log_level: str = Field(default="INFO", description="Server log level.")
 
-    @field_validator("data_dir", "api_keys_file", mode="after")
+    @field_validator("data_dir", "api_keys_file", "task_index_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()

@@ -112,7 +112,8 @@ class Supervisor:
         self.settings = settings
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.launcher = launcher or command.Launcher.default(
-            fast_start=settings.fast_start, index_cache=settings.data_dir / "cache" / "task-index"
+            fast_start=settings.fast_start,
+            index_cache=settings.task_index_dir or settings.data_dir / "cache" / "task-index",
         )
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
@@ -480,7 +481,11 @@ class Supervisor:
         return result[0]
 
     async def _supervise_child(
-        self, live: LiveJob, env: dict[str, str], stdout: LogPump, stderr: LogPump,
+        self,
+        live: LiveJob,
+        env: dict[str, str],
+        stdout: LogPump,
+        stderr: LogPump,
         result: list[int],
     ) -> None:
         async with trio.open_nursery() as nursery:
@@ -601,9 +606,10 @@ def _unwrap_spawn_error() -> Iterator[None]:
         spawn, rest = group.split(process.SpawnError)
         if spawn is None or rest is not None:
             raise
-        while isinstance(spawn, BaseExceptionGroup):
-            spawn = spawn.exceptions[0]
-        raise spawn from None
+        leaf: BaseException = spawn
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
 
 
 def _prepare_dirs(record: JobRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +34,9 @@ DUMMY_JOB: dict[str, Any] = {
 }
 
 
+TASK_INDEX_DIR = Path(tempfile.gettempdir()) / "lmeval-trio-tests-task-index"
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Test settings: isolated data dir, the fake lm_eval allowed, short grace."""
     values: dict[str, Any] = {
@@ -42,6 +46,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "allowed_lm_eval_paths": (str(FAKE_LM_EVAL),),
         "allowed_path_roots": (SUPPORT, tmp_path),
         "progress_flush_s": 0.05,
+        "task_index_dir": TASK_INDEX_DIR,  # shared: built once per machine, like production
     }
     values.update(overrides)
     return Settings.from_env({}, **values)
@@ -110,7 +115,7 @@ async def start_server(
     config.accesslog = None
     shutdown = trio.Event()
     urls: list[str] = await nursery.start(
-        partial(serve, app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        partial(serve, app, config, shutdown_trigger=shutdown.wait)
     )
     return urls[0], shutdown, app
 

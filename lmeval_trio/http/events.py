@@ -95,3 +95,24 @@ async def _log_frame(
     text = data.decode("utf-8", errors="replace")
     frame = {"stream": stream, "offset": chunk.offset, "lines": collapse_redraws(text)}
     return frame, chunk.offset + len(data), full
+
+
+async def jobs_stream(supervisor: Supervisor) -> AsyncIterator[bytes]:
+    """Yield a ``jobs`` event whenever any job changes (coalesced), for live job tables.
+
+    The event carries the counts by status; clients re-read the page they show.
+    """
+    version = -1
+    while True:
+        current = supervisor.changed.version
+        if current != version:
+            version = current
+            counts = await supervisor.store.counts()
+            yield _event(
+                "jobs", {"version": version, "counts": {s.value: n for s, n in counts.items()}}
+            )
+        with trio.move_on_after(KEEPALIVE_S) as idle:
+            await supervisor.changed.wait_past(version)
+        if idle.cancelled_caught:
+            yield b": keep-alive\n\n"
+        await trio.sleep(COALESCE_S)

@@ -12,7 +12,7 @@ from werkzeug.exceptions import NotFound
 from lmeval_trio import results
 from lmeval_trio.http import schemas
 from lmeval_trio.http.errors import Conflict
-from lmeval_trio.http.events import event_stream, parse_last_event_id
+from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import choice_arg, int_arg, supervisor
 from lmeval_trio.logs import collapse_redraws, read_range
 from lmeval_trio.status import TERMINAL
@@ -69,6 +69,18 @@ def blueprint() -> Blueprint:
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
             },
+        )
+        response.timeout = None  # type: ignore[union-attr]
+        return response  # type: ignore[return-value]
+
+    @bp.get("/events")
+    @tag(["outputs"])
+    async def all_events() -> Response:
+        """Server-Sent Events: a ``jobs`` event (counts by status) whenever any job changes."""
+        response = await make_response(
+            jobs_stream(supervisor()),
+            200,
+            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
         response.timeout = None  # type: ignore[union-attr]
         return response  # type: ignore[return-value]
