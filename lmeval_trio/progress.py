@@ -21,14 +21,16 @@ What counts as inference:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# Bar = "desc: pct%|bar| n/total [elapsed<remaining, rate]". The head is found
-# first and the tail matched at its end, so every regex stays linear on junk; digit
-# runs are bounded because int() refuses strings longer than 4300 digits.
+# Bar = "desc: pct%|bar| n/total [elapsed<remaining, rate]". The head is looked for
+# only near the start (a bar begins its segment; only ANSI codes or a short desc
+# precede it) and the tail is matched at its end, so a huge line costs one C scan.
+# Digit runs are bounded because int() refuses strings longer than 4300 digits.
 _BAR_HEAD = re.compile(r"\d{1,3}%\|")
 _BAR_TAIL = re.compile(
     r"[^|\r\n]{0,1000}\|\s{0,8}(?P<n>\d{1,15})/(?P<total>\d{1,15})\s{0,8}\["
@@ -38,9 +40,10 @@ _BAR_TAIL = re.compile(
 )
 _CLOCK = re.compile(r"(?:(\d{1,6}):)?(\d{2}):(\d{2})")  # "mm:ss" or "h:mm:ss"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# The log line ends with the phrase; the hf bar description is followed by ": pct%".
-_RUNNING_LOG = re.compile(r"(?:^|[\s\]])Running (\w{1,64}) requests\s*$")
-_BUILDING_LOG = re.compile(r"Building contexts for ")
+# The log line ends with the phrase (so only its tail is searched); the hf bar
+# description is followed by ": pct%" instead.
+_RUNNING_LOG = re.compile(r"(?:^|[\s\]])Running (\w{1,64}) requests$")
+_RUNNING_TAIL = 100  # > len(" Running <64 chars> requests")
 _DESC_REQTYPE = re.compile(r"Running (\w{1,64}) (?:requests|function)")
 _DESC_SELF_NAMED = re.compile(r"Requesting API")
 _DESC_NOT_INFERENCE = re.compile(
@@ -48,6 +51,13 @@ _DESC_NOT_INFERENCE = re.compile(
     r"|split|download|loading|resolving|bootstrap",
     re.IGNORECASE,
 )
+_BUILDING_LOG = "Building contexts for "
+# Real runs have a handful of phases and 1-2 live bars each. The caps only bound
+# time, memory and the stored snapshot when stderr is pathological: past them, new
+# phases merge into the last one and the oldest live bar is folded into the sums.
+_MAX_PHASES = 32
+_MAX_LIVE_BARS = 8
+_MAX_DESC = 200
 
 
 @dataclass(frozen=True)
@@ -156,8 +166,14 @@ class _Phase:
     folded_total: int = 0
     latest: _Bar | None = None
     any_done: bool = False
+    cached: PhaseProgress | None = None  # only the current phase ever changes
 
     def progress(self) -> PhaseProgress:
+        if self.cached is None:
+            self.cached = self._compute()
+        return self.cached
+
+    def _compute(self) -> PhaseProgress:
         bars = self.active.values()
         last = self.latest
         return PhaseProgress(
@@ -186,12 +202,19 @@ class _Phase:
         elif not bar.desc and self.any_done:
             return False
         elif prev is not None:
-            self.folded_n += min(prev.n, prev.total)
-            self.folded_total += prev.total
+            self._fold(bar.desc)
+        elif len(self.active) >= _MAX_LIVE_BARS:
+            self._fold(next(iter(self.active)))
         self.active[bar.desc] = bar
         self.latest = bar
+        self.cached = None
         self.any_done = self.any_done or bar.done
         return True
+
+    def _fold(self, desc: str) -> None:
+        old = self.active.pop(desc)
+        self.folded_n += min(old.n, old.total)
+        self.folded_total += old.total
 
 
 class ProgressTracker:
@@ -234,30 +257,32 @@ class ProgressTracker:
         return self._on_log(rest) or changed
 
     def _on_log(self, text: str) -> bool:
-        if "Running" in text and (m := _RUNNING_LOG.search(text)):
+        if "Running" in text and (m := _RUNNING_LOG.search(text.rstrip()[-_RUNNING_TAIL:])):
             self._start_phase(m.group(1), from_log=True)
             return True
-        if self._current is not None and _BUILDING_LOG.search(text):
+        if self._current is not None and _BUILDING_LOG in text:
             self._current = None
             return True
         return False
 
     def _on_bar(self, bar: _Bar) -> bool:
-        if _DESC_NOT_INFERENCE.search(bar.desc):
+        counts, name = _classify(bar.desc)
+        if not counts:
             return False
-        phase = self._phase_for(bar.desc)
+        phase = self._phase_for(name)
         return phase is not None and phase.update(bar)
 
-    def _phase_for(self, desc: str) -> _Phase | None:
+    def _phase_for(self, name: str | None) -> _Phase | None:
         """The phase a bar belongs to; a self-naming bar may open one."""
-        m = _DESC_REQTYPE.search(desc)
-        name = m.group(1) if m else ("Requesting API" if _DESC_SELF_NAMED.search(desc) else None)
         cur = self._current
         if name is None or (cur is not None and (cur.from_log or cur.name == name)):
             return cur
         return self._start_phase(name, from_log=False)
 
     def _start_phase(self, name: str, *, from_log: bool) -> _Phase:
+        if len(self._phases) >= _MAX_PHASES:
+            self._current = self._phases[-1]
+            return self._current
         phase = _Phase(name=name, from_log=from_log)
         self._phases.append(phase)
         self._current = phase
@@ -276,6 +301,16 @@ class ProgressTracker:
         return changed
 
 
+@functools.lru_cache(maxsize=256)
+def _classify(desc: str) -> tuple[bool, str | None]:
+    """(counts as inference, phase name the bar gives itself); cached: descs repeat."""
+    if _DESC_NOT_INFERENCE.search(desc):
+        return False, None
+    if m := _DESC_REQTYPE.search(desc):
+        return True, m.group(1)
+    return True, ("Requesting API" if _DESC_SELF_NAMED.search(desc) else None)
+
+
 def _percent(phases: tuple[PhaseProgress, ...], complete: bool) -> int:
     if complete:
         return 100
@@ -289,7 +324,7 @@ def _parse_bar(segment: str) -> tuple[_Bar, str] | None:
     """The first well-formed bar in the segment and the text after it, if any."""
     if "%|" not in segment:
         return None
-    for head in _BAR_HEAD.finditer(segment):
+    for head in _BAR_HEAD.finditer(segment, 0, _MAX_DESC + 5):
         m = _BAR_TAIL.match(segment, head.end())
         if m is None:
             continue

@@ -20,8 +20,10 @@ import logging
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -171,6 +173,14 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Env:
         "PYTHONPYCACHEPREFIX": str(root / "pycache"),
         "PYTHONUNBUFFERED": "1",
     }
+    # Fill the pycache once, so the concurrent runs below don't all compile lm_eval.
+    subprocess.run(
+        [PYTHON, "-c", "import lm_eval.__main__, lm_eval.evaluator, lm_eval.tasks"],
+        env=env,
+        cwd=root,
+        check=True,
+        timeout=RUN_TIMEOUT,
+    )
     return Env(root, env)
 
 
@@ -326,6 +336,15 @@ def test_unknown_task_exits_1(e2e: Env, slow_runs: SlowRuns) -> None:
     assert "[fastrun] task index: cache hit" in run.stderr
 
 
+def test_sigterm_kills_by_signal(e2e: Env, slow_runs: SlowRuns) -> None:
+    """No handler is installed: SIGTERM kills the job like it kills stock lm_eval."""
+    proc, _, _ = e2e.start("sigterm", fastrun_argv(slow_runs.cache_dir, *LM_EVAL_ARGS))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == -signal.SIGTERM
+
+
 # ------------------------------------------------------------------ argv
 
 
@@ -477,6 +496,35 @@ def test_write_prunes_other_fingerprints_only(tmp_path: Path) -> None:
     assert not old.path.exists() and not stale_tmp.exists()
     assert other.read() == b"other tasks dir"
     assert new.read() == b"new"
+
+
+def test_concurrent_writers_never_expose_partial_files(tmp_path: Path) -> None:
+    log = logging.getLogger("test")
+    cache = _cache.IndexCache(tmp_path / "cache", key_for(make_tree(tmp_path / "t")), log)
+    payloads = {bytes([i]) * 200_000 for i in range(4)}
+    stop = threading.Event()
+    seen: list[bytes | None] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.append(cache.read())  # raises CacheReject on a partial file
+
+    def writer(payload: bytes) -> None:
+        for _ in range(10):
+            assert cache.write(payload)
+
+    read_thread = threading.Thread(target=reader)
+    read_thread.start()
+    writers = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    read_thread.join()
+    assert set(seen) <= payloads | {None}
+    assert cache.read() in payloads
+    assert [p.name for p in cache.cache_dir.iterdir()] == [cache.path.name]
 
 
 def test_write_failure_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -7,6 +7,7 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   flood    write FAKE_MB megabytes of tqdm-style redraws to stderr (some stdout), exit 0
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
   tree     start a grandchild that ignores SIGTERM, print both pids, wait forever
+  tree_once  like tree when FAKE_MARKER does not exist yet (and create it), else exit 0
   bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
            FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
 """
@@ -34,6 +35,12 @@ def main() -> None:
             signal.pause()
     elif mode == "tree":
         tree()
+    elif mode == "tree_once":  # block (as a tree) the first time, succeed when run again
+        marker = os.environ["FAKE_MARKER"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            tree()
+        print("second run", flush=True)
     elif mode == "bars":
         bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
 

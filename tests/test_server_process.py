@@ -1,0 +1,210 @@
+"""The shipped launch path as a real subprocess: hypercorn + hypercorn.toml + lmeval_trio.asgi.
+
+Signals to the worker, the parent or the whole group shut down gracefully with no job process
+left behind; a kill -9 loses nothing: after a restart the records are back, the old job's
+process tree is gone, and interrupted and queued jobs run to the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config
+
+from lmeval_trio import process
+from tests.conftest import FAKE_LM_EVAL, SUPPORT, TASK_INDEX_DIR, fake_job
+
+ROOT = Path(__file__).parent.parent
+HYPERCORN = Path(sys.executable).parent / "hypercorn"
+
+
+def test_shipped_toml_uses_the_trio_worker() -> None:
+    config = Config.from_toml(ROOT / "hypercorn.toml")
+    assert config.worker_class == "trio"
+    assert config.bind == ["0.0.0.0:8080"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    proc: trio.Process
+    url: str
+    worker_pid: int
+
+
+def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
+    env.update(
+        LMEVAL_DATA_DIR=str(data_dir),
+        LMEVAL_ALLOWED_LM_EVAL_PATHS=str(FAKE_LM_EVAL),
+        LMEVAL_ALLOWED_PATH_ROOTS=str(SUPPORT),
+        LMEVAL_KILL_GRACE_S="2",
+        LMEVAL_TASK_INDEX_DIR=str(TASK_INDEX_DIR),
+        **extra,
+    )
+    return env
+
+
+@asynccontextmanager
+async def hypercorn_server(data_dir: Path, **env: str) -> AsyncIterator[ServerProcess]:
+    """Run the README's launch command (with --bind) and wait for "Running on"."""
+    port = _free_port()
+    argv = [str(HYPERCORN), "--config", "hypercorn.toml", "--bind", f"127.0.0.1:{port}",
+            "lmeval_trio.asgi:app"]
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(
+            lambda task_status: trio.run_process(
+                argv, cwd=ROOT, env=_environment(data_dir, **env), stderr=-1, stdout=-3,
+                check=False, start_new_session=True, task_status=task_status,
+            )
+        )
+        assert proc.stderr is not None
+        worker_pid = await _wait_until_serving(proc.stderr)
+        nursery.start_soon(_drain, proc.stderr)
+        try:
+            yield ServerProcess(proc, f"http://127.0.0.1:{port}", worker_pid)
+        finally:
+            if proc.returncode is None:
+                with trio.CancelScope(shield=True):
+                    proc.send_signal(signal.SIGKILL)
+                    await process.kill_group(proc.pid, grace_s=1)
+
+
+async def _wait_until_serving(stderr: trio.abc.ReceiveStream) -> int:
+    buffer = b""
+    with trio.fail_after(60):
+        while b"Running on" not in buffer:
+            chunk = await stderr.receive_some()
+            assert chunk, buffer.decode(errors="replace")
+            buffer += chunk
+    found = re.search(rb"\[(\d+)\] \[INFO\] Running on", buffer)
+    assert found is not None
+    return int(found.group(1))
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some():
+        pass
+
+
+async def _submit(client: httpx.AsyncClient, body: dict[str, Any]) -> int:
+    response = await client.post("/job", json=body)
+    assert response.status_code == 200, response.text
+    job_id: int = response.json()["job_id"]
+    return job_id
+
+
+async def _wait_for_pids(client: httpx.AsyncClient, job_id: int) -> list[int]:
+    """The job's process ids, read from its stdout (the fake prints them)."""
+    with trio.fail_after(30):
+        async with client.stream("GET", f"/job/{job_id}/events") as stream:
+            pids: dict[str, int] = {}
+            async for line in stream.aiter_lines():
+                for role, pid in re.findall(r"(leader|grandchild) (\d+)", line):
+                    pids[role] = int(pid)
+                if len(pids) == 2:
+                    break
+    return [pids["leader"], pids["grandchild"]]
+
+
+def _gone(pids: list[int]) -> bool:
+    return all(process.process_start_ticks(p) is None or _zombie(p) for p in pids)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+SIGNAL_TARGETS = [
+    ("worker", signal.SIGTERM),
+    ("parent", signal.SIGTERM),
+    ("group", signal.SIGTERM),
+    ("parent", signal.SIGINT),
+]
+
+
+@pytest.mark.parametrize(("target", "signum"), SIGNAL_TARGETS)
+async def test_signals_shut_down_gracefully(
+    tmp_path: Path, target: str, signum: signal.Signals
+) -> None:
+    async with hypercorn_server(tmp_path / "data") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            job_id = await _submit(client, fake_job("tree"))
+            pids = await _wait_for_pids(client, job_id)
+        if target == "worker":
+            os.kill(server.worker_pid, signum)
+        elif target == "parent":
+            os.kill(server.proc.pid, signum)
+        else:
+            os.killpg(server.proc.pid, signum)
+        with trio.fail_after(30):
+            returncode = await server.proc.wait()
+        assert returncode == 0
+        assert _gone(pids), "a job process outlived the server"
+    # The interrupted job is queued again, with the reason, for the next start.
+    async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="0") as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            job = (await client.get(f"/job/{job_id}")).json()
+        assert job["status"] == "Queued"
+        assert job["reason"].startswith("interrupted: the server shut down")
+        server.proc.send_signal(signal.SIGTERM)
+        await server.proc.wait()
+
+
+async def test_kill_9_loses_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran-once"
+    async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="1") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            first = await _submit(client, fake_job("tree_once", FAKE_MARKER=str(marker)))
+            pids = await _wait_for_pids(client, first)
+            queued = [await _submit(client, fake_job("env")) for _ in range(3)]
+            before = (await client.get("/jobs")).json()["jobs"]
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the server, not the job's own group
+        await server.proc.wait()
+        assert not _gone(pids), "the job should have outlived the crash"
+    async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="1") as server:
+        assert _gone(pids), "the restarted server must kill the orphaned job tree"
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await _wait_all_finished(client, [first, *queued])
+            after = (await client.get("/jobs")).json()["jobs"]
+            assert [j["job_id"] for j in after] == [j["job_id"] for j in before]
+            for key in ("argument", "created_at", "request"):
+                assert [j[key] for j in after] == [j[key] for j in before]
+            first_job = (await client.get(f"/job/{first}")).json()
+            assert first_job["status"] == "Completed"
+            assert first_job["attempts"] == 2
+            assert "second run\n" in first_job["stdout"]
+            starts = [j["started_at"] for j in after]
+            assert starts[1:] == sorted(starts[1:])  # queued jobs ran in their order
+            new = await _submit(client, fake_job("env"))
+            assert new > max(j["job_id"] for j in after)
+        server.proc.send_signal(signal.SIGTERM)
+        await server.proc.wait()
+
+
+async def _wait_all_finished(client: httpx.AsyncClient, ids: list[int]) -> None:
+    with trio.fail_after(60):
+        for job_id in ids:
+            async with client.stream("GET", f"/job/{job_id}/events") as stream:
+                await stream.aread()  # the stream ends when the job does
