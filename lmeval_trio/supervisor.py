@@ -381,7 +381,12 @@ class Supervisor:
     async def _stop_live(self, live: LiveJob, reason: StopReason) -> None:
         if not live.dispatched and live.stop_reason is None:
             self._cancel(live, reason)
-            await self._settle(live, JobStatus.STOPPED, reason=reason.value, finished_at=utc_now())
+            try:
+                await self._settle(
+                    live, JobStatus.STOPPED, reason=reason.value, finished_at=utc_now()
+                )
+            finally:
+                self._forget(live)
             return
         self._cancel(live, reason)
         await live.done.wait()
@@ -418,10 +423,11 @@ class Supervisor:
         with trio.CancelScope(shield=True):
             try:
                 await self._settle(live, status, **fields)
+                await self._prune()
             except Exception:
                 log.exception("job %s: could not record its end", live.id)
-                self._forget(live)
-            await self._prune()
+            finally:
+                self._forget(live)  # waiters wake once retention has run too
 
     async def _execute(
         self, live: LiveJob, gpus: tuple[str, ...]
@@ -550,7 +556,7 @@ class Supervisor:
         return f"{base}: {cause}" if cause else base
 
     async def _settle(self, live: LiveJob, status: JobStatus, **fields: Any) -> None:
-        """Record the job's new status and drop its live state (unless requeued)."""
+        """Record the job's new status (its live state is dropped by the caller)."""
         snapshot = live.progress.snapshot()
         if status is not JobStatus.QUEUED:
             fields.setdefault("progress", snapshot.to_dict())
@@ -563,7 +569,6 @@ class Supervisor:
         else:
             live.record = await self.store.transition(live.id, old, status, **fields)
         log.info("job %s: %s -> %s", live.id, old.value, live.record.status.value)
-        self._forget(live)
 
     def _forget(self, live: LiveJob) -> None:
         self._live.pop(live.id, None)

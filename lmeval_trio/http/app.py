@@ -14,7 +14,7 @@ from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
 from lmeval_trio.config import Settings
-from lmeval_trio.http import errors, jobs, ops, outputs, security
+from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.signals import forward_sigterm
 from lmeval_trio.supervisor import Supervisor
@@ -50,6 +50,7 @@ def create_app(
     app.register_blueprint(jobs.blueprint())
     app.register_blueprint(outputs.blueprint())
     app.register_blueprint(ops.blueprint())
+    app.register_blueprint(dashboard.blueprint())
     if supervisor is not None:
         app.extensions[SUPERVISOR_KEY] = supervisor
     else:

@@ -88,6 +88,27 @@ class ArtifactList(BaseModel):
     artifacts: list[ArtifactOut]
 
 
+class MetricRow(BaseModel):
+    task: str
+    metric: str
+    filter: str
+    value: Any = Field(description="Usually a number; lm-eval writes 'N/A' for some metrics.")
+    stderr: float | None
+    is_group: bool
+
+
+class JobResults(BaseModel):
+    """GET /job/{id}/results: lm-eval's results file, plus a flat metrics table."""
+
+    job_id: int
+    status: JobStatus
+    file: str
+    lm_eval_version: str | None
+    n_samples: dict[str, Any]
+    config: dict[str, Any]
+    metrics: list[MetricRow]
+    results: dict[str, Any] = Field(description="The raw lm-eval results JSON.")
+
 def summary(record: JobRecord, progress: ProgressSnapshot) -> dict[str, Any]:
     """The summary dict for ``record``; Completed always reports 100 percent."""
     percent = 100 if record.status is JobStatus.COMPLETED else progress.percent

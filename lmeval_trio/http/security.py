@@ -16,7 +16,7 @@ from lmeval_trio.config import Settings
 from lmeval_trio.http.errors import error_response
 
 log = logging.getLogger("lmeval_trio.security")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
 OPEN_PREFIXES = ("/static/",)
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"

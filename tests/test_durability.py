@@ -1,0 +1,116 @@
+"""Durability features: resume reuses the response cache, logs API, store schema, retention."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from lmeval_trio.config import Settings
+from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.status import JobStatus
+from lmeval_trio.store import SCHEMA_VERSION, JobStore, StoreError
+from lmeval_trio.supervisor import Supervisor
+from tests.conftest import Server, fake_job, make_settings
+from tests.support.stub_openai import StubHandle
+from tests.test_real_lm_eval import completions_job
+
+
+async def _wait_progress(server: Server, job_id: int, percent: int) -> None:
+    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    with trio.fail_after(120):
+        while True:
+            pulse = supervisor.live_changes(job_id)
+            assert pulse is not None, "the job ended early"
+            version = pulse.version
+            if (await server.job(job_id))["inference_progress_pct"] >= percent:
+                return
+            await pulse.wait_past(version)
+
+
+async def test_resume_sends_only_the_remainder(server: Server, stub: StubHandle) -> None:
+    stub.set_delay(0.1)
+    job_id = await server.submit(completions_job(stub))
+    await _wait_progress(server, job_id, 40)
+    stopped = (await server.client.post(f"/job/{job_id}/stop")).json()
+    assert stopped["job_status"] == "Stopped"
+    first_run = stub.stats()["v1_requests"]
+    assert 10 <= first_run < 38
+    stub.reset_stats()
+    stub.set_delay(0)
+    response = await server.client.post(f"/job/{job_id}/resume")
+    assert response.status_code == 200, response.text
+    resumed = response.json()["job_id"]
+    job = await server.wait_status(resumed, JobStatus.COMPLETED, JobStatus.FAILED)
+    assert job["status"] == "Completed", job["reason"]
+    assert job["resumed_from"] == job_id
+    remainder = stub.stats()["v1_requests"]
+    assert remainder <= 38 - first_run + 2  # at most the in-flight requests are repeated
+    results = (await server.client.get(f"/job/{resumed}/results")).json()
+    values = {(m["task"], m["metric"]): m["value"] for m in results["metrics"]}
+    assert values == {("tiny_mc", "acc"): 1.0, ("tiny_gen", "exact_match"): 1.0}
+
+
+async def test_only_stopped_or_failed_jobs_resume(server: Server) -> None:
+    job_id = await server.submit(fake_job("env"))
+    await server.wait_status(job_id, JobStatus.COMPLETED)
+    response = await server.client.post(f"/job/{job_id}/resume")
+    assert response.status_code == 409
+    assert "only Stopped or Failed" in response.json()["detail"]
+
+
+async def test_logs_api_offsets_tail_and_collapsed_redraws(server: Server) -> None:
+    job_id = await server.submit(fake_job("flood", FAKE_MB="1"))
+    await server.wait_status(job_id, JobStatus.COMPLETED)
+    first = (await server.client.get(f"/job/{job_id}/logs?stream=stderr&limit=1000")).json()
+    assert first["offset"] == 0 and first["next_offset"] == 1000
+    assert first["size"] > 1024 * 1024
+    second = (await server.client.get(
+        f"/job/{job_id}/logs?stream=stderr&offset={first['next_offset']}&limit=1000")).json()
+    assert second["offset"] == 1000
+    tail = (await server.client.get(f"/job/{job_id}/logs?stream=stderr&tail=500")).json()
+    assert tail["next_offset"] == tail["size"]
+    assert all("\r" not in line for line in tail["lines"])  # redraws collapsed
+    stdout = (await server.client.get(f"/job/{job_id}/logs?stream=stdout")).json()
+    assert stdout["lines"][0].endswith("bytes written\n")
+    bad = await server.client.get(f"/job/{job_id}/logs?stream=stdin")
+    assert bad.status_code == 422
+
+
+async def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this server"):
+        await JobStore(path).open()
+
+
+async def test_ids_never_repeat_across_restarts_and_deletes(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    async with Supervisor(settings) as supervisor:
+        first = await supervisor.submit(fake_job("env"))
+        await supervisor.wait(first.id)
+        await supervisor.delete(first.id)
+    async with Supervisor(settings) as supervisor:
+        second = await supervisor.submit(fake_job("env"))
+        assert second.id == first.id + 1
+        await supervisor.wait(second.id)
+
+
+async def test_retention_prunes_old_finished_jobs(tmp_path: Path) -> None:
+    settings: Settings = make_settings(tmp_path, retention_max_jobs=2)
+    async with Supervisor(settings) as supervisor:
+        ids = []
+        for _ in range(4):
+            record = await supervisor.submit(fake_job("env"))
+            ids.append(record.id)
+            await supervisor.wait(record.id)
+        remaining = [r.id for r in await supervisor.list_jobs()]
+        assert remaining == ids[-2:]
+        assert not (settings.data_dir / "jobs" / str(ids[0])).exists()
