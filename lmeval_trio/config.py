@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Environment variable name for each field whose name is not LMEVAL_<FIELD>.
 _LEGACY_NAMES = {
@@ -111,12 +118,27 @@ class Settings(BaseModel):
     gpus: tuple[str, ...] = Field(default=(), description="GPU ids; when set they form the slots.")
     gpus_per_job: int = Field(default=1, ge=1, description="GPUs in one slot.")
     log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
-    log_level: str = Field(default="INFO", description="Server log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Server log level."
+    )
 
     @field_validator("data_dir", "api_keys_file", "task_index_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _shutdown_outlasts_grace(self) -> Settings:
+        if self.shutdown_timeout_s <= self.kill_grace_s:
+            raise ValueError(
+                "LMEVAL_SHUTDOWN_TIMEOUT_S must exceed LMEVAL_KILL_GRACE_S, or shutdown cuts grace short"
+            )
+        return self
 
     @field_validator("allowed_path_roots", mode="after")
     @classmethod
@@ -127,7 +149,7 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from the environment; ``overrides`` win (used by tests and the CLI)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = _config_file_values(env.get(CONFIG_FILE_VARIABLE))
         for name in cls.model_fields:
             raw = env.get(env_name(name))
             if raw is not None and raw.strip() != "":
@@ -155,6 +177,26 @@ class Settings(BaseModel):
         for name in _SECRET_FIELDS:
             data[name] = f"<{len(data[name])} configured>"
         return data
+
+
+CONFIG_FILE_VARIABLE = "LMEVAL_CONFIG_FILE"
+
+
+def _config_file_values(path: str | None) -> dict[str, Any]:
+    """Settings from an optional TOML file (keys are the field names); the env wins."""
+    if not path:
+        return {}
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SettingsError(f"{CONFIG_FILE_VARIABLE}: cannot read {path}: {error}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise SettingsError(f"{CONFIG_FILE_VARIABLE}: unknown settings in {path}: {unknown}")
+    return data
 
 
 def job_base_environment() -> dict[str, str]:
@@ -191,6 +233,6 @@ def _parse_raw(name: str, raw: str) -> Any:
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
-        parts.append(f"{env_name(field)}: {item['msg']}")
+        name = env_name(str(item["loc"][0])) if item["loc"] else "settings"
+        parts.append(f"{name}: {item['msg']}")
     return "invalid settings: " + "; ".join(parts)

@@ -21,6 +21,7 @@ import signal
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,6 +33,7 @@ from lmeval_trio import command, process
 from lmeval_trio.cli_schema import request_model
 from lmeval_trio.config import Settings, job_base_environment
 from lmeval_trio.logs import LogPump, read_tail_lines
+from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
@@ -87,6 +89,7 @@ class LiveJob:
     changed: Pulse = field(default_factory=Pulse)
     progress: ProgressTracker = field(default_factory=ProgressTracker)
     stop_reason: StopReason | None = None
+    slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
     dispatched: bool = False  # handed to a slot: from now on only its own task settles it
 
     @property
@@ -117,6 +120,7 @@ class Supervisor:
         )
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
+        self.metrics = Metrics()
         self._send, self._receive = trio.open_memory_channel[int](math.inf)
         self._live: dict[int, LiveJob] = {}
         self._nursery: trio.Nursery | None = None
@@ -260,7 +264,8 @@ class Supervisor:
         if resumed_from is not None:
             await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
         self._enqueue(record)
-        log.info("job %s queued: %s", record.id, record.argument)
+        self.metrics.submissions.inc()
+        log.info("job %s queued: %s", record.id, record.argument, extra={"job_id": record.id})
         return record
 
     def _draft(self, request: dict[str, Any], resumed_from: JobRecord | None) -> Any:
@@ -409,6 +414,7 @@ class Supervisor:
                     self.slots.release(job_id)
                     continue
                 live.dispatched = True
+                live.slot_granted_at = trio.current_time()
                 self._nursery.start_soon(self._run_job, live, gpus)
 
     async def _run_job(self, live: LiveJob, gpus: tuple[str, ...]) -> None:
@@ -447,6 +453,9 @@ class Supervisor:
             )
             live.changed.fire()
             self.changed.fire()
+            self.metrics.queue_wait.observe(
+                _seconds_between(live.record.queued_at, live.record.started_at)
+            )
             try:
                 returncode = await self._run_with_logs(live, self._environment(live.record, gpus))
             except process.SpawnError as error:
@@ -511,6 +520,7 @@ class Supervisor:
                 nursery.cancel_scope.cancel()  # the child is gone: stop the flusher
 
             info: process.ProcessInfo = await nursery.start(child)
+            self.metrics.dispatch_latency.observe(trio.current_time() - live.slot_granted_at)
             live.record = await self.store.update(
                 live.id, pid=info.pid, pid_start_ticks=info.start_ticks
             )
@@ -568,7 +578,17 @@ class Supervisor:
             live.record = await self._finish_interrupted(live.record, str(fields.get("reason")))
         else:
             live.record = await self.store.transition(live.id, old, status, **fields)
-        log.info("job %s: %s -> %s", live.id, old.value, live.record.status.value)
+        log.info(
+            "job %s: %s -> %s",
+            live.id,
+            old.value,
+            live.record.status.value,
+            extra={"job_id": live.id},
+        )
+        if live.record.status.is_terminal and live.record.started_at:
+            self.metrics.job_duration.labels(live.record.status.value).observe(
+                _seconds_between(live.record.started_at, live.record.finished_at)
+            )
 
     def _forget(self, live: LiveJob) -> None:
         self._live.pop(live.id, None)
@@ -628,6 +648,13 @@ def _copy_cache(old_dir: Path, new_dir: Path) -> None:
         shutil.copytree(source, new_dir / "cache", dirs_exist_ok=True)
 
 
+def _seconds_between(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    delta = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return max(0.0, delta.total_seconds())
+
+
 def _looks_like_error(line: str) -> bool:
     head = line.strip().split(":", 1)[0]
     return head.endswith(("Error", "Exception", "Interrupt")) and " " not in head
@@ -636,8 +663,6 @@ def _looks_like_error(line: str) -> bool:
 def _expired(
     finished: list[JobRecord], max_age_s: float | None, max_jobs: int | None
 ) -> list[JobRecord]:
-    from datetime import UTC, datetime
-
     doomed: dict[int, JobRecord] = {}
     if max_age_s is not None:
         now = datetime.now(UTC)

@@ -222,31 +222,13 @@ class RecordingLogger:
             return
         frame = sys._getframe(2)
         code = frame.f_code
-        if kwargs:  # exc_info/extra/...: not used by the validated source; keep exact semantics
+        record = self._real.makeRecord(
+            self._real.name, level, code.co_filename, frame.f_lineno, msg, args, None, code.co_name
+        )
+        if kwargs:  # exc_info/extra/...: unused by the validated source; let logging apply them
             self._real.log(level, msg, *args, **kwargs)
-            record = self._real.makeRecord(
-                self._real.name,
-                level,
-                code.co_filename,
-                frame.f_lineno,
-                msg,
-                args,
-                None,
-                code.co_name,
-            )
-        else:
-            record = self._real.makeRecord(
-                self._real.name,
-                level,
-                code.co_filename,
-                frame.f_lineno,
-                msg,
-                args,
-                None,
-                code.co_name,
-            )
-            if self._real.isEnabledFor(level):
-                self._real.handle(record)
+        elif self._real.isEnabledFor(level):
+            self._real.handle(record)
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: logging itself would only print an error
@@ -283,7 +265,11 @@ def replay(log: logging.Logger, records: Sequence[LogRecordTuple]) -> None:
 
 
 class Patcher:
-    """Owns the wrapped functions and the per-process state they share."""
+    """Owns the wrapped functions and the per-process state they share.
+
+    The state is plain attributes, not thread-local: lm_eval's CLI builds its
+    TaskManager once, on the main thread, before any worker exists.
+    """
 
     def __init__(self, targets: Targets, cache_dir: Path, log: logging.Logger) -> None:
         self._t = targets

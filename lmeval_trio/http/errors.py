@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Quart, Response, jsonify
+from quart import Quart, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
@@ -41,10 +41,32 @@ class Conflict(Exception):
     """The job is not in a state that allows this (409)."""
 
 
-def error_response(status: int, detail: Any, **extra: Any) -> Response:
+def error_response(
+    status: int, detail: Any, *, reason: str | None = None, **extra: Any
+) -> Response:
+    """A JSON error; 4xx refusals (except 404) are counted by ``reason``."""
     response = jsonify({"detail": detail, **extra})
     response.status_code = status
+    if 400 <= status < 500 and status != 404:
+        count_refusal(reason or _REASONS.get(status, str(status)))
     return response
+
+
+_REASONS = {
+    401: "unauthenticated",
+    403: "forbidden",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "queue_full",
+}
+
+
+def count_refusal(reason: str) -> None:
+    """Feed the refusals metric of the app's supervisor (if it runs)."""
+    supervisor = current_app.extensions.get("lmeval_trio.supervisor")
+    if supervisor is not None:
+        supervisor.metrics.refusals.labels(reason).inc()
 
 
 def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
@@ -86,7 +108,7 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(PolicyViolation)
     async def _policy(error: PolicyViolation) -> Response:
-        return error_response(403, str(error), field=error.field, rule=error.rule)
+        return error_response(403, str(error), reason="policy", field=error.field, rule=error.rule)
 
     @app.errorhandler(JobNotFound)
     async def _not_found(error: JobNotFound) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import tag
 
@@ -41,6 +42,23 @@ def blueprint() -> Blueprint:
         response = jsonify({"status": "ready" if ready else "not ready"})
         response.status_code = 200 if ready else 503
         return response
+
+    @bp.get("/metrics")
+    @tag(["operations"])
+    async def metrics() -> Response:
+        """Prometheus metrics: jobs by status, queue, slots, durations, latencies, refusals."""
+        supervisor: Supervisor | None = current_app.extensions.get(SUPERVISOR_KEY)
+        if supervisor is None:
+            return Response("supervisor not running\n", status=503, mimetype="text/plain")
+        stats = supervisor.statistics()
+        body = supervisor.metrics.render(
+            await supervisor.store.counts(),
+            queued=stats.queued,
+            running=stats.running,
+            free=stats.slots_free,
+            total=stats.slots_total,
+        )
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
     @bp.get("/config")
     @tag(["operations"])

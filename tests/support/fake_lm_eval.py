@@ -3,6 +3,7 @@
 
 The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   env      print the environment and argv as JSON on stdout, exit 0
+  env_block  print them too, then wait until killed
   exit     print argv, exit with FAKE_CODE
   flood    write FAKE_MB megabytes of tqdm-style redraws to stderr (some stdout), exit 0
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
@@ -21,8 +22,11 @@ import sys
 
 def main() -> None:
     mode = os.environ.get("FAKE_MODE", "env")
-    if mode == "env":
+    if mode in ("env", "env_block"):
         print(json.dumps({"env": dict(os.environ), "argv": sys.argv, "cwd": os.getcwd()}))
+        sys.stdout.flush()
+        while mode == "env_block":
+            signal.pause()
     elif mode == "exit":
         print(json.dumps(sys.argv), flush=True)
         sys.stderr.write("ValueError: fake failure for the test\n")

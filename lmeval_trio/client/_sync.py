@@ -1,0 +1,199 @@
+"""The blocking client, for scripts and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from pydantic import BaseModel
+
+from lmeval_trio.client._protocol import (
+    DEFAULT_TIMEOUT,
+    Call,
+    ClientBase,
+    Follow,
+    LogPager,
+    Routes,
+    SseDecoder,
+    Stream,
+    T,
+    jobs_changed,
+    log_lines,
+    reaching,
+)
+from lmeval_trio.client._types import (
+    JobEvent,
+    JobsChanged,
+    LogLine,
+    ServerUnreachable,
+    api_error,
+)
+from lmeval_trio.http.schemas import (
+    ArtifactList,
+    BulkResult,
+    JobDetail,
+    JobList,
+    JobResults,
+    LogChunkOut,
+    StopResult,
+    Submitted,
+)
+from lmeval_trio.status import JobStatus
+
+
+class Client(ClientBase):
+    """The blocking client: same methods as AsyncClient, for scripts and the CLI."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        reconnects: int = 3,
+    ) -> None:
+        super().__init__(url, api_key, reconnects)
+        self._http = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call[T]) -> T:
+        with reaching(self.url):
+            response = self._http.request(
+                call.method, call.path, params=call.params, json=call.body
+            )
+        return call.result(response)
+
+    def submit(self, request: Mapping[str, Any] | BaseModel) -> Submitted:
+        """Queue a job; ``request`` is lm-eval's flags as JSON (``tasks`` required)."""
+        return self._send(Routes.submit(request))
+
+    def list_jobs(
+        self,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        *,
+        active_only: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> JobList:
+        return self._send(Routes.list_jobs(status, active_only, limit, offset))
+
+    def get_job(self, job_id: int) -> JobDetail:
+        return self._send(Routes.get_job(job_id))
+
+    def stop(self, job_id: int) -> StopResult:
+        return self._send(Routes.stop(job_id))
+
+    def stop_all(self) -> BulkResult:
+        return self._send(Routes.stop_all())
+
+    def delete(self, job_id: int) -> BulkResult:
+        return self._send(Routes.delete(job_id))
+
+    def delete_all(self) -> BulkResult:
+        return self._send(Routes.delete_all())
+
+    def resume(self, job_id: int) -> Submitted:
+        return self._send(Routes.resume(job_id))
+
+    def logs(
+        self,
+        job_id: int,
+        stream: Stream = "stderr",
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        tail: int | None = None,
+    ) -> LogChunkOut:
+        """One byte range of a log (``tail``: the last bytes)."""
+        return self._send(Routes.logs(job_id, stream, offset, limit, tail))
+
+    def results(self, job_id: int) -> JobResults:
+        return self._send(Routes.results(job_id))
+
+    def artifacts(self, job_id: int) -> ArtifactList:
+        return self._send(Routes.artifacts(job_id))
+
+    def artifact(self, job_id: int, name: str) -> bytes:
+        return self._send(Routes.artifact(job_id, name))
+
+    def health(self) -> dict[str, Any]:
+        """The health report, healthy or not (503 is an answer here, not an error)."""
+        return self._send(Routes.health())
+
+    def ready(self) -> bool:
+        return self._send(Routes.ready())
+
+    def config(self) -> dict[str, Any]:
+        return self._send(Routes.config())
+
+    def openapi(self) -> dict[str, Any]:
+        return self._send(Routes.openapi())
+
+    def read_log(self, job_id: int, stream: Stream = "stderr") -> Iterator[str]:
+        """Every line of a log as it is now (tqdm redraws collapsed), page by page."""
+        pager = LogPager(job_id, stream)
+        while not pager.done:
+            yield from pager.take(self._send(pager.call()))
+
+    def events(self, job_id: int, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """Follow a job until its end event, reconnecting (without repeating log lines) if
+        the connection drops."""
+        follow = Follow(job_id, last_event_id, self.reconnects)
+        while not follow.ended:
+            try:
+                with self._http.stream("GET", follow.path, headers=follow.headers()) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        raise api_error(response)
+                    for line in response.iter_lines():
+                        event = follow.feed(line)
+                        if event is not None:
+                            yield event
+                if not follow.ended:
+                    follow.dropped(ServerUnreachable(self.url, EOFError("stream ended early")))
+            except httpx.TransportError as error:
+                follow.dropped(ServerUnreachable(self.url, error))
+
+    def follow_logs(
+        self, job_id: int, streams: tuple[Stream, ...] = ("stdout", "stderr")
+    ) -> Iterator[LogLine]:
+        """Every log line from the start, then new ones as they come, until the job ends."""
+        for event in self.events(job_id):
+            yield from log_lines(event, streams)
+
+    def jobs_events(self) -> Iterator[JobsChanged]:
+        """``GET /events``: one item whenever any job changes (runs until you stop)."""
+        sse = SseDecoder()
+        with reaching(self.url), self._http.stream("GET", "/events") as response:
+            if response.status_code != 200:
+                response.read()
+                raise api_error(response)
+            for line in response.iter_lines():
+                frame = sse.feed(line)
+                changed = jobs_changed(frame[0], frame[1]) if frame else None
+                if changed is not None:
+                    yield changed
+
+    def wait(self, job_id: int) -> JobDetail:
+        """Wait (on the event stream, not by polling) until the job ends; return it."""
+        for _ in self.events(job_id):
+            pass
+        return self.get_job(job_id)

@@ -1,0 +1,155 @@
+"""Operator features: health, readiness, metrics, GPU slots, configuration, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from lmeval_trio.config import Settings, SettingsError, env_name
+from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.logging_setup import JsonLineFormatter
+from lmeval_trio.status import JobStatus
+from lmeval_trio.supervisor import Supervisor
+from tests.conftest import Server, fake_job, make_settings
+
+ROOT = Path(__file__).parent.parent
+
+
+async def test_health_and_readiness(server: Server) -> None:
+    health = await server.client.get("/healthz")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["supervisor"] == "alive"
+    assert body["store"] == "writable" and body["slots_total"] == 4
+    assert (await server.client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_health_reveals_a_dead_supervisor(server: Server) -> None:
+    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor.shutdown()
+    await supervisor.closed.wait()
+    assert (await server.client.get("/healthz")).status_code == 503
+    assert (await server.client.get("/readyz")).status_code == 503
+    response = await server.client.post("/job", json=fake_job("env"))
+    assert response.status_code == 503 and "not running" in response.json()["detail"]
+
+
+async def test_metrics(server: Server) -> None:
+    job_id = await server.submit(fake_job("env"))
+    await server.wait_status(job_id, JobStatus.COMPLETED)
+    await server.client.post("/job", json={"tasks": "x", "lm_eval_path": "/bin/sh"})
+    await server.client.post("/job", json={"tasks": "x", "limit": "many"})
+    text = (await server.client.get("/metrics")).text
+    assert 'lmeval_jobs{status="Completed"} 1.0' in text
+    assert "lmeval_submissions_total 1.0" in text
+    assert 'lmeval_refusals_total{reason="policy"} 1.0' in text
+    assert 'lmeval_refusals_total{reason="invalid"} 1.0' in text
+    assert 'lmeval_job_duration_seconds_count{status="Completed"} 1.0' in text
+    assert "lmeval_dispatch_latency_seconds_count 1.0" in text
+    assert "lmeval_queue_wait_seconds_count 1.0" in text
+    assert "lmeval_free_slots 4.0" in text and "lmeval_queue_depth 0.0" in text
+
+
+async def test_gpu_groups_are_exclusive_slots(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, gpus=("0", "1", "2", "3"), gpus_per_job=2)
+    async with Supervisor(settings) as supervisor:
+        assert supervisor.slots.total == 2
+        jobs = [await supervisor.submit(fake_job("env_block")) for _ in range(3)]
+        printed = [json.loads(await _stdout_when_written(supervisor, j.id)) for j in jobs[:2]]
+        running = [await supervisor.get(j.id) for j in jobs[:2]]
+        assert sorted(tuple(r.gpus) for r in running) == [("0", "1"), ("2", "3")]
+        assert (await supervisor.get(jobs[2].id)).status is JobStatus.QUEUED
+        for record, child in zip(running, printed, strict=True):
+            assert child["env"]["CUDA_VISIBLE_DEVICES"] == ",".join(record.gpus)
+        freed = running[0].gpus
+        await supervisor.stop(running[0].id)
+        await _wait_running(supervisor, jobs[2].id)
+        assert (await supervisor.get(jobs[2].id)).gpus == freed
+        await supervisor.stop_all()
+
+
+async def _stdout_when_written(supervisor: Supervisor, job_id: int) -> str:
+    with trio.fail_after(30):
+        while True:
+            pulse = supervisor.live_changes(job_id)
+            assert pulse is not None
+            version = pulse.version
+            lines = await supervisor.log_tail(await supervisor.get(job_id), "stdout")
+            if lines and lines[0].endswith("\n"):
+                return "".join(lines)
+            await pulse.wait_past(version)
+
+
+async def _wait_running(supervisor: Supervisor, job_id: int) -> None:
+    with trio.fail_after(30):
+        while (await supervisor.get(job_id)).status is not JobStatus.RUNNING:
+            await supervisor.changed.wait_past(supervisor.changed.version)
+
+
+def test_settings_from_environment_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "lmeval.toml"
+    config.write_text('max_concurrency = 2\nkill_grace_s = 5.0\nlog_format = "json"\n')
+    settings = Settings.from_env(
+        {"LMEVAL_CONFIG_FILE": str(config), "MAX_CONCURRENCY": "7", "LMEVAL_GPUS": "0,1"}
+    )
+    assert settings.max_concurrency == 7  # the environment wins over the file
+    assert settings.kill_grace_s == 5.0 and settings.log_format == "json"
+    assert settings.gpus == ("0", "1")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"MAX_CONCURRENCY": "many"}, "MAX_CONCURRENCY: Input should be a valid integer"),
+        ({"LMEVAL_KILL_GRACE_S": "-1"}, "LMEVAL_KILL_GRACE_S: Input should be greater than 0"),
+        ({"LMEVAL_LOG_FORMAT": "xml"}, "LMEVAL_LOG_FORMAT"),
+        ({"LMEVAL_CONFIG_FILE": "/nonexistent.toml"}, "LMEVAL_CONFIG_FILE: cannot read"),
+    ],
+)
+def test_invalid_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(environ)
+
+
+def test_unknown_keys_in_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("max_concurency = 2\n")
+    with pytest.raises(SettingsError, match="unknown settings .*max_concurency"):
+        Settings.from_env({"LMEVAL_CONFIG_FILE": str(config)})
+
+
+async def test_config_route_masks_secrets(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    settings = make_settings(tmp_path, api_keys=("top-secret-key",))
+    async with trio.open_nursery() as nursery:
+        url, shutdown, _app = await start_server(nursery, settings)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url) as client:
+            response = await client.get(
+                "/config", headers={"Authorization": "Bearer top-secret-key"}
+            )
+        shutdown.set()
+    body = response.json()
+    assert "top-secret-key" not in response.text
+    assert body["api_keys"] == "<1 configured>" and body["max_concurrency"] == 4
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`{env_name(name)}`" in readme, env_name(name)
+
+
+def test_json_log_lines_carry_the_job_id() -> None:
+    record = logging.LogRecord("lmeval_trio.supervisor", logging.INFO, __file__, 1,
+                               "job %s queued", (7,), None)
+    record.job_id = 7
+    line = json.loads(JsonLineFormatter().format(record))
+    assert line["message"] == "job 7 queued" and line["job_id"] == 7
+    assert line["level"] == "INFO" and line["ts"].endswith("+00:00")
