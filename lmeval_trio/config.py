@@ -136,7 +136,8 @@ class Settings(BaseModel):
     def _shutdown_outlasts_grace(self) -> Settings:
         if self.shutdown_timeout_s <= self.kill_grace_s:
             raise ValueError(
-                "LMEVAL_SHUTDOWN_TIMEOUT_S must exceed LMEVAL_KILL_GRACE_S, or shutdown cuts grace short"
+                "LMEVAL_SHUTDOWN_TIMEOUT_S must exceed LMEVAL_KILL_GRACE_S, "
+                "or a shutdown would cut the jobs' grace short"
             )
         return self
 

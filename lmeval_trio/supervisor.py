@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -203,10 +203,10 @@ class Supervisor:
         """Shutdown: stop dispatching, interrupt running jobs (they go back to the queue)."""
         self._accepting = False
         self._dispatch_scope.cancel()
-        running = [live for live in self._live.values() if live.record.status is JobStatus.RUNNING]
-        for live in running:
+        started = [live for live in self._live.values() if live.dispatched]
+        for live in started:
             self._cancel(live, StopReason.SHUTDOWN)
-        for live in running:
+        for live in started:
             await live.done.wait()
 
     # -- recovery -------------------------------------------------------------------------
@@ -227,9 +227,12 @@ class Supervisor:
             return
         ticks = process.process_start_ticks(record.pid)
         ours = ticks == record.pid_start_ticks if ticks is not None else True
-        if ours and process.group_alive(record.pid):
-            log.warning("job %s: killing leftover process group %s", record.id, record.pid)
-            await process.kill_group(record.pid, grace_s=self.settings.kill_grace_s)
+        try:
+            if ours and process.group_alive(record.pid):
+                log.warning("job %s: killing leftover process group %s", record.id, record.pid)
+                await process.kill_group(record.pid, grace_s=self.settings.kill_grace_s)
+        except ValueError:  # a pid that can never be a job's group (ours, init, kernel)
+            log.warning("job %s: recorded pid %s is not a job's; not killed", record.id, record.pid)
 
     async def _finish_interrupted(self, record: JobRecord, reason: str) -> JobRecord:
         if self.settings.requeue_interrupted:
@@ -265,10 +268,18 @@ class Supervisor:
             await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
         self._enqueue(record)
         self.metrics.submissions.inc()
-        log.info("job %s queued: %s", record.id, record.argument, extra={"job_id": record.id})
+        log.info(  # not the argv: model_args may carry credentials
+            "job %s queued (model=%s, tasks=%s)",
+            record.id,
+            request.get("model"),
+            request.get("tasks"),
+            extra={"job_id": record.id},
+        )
         return record
 
-    def _draft(self, request: dict[str, Any], resumed_from: JobRecord | None) -> Any:
+    def _draft(
+        self, request: dict[str, Any], resumed_from: JobRecord | None
+    ) -> Callable[[int], Draft]:
         def draft_for(job_id: int) -> Draft:
             job_dir = command.job_dir_for(self.settings.data_dir, job_id)
             built = command.build(request, job_dir, self.launcher)
