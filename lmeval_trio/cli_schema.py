@@ -22,13 +22,14 @@ MAX_STRING_CHARS = 16_384
 MAX_LIST_ITEMS = 1_000
 MAX_ENV_VARS = 256
 
-_Str = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS)]
+# No NUL: a process's argv and environment cannot carry one (the spawn would fail).
+_Str = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS, pattern=r"^[^\x00]*$")]
 _Scalar = _Str | int | float | bool | None
 _Object = Annotated[dict[_Str, Any], Field(max_length=MAX_LIST_ITEMS)]
 _StrList = Annotated[list[_Str], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
 
 # Fields the server adds to lm-eval's flags.
-SERVER_FIELDS = ("env_vars", "lm_eval_path")
+SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus")
 
 
 class FlagKind(Enum):
@@ -164,6 +165,14 @@ def request_model() -> type[BaseModel]:
         Field(
             default=None,
             description="The lm-eval executable to run (default: the server's own lm-eval).",
+        ),
+    )
+    fields["num_gpus"] = (
+        Annotated[int, Field(ge=0, le=1024)] | None,
+        Field(
+            default=None,
+            description="GPUs the job holds exclusively (default: LMEVAL_GPUS_PER_JOB when "
+            "the server has GPUs, else 0).",
         ),
     )
     model: type[BaseModel] = create_model(

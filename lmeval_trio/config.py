@@ -89,7 +89,9 @@ class Settings(BaseModel):
         default=30.0, gt=0, description="Upper bound for background work at shutdown."
     )
     # Safety (see README "Security").
-    api_keys: tuple[str, ...] = Field(default=(), description="Bearer keys; empty = open.")
+    api_keys: tuple[str, ...] = Field(
+        default=(), repr=False, description="Bearer keys; empty = open."
+    )
     api_keys_file: Path | None = Field(default=None, description="File with one key per line.")
     allowed_lm_eval_paths: tuple[str, ...] = Field(
         default=(), description="Executables a request may name as lm_eval_path."
@@ -145,6 +147,15 @@ class Settings(BaseModel):
     @classmethod
     def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
         return tuple(p.expanduser().absolute() for p in value)
+
+    @field_validator("allowed_lm_eval_paths", mode="after")
+    @classmethod
+    def _absolute_executables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        paths = tuple(os.path.expanduser(p) for p in value)
+        relative = [p for p in paths if not os.path.isabs(p)]
+        if relative:
+            raise ValueError(f"entries must be absolute paths, got {relative}")
+        return paths
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

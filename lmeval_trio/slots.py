@@ -1,8 +1,9 @@
-"""Execution slots: a CapacityLimiter, and on GPU boxes the GPU group each slot stands for.
+"""Execution slots: a CapacityLimiter, plus on GPU boxes the GPUs each running job holds.
 
-With ``LMEVAL_GPUS=0,1,2,3`` and ``LMEVAL_GPUS_PER_JOB=2`` there are two groups, ("0","1") and
-("2","3"); a running job holds one group exclusively and gets it as CUDA_VISIBLE_DEVICES.
-Without GPUs a slot is just a token, and ``MAX_CONCURRENCY`` sets how many there are.
+``MAX_CONCURRENCY`` tokens bound how many jobs run. With ``LMEVAL_GPUS=0,1,2,3`` a job also
+takes ``LMEVAL_GPUS_PER_JOB`` GPUs (or the number its request asks for) exclusively, gets them
+as CUDA_VISIBLE_DEVICES, and gives them back when it ends. Jobs are granted in queue order:
+only the dispatcher acquires, one job at a time, so a big request is never starved.
 """
 
 from __future__ import annotations
@@ -10,21 +11,42 @@ from __future__ import annotations
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.pulse import Pulse
+
+
+class GpuPool:
+    """The free GPU ids; taking waits (on releases, not by polling) until enough are free."""
+
+    def __init__(self, ids: tuple[str, ...]) -> None:
+        self.ids = ids
+        self._free = list(ids)
+        self._released = Pulse()
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    async def take(self, count: int) -> tuple[str, ...]:
+        if count > len(self.ids):
+            raise ValueError(f"{count} GPUs asked, {len(self.ids)} configured")
+        while len(self._free) < count:
+            await self._released.wait_past(self._released.version)
+        taken, self._free = self._free[:count], self._free[count:]
+        return tuple(taken)
+
+    def give_back(self, ids: tuple[str, ...]) -> None:
+        self._free.extend(ids)
+        self._free.sort(key=self.ids.index)
+        self._released.fire()
 
 
 class Slots:
-    """Acquire a slot for a job (in FIFO order) and learn which GPUs come with it."""
+    """Acquire a slot (and GPUs) for a job; learn which GPUs it holds."""
 
     def __init__(self, settings: Settings) -> None:
-        per = settings.gpus_per_job
-        gpus = settings.gpus
-        self._free_groups: list[tuple[str, ...]] = [
-            tuple(gpus[i : i + per]) for i in range(0, len(gpus) - per + 1, per)
-        ]
-        total = settings.max_concurrency
-        if gpus:
-            total = min(total, len(self._free_groups))
-        self._limiter = trio.CapacityLimiter(total)
+        self._limiter = trio.CapacityLimiter(settings.max_concurrency)
+        self.gpus = GpuPool(settings.gpus)
+        self.default_gpus = settings.gpus_per_job if settings.gpus else 0
         self._held: dict[int, tuple[str, ...]] = {}
 
     @property
@@ -38,18 +60,25 @@ class Slots:
     def statistics(self) -> trio.CapacityLimiterStatistics:
         return self._limiter.statistics()
 
-    async def acquire(self, job_id: int) -> tuple[str, ...]:
-        """Wait for a slot; returns the slot's GPU ids (empty without GPUs)."""
+    def gpus_for(self, requested: int | None) -> int:
+        return self.default_gpus if requested is None else requested
+
+    async def acquire(self, job_id: int, gpus: int = 0) -> tuple[str, ...]:
+        """Wait for a slot and ``gpus`` GPUs; returns the GPU ids (empty without GPUs)."""
         await self._limiter.acquire_on_behalf_of(job_id)
-        group = self._free_groups.pop(0) if self._free_groups else ()
+        try:
+            group = await self.gpus.take(gpus) if gpus else ()
+        except BaseException:
+            self._limiter.release_on_behalf_of(job_id)
+            raise
         self._held[job_id] = group
         return group
 
     def release(self, job_id: int) -> None:
-        """Give the slot back; a no-op for a job that holds none."""
+        """Give the slot and GPUs back; a no-op for a job that holds none."""
         if job_id not in self._held:
             return
         group = self._held.pop(job_id)
         if group:
-            self._free_groups.append(group)
+            self.gpus.give_back(group)
         self._limiter.release_on_behalf_of(job_id)

@@ -30,7 +30,7 @@ import trio
 from pydantic import BaseModel
 
 from lmeval_trio import command, process
-from lmeval_trio.cli_schema import request_model
+from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings, job_base_environment
 from lmeval_trio.logs import LogPump, read_tail_lines
 from lmeval_trio.metrics import Metrics
@@ -259,6 +259,7 @@ class Supervisor:
         request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
         await trio.to_thread.run_sync(self.policy.check, request)
         command.check(request)
+        self._check_gpus(request.get("num_gpus"))
         if sum(1 for j in self._live.values() if j.record.status is JobStatus.QUEUED) >= (
             self.settings.max_queued_jobs
         ):
@@ -276,6 +277,14 @@ class Supervisor:
             extra={"job_id": record.id},
         )
         return record
+
+    def _check_gpus(self, requested: int | None) -> None:
+        wanted = self.slots.gpus_for(requested)
+        if wanted > len(self.settings.gpus):
+            raise RequestRejected(
+                "num_gpus",
+                f"asks for {wanted} GPUs; this server has {len(self.settings.gpus)} (LMEVAL_GPUS)",
+            )
 
     def _draft(
         self, request: dict[str, Any], resumed_from: JobRecord | None
@@ -420,7 +429,8 @@ class Supervisor:
                 live = self._live.get(job_id)
                 if live is None or live.scope.cancel_called:
                     continue
-                gpus = await self.slots.acquire(job_id)
+                wanted = self.slots.gpus_for(live.record.request.get("num_gpus"))
+                gpus = await self.slots.acquire(job_id, wanted)
                 if live.scope.cancel_called or job_id not in self._live:
                     self.slots.release(job_id)
                     continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,11 @@ async def test_logs_api_offsets_tail_and_collapsed_redraws(server: Server) -> No
     first = (await server.client.get(f"/job/{job_id}/logs?stream=stderr&limit=1000")).json()
     assert first["offset"] == 0 and first["next_offset"] == 1000
     assert first["size"] > 1024 * 1024
-    second = (await server.client.get(
-        f"/job/{job_id}/logs?stream=stderr&offset={first['next_offset']}&limit=1000")).json()
+    second = (
+        await server.client.get(
+            f"/job/{job_id}/logs?stream=stderr&offset={first['next_offset']}&limit=1000"
+        )
+    ).json()
     assert second["offset"] == 1000
     tail = (await server.client.get(f"/job/{job_id}/logs?stream=stderr&tail=500")).json()
     assert tail["next_offset"] == tail["size"]
@@ -84,9 +88,10 @@ async def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
     store = JobStore(path)
     await store.open()
     await store.close()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+        conn.commit()
     with pytest.raises(StoreError, match="newer than this server"):
         await JobStore(path).open()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.config import Settings, SettingsError, env_name
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.logging_setup import JsonLineFormatter
@@ -57,7 +58,6 @@ async def test_metrics(server: Server) -> None:
 async def test_gpu_groups_are_exclusive_slots(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, gpus=("0", "1", "2", "3"), gpus_per_job=2)
     async with Supervisor(settings) as supervisor:
-        assert supervisor.slots.total == 2
         jobs = [await supervisor.submit(fake_job("env_block")) for _ in range(3)]
         printed = [json.loads(await _stdout_when_written(supervisor, j.id)) for j in jobs[:2]]
         running = [await supervisor.get(j.id) for j in jobs[:2]]
@@ -69,6 +69,29 @@ async def test_gpu_groups_are_exclusive_slots(tmp_path: Path) -> None:
         await supervisor.stop(running[0].id)
         await _wait_running(supervisor, jobs[2].id)
         assert (await supervisor.get(jobs[2].id)).gpus == freed
+        await supervisor.stop_all()
+
+
+async def test_requests_ask_for_a_number_of_gpus(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, gpus=("0", "1", "2", "3"), gpus_per_job=1)
+    async with Supervisor(settings) as supervisor:
+        big = await supervisor.submit({**fake_job("env_block"), "num_gpus": 3})
+        small = await supervisor.submit(fake_job("env_block"))
+        second_big = await supervisor.submit({**fake_job("env_block"), "num_gpus": 2})
+        assert (
+            json.loads(await _stdout_when_written(supervisor, big.id))["env"][
+                "CUDA_VISIBLE_DEVICES"
+            ]
+            == "0,1,2"
+        )
+        await _stdout_when_written(supervisor, small.id)
+        assert (await supervisor.get(small.id)).gpus == ["3"]
+        assert (await supervisor.get(second_big.id)).status is JobStatus.QUEUED
+        await supervisor.stop(big.id)
+        await _wait_running(supervisor, second_big.id)
+        assert (await supervisor.get(second_big.id)).gpus == ["0", "1"]
+        with pytest.raises(RequestRejected, match="asks for 5 GPUs"):
+            await supervisor.submit({**fake_job("env"), "num_gpus": 5})
         await supervisor.stop_all()
 
 
@@ -147,8 +170,9 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 
 def test_json_log_lines_carry_the_job_id() -> None:
-    record = logging.LogRecord("lmeval_trio.supervisor", logging.INFO, __file__, 1,
-                               "job %s queued", (7,), None)
+    record = logging.LogRecord(
+        "lmeval_trio.supervisor", logging.INFO, __file__, 1, "job %s queued", (7,), None
+    )
     record.job_id = 7
     line = json.loads(JsonLineFormatter().format(record))
     assert line["message"] == "job 7 queued" and line["job_id"] == 7

@@ -7,6 +7,7 @@ balancers and the docs page work without a key.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 
@@ -23,7 +24,7 @@ CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 
 
 def install(app: Quart, settings: Settings) -> None:
-    keys = tuple(k.encode() for k in sorted(settings.all_api_keys()))
+    keys = tuple(_digest(k) for k in sorted(settings.all_api_keys()))
     origins = frozenset(settings.cors_origins)
     if not keys:
         log.warning(
@@ -33,8 +34,8 @@ def install(app: Quart, settings: Settings) -> None:
 
     @app.before_request
     async def authenticate() -> Response | None:
-        if request.method == "OPTIONS" and request.headers.get("Origin") in origins:
-            return _preflight(request.headers["Origin"])
+        if request.method == "OPTIONS" and _allowed(request.headers.get("Origin"), origins):
+            return _preflight()
         if not keys or _is_open(request.path):
             return None
         return _check_bearer(request.headers.get("Authorization"), keys)
@@ -42,12 +43,22 @@ def install(app: Quart, settings: Settings) -> None:
     @app.after_request
     async def cors(response: Response) -> Response:
         origin = request.headers.get("Origin")
-        if origin is not None and (origin in origins or "*" in origins):
+        if origins:
+            response.vary.add("Origin")
+        if origin is not None and _allowed(origin, origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-            response.headers["Vary"] = "Origin"
             if "*" not in origins:  # never a wildcard together with credentials
                 response.headers["Access-Control-Allow-Credentials"] = "true"
         return response
+
+
+def _allowed(origin: str | None, origins: frozenset[str]) -> bool:
+    return origin is not None and (origin in origins or "*" in origins)
+
+
+def _digest(key: str) -> bytes:
+    """Keys are compared as SHA-256 digests: equal length, so the time says nothing."""
+    return hashlib.sha256(key.encode()).digest()
 
 
 def _is_open(path: str) -> bool:
@@ -55,11 +66,12 @@ def _is_open(path: str) -> bool:
 
 
 def _check_bearer(header: str | None, keys: tuple[bytes, ...]) -> Response | None:
-    if header is None or not header.startswith("Bearer "):
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
         response = error_response(401, "missing API key: send 'Authorization: Bearer <key>'")
         response.headers["WWW-Authenticate"] = 'Bearer realm="lmeval-trio"'
         return response
-    offered = header[len("Bearer ") :].strip().encode()
+    offered = _digest(credentials.strip())
     # Compare against every key so the time taken does not reveal which one matched.
     matched = False
     for key in keys:
@@ -69,7 +81,7 @@ def _check_bearer(header: str | None, keys: tuple[bytes, ...]) -> Response | Non
     return None
 
 
-def _preflight(origin: str) -> Response:
+def _preflight() -> Response:
     response = Response("", status=204)
     response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
     response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS

@@ -42,7 +42,7 @@ export function groupedBarChart({ categories, series, label }) {
   const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
   const y = (v) => MARGIN.top + plotH - ((Math.max(lo, Math.min(hi, v)) - lo) / (hi - lo)) * plotH;
   const band = plotW / Math.max(1, categories.length);
-  const groupW = band * 0.76;
+  const groupW = Math.min(band * 0.76, series.length * 84);
   const barW = groupW / Math.max(1, series.length);
 
   const svg = h("svg:svg", {

@@ -171,7 +171,7 @@ export function mount(root, { params }, ctx) {
     });
 
     const head = h("tr", {}, h("th", {}, "Task"), h("th", {}, "Metric"), h("th", {}, "Filter"),
-      series.map((s) => h("th", { class: "num" }, h("i", { class: "swatch" }), s.name)),
+      series.map((s) => h("th", { class: "num" }, h("i", { class: "swatch", style: { background: s.color } }), s.name)),
       series.length === 2 ? h("th", { class: "num" }, "Δ (2nd − 1st)") : null);
     const bodyRows = [...rows.values()].map((row) => {
       const values = series.map((s) => row.cells.get(s.id)?.value).filter((v) => typeof v === "number");
@@ -214,11 +214,10 @@ export function mount(root, { params }, ctx) {
           h("section", { class: "card" }, h("div", { class: "card-head" }, h("h2", {}, "Table"), h("div", { class: "spacer" }), csvButton),
             h("div", { class: "table-scroll" }, h("table", { id: "compare-table" }, h("thead", {}, head), h("tbody", {}, bodyRows))),
             h("p", { class: "muted small" }, "Bold: the best value in the row (per the task's higher_is_better).")),
-          h("section", { class: "card" }, h("h2", {}, "Jobs"), h("ul", { class: "artifact-list" }, ok.map((x) => h("li", {}, badge(x.job.status), h("a", { href: `#/job/${x.id}` }, `Job #${x.id}`), h("span", { class: "mono small" }, x.job.argument ? "" : ""), h("span", { class: "size" }, taskList((x.job.request || {}).tasks).join(", ")))))),
+          h("section", { class: "card" }, h("h2", {}, "Jobs"), h("ul", { class: "artifact-list" }, ok.map((x) => h("li", {}, badge(x.job.status), h("a", { href: `#/job/${x.id}` }, series.find((s) => s.id === x.id).name), h("span", { class: "size" }, taskList((x.job.request || {}).tasks).join(", ")))))),
         ]
         : h("div", { class: "card empty" }, h("strong", {}, "No results to compare"), "The selected jobs have no results."),
     );
-    for (const th of output.querySelectorAll("#compare-table th .swatch")) th.remove();
   }
 
   showCompareButton();

@@ -86,7 +86,7 @@ export function mount(root, { params }, ctx) {
         h("th", {}, "Status"),
         h("th", {}, "Progress"),
         h("th", {}, "Started"),
-        h("th", {}, "Duration"),
+        h("th", { class: "num" }, "Duration"),
         h("th", {}, ""),
       ),
     ),
