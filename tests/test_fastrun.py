@@ -234,7 +234,7 @@ def warm_run(e2e: Env, slow_runs: SlowRuns) -> Run:
     print(
         f"\nfastrun timings: stock {slow_runs.stock.seconds:.1f} s, "
         f"cold {slow_runs.cold.seconds:.1f} s, fallback {slow_runs.fallback.seconds:.1f} s "
-        f"(these three ran concurrently), warm {run.seconds:.1f} s"
+        f"(concurrent; each timed until collected), warm {run.seconds:.1f} s"
     )
     return run
 

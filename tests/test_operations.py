@@ -141,7 +141,7 @@ def test_invalid_settings_name_the_variable(environ: dict[str, str], message: st
 def test_unknown_keys_in_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("max_concurency = 2\n")
-    with pytest.raises(SettingsError, match="unknown settings .*max_concurency"):
+    with pytest.raises(SettingsError, match=r"unknown settings .*max_concurency"):
         Settings.from_env({"LMEVAL_CONFIG_FILE": str(config)})
 
 
