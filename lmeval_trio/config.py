@@ -79,8 +79,10 @@ class Settings(BaseModel):
     fast_start: bool = Field(
         default=True, description="Run the server's lm-eval through the cached task index."
     )
-    task_index_dir: Path | None = Field(
-        default=None, description="Where the task index cache lives (default: DATA_DIR/cache)."
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Caches shared by all jobs: lm-eval's task index and compiled bytecode "
+        "(default: DATA_DIR/cache).",
     )
     install_signal_handlers: bool = Field(
         default=True, description="Turn SIGTERM into a graceful shutdown (served app only)."
@@ -124,7 +126,7 @@ class Settings(BaseModel):
         default="INFO", description="Server log level."
     )
 
-    @field_validator("data_dir", "api_keys_file", "task_index_dir", mode="after")
+    @field_validator("data_dir", "api_keys_file", "cache_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
@@ -172,6 +174,10 @@ class Settings(BaseModel):
         except ValidationError as error:
             raise SettingsError(_describe(error)) from None
 
+    @property
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
     def all_api_keys(self) -> frozenset[str]:
         """Keys from the setting and the key file (read at start, so rotation = restart)."""
         keys = set(self.api_keys)
@@ -215,11 +221,14 @@ def job_base_environment() -> dict[str, str]:
     """The server's environment minus its own settings (which may hold secrets).
 
     lm-eval reads LMEVAL_LOG_LEVEL itself, so that one variable passes through.
+    PYTHONDONTWRITEBYTECODE is dropped: jobs keep compiled bytecode under the data dir
+    (PYTHONPYCACHEPREFIX), which saves each lm-eval process seconds of compiling.
     """
     return {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("LMEVAL_") or name == "LMEVAL_LOG_LEVEL"
+        if (not name.startswith("LMEVAL_") or name == "LMEVAL_LOG_LEVEL")
+        and name != "PYTHONDONTWRITEBYTECODE"
     }
 
 

@@ -40,6 +40,8 @@ class JobRecord:
     resumed_from: int | None = None
     attempts: int = 0
     gpus: list[str] = field(default_factory=list)
+    backend: str = "local"  # the runner that ran it ("local", "ray")
+    external_id: str | None = None  # the runner's own id for it (e.g. a Ray submission id)
 
     @property
     def argument(self) -> str:

@@ -48,6 +48,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_status ON jobs (status, id);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE jobs ADD COLUMN external_id TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
@@ -68,6 +72,7 @@ class Draft:
     job_dir: Path
     output_dir: Path
     resumed_from: int | None = None
+    backend: str = "local"
 
 
 class JobStore:
@@ -126,7 +131,7 @@ class JobStore:
             draft = draft_for(job_id)
             conn.execute(
                 "UPDATE jobs SET request=?, argv=?, env=?, job_dir=?, output_dir=?,"
-                " resumed_from=? WHERE id=?",
+                " resumed_from=?, backend=? WHERE id=?",
                 (
                     json.dumps(draft.request),
                     json.dumps(draft.argv),
@@ -134,6 +139,7 @@ class JobStore:
                     str(draft.job_dir),
                     str(draft.output_dir),
                     draft.resumed_from,
+                    draft.backend,
                     job_id,
                 ),
             )
@@ -311,4 +317,6 @@ def _record(row: sqlite3.Row) -> JobRecord:
         resumed_from=data["resumed_from"],
         attempts=data["attempts"],
         gpus=json.loads(data["gpus"]),
+        backend=data["backend"],
+        external_id=data["external_id"],
     )

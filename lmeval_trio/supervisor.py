@@ -31,13 +31,14 @@ from pydantic import BaseModel
 
 from lmeval_trio import command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
-from lmeval_trio.config import Settings, job_base_environment
+from lmeval_trio.config import Settings
 from lmeval_trio.logs import LogPump, read_tail_lines
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
+from lmeval_trio.runner import LocalRunner, Runner, Started
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
 from lmeval_trio.store import Draft, JobStore
@@ -89,6 +90,7 @@ class LiveJob:
     changed: Pulse = field(default_factory=Pulse)
     progress: ProgressTracker = field(default_factory=ProgressTracker)
     stop_reason: StopReason | None = None
+    reattach: bool = False  # still running elsewhere from before a restart: follow it
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
     dispatched: bool = False  # handed to a slot: from now on only its own task settles it
 
@@ -111,12 +113,19 @@ class SupervisorStatistics:
 class Supervisor:
     """Owns the queue, the slots and every job's process; see the module docstring."""
 
-    def __init__(self, settings: Settings, *, launcher: command.Launcher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        launcher: command.Launcher | None = None,
+        runner: Runner | None = None,
+    ) -> None:
         self.settings = settings
+        self.runner = runner or default_runner(settings)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.launcher = launcher or command.Launcher.default(
             fast_start=settings.fast_start,
-            index_cache=settings.task_index_dir or settings.data_dir / "cache" / "task-index",
+            index_cache=settings.effective_cache_dir / "task-index",
         )
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
@@ -212,27 +221,17 @@ class Supervisor:
     # -- recovery -------------------------------------------------------------------------
 
     async def _recover(self) -> None:
-        """Requeue what the previous run left: interrupted jobs first, then the queue."""
+        """Re-attach or requeue what the previous run left, then queue the rest in order."""
         for record in await self.store.select([JobStatus.RUNNING]):
-            await self._kill_leftover(record)
+            if record.backend == self.runner.name and await self.runner.recover(record):
+                log.info("job %s: re-attaching to %s", record.id, record.external_id)
+                self._enqueue(record, reattach=True)
+                continue
             reason = f"interrupted: the server stopped while this job ran (pid {record.pid})"
             await self._finish_interrupted(record, reason)
         for record in await self.store.select([JobStatus.QUEUED], order="queue"):
             self._enqueue(record)
         await self._prune()
-
-    async def _kill_leftover(self, record: JobRecord) -> None:
-        """Kill the old run's process group, unless its pid now belongs to someone else."""
-        if record.pid is None:
-            return
-        ticks = process.process_start_ticks(record.pid)
-        ours = ticks == record.pid_start_ticks if ticks is not None else True
-        try:
-            if ours and process.group_alive(record.pid):
-                log.warning("job %s: killing leftover process group %s", record.id, record.pid)
-                await process.kill_group(record.pid, grace_s=self.settings.kill_grace_s)
-        except ValueError:  # a pid that can never be a job's group (ours, init, kernel)
-            log.warning("job %s: recorded pid %s is not a job's; not killed", record.id, record.pid)
 
     async def _finish_interrupted(self, record: JobRecord, reason: str) -> JobRecord:
         if self.settings.requeue_interrupted:
@@ -299,6 +298,7 @@ class Supervisor:
                 job_dir=job_dir,
                 output_dir=built.output_dir,
                 resumed_from=None if resumed_from is None else resumed_from.id,
+                backend=self.runner.name,
             )
 
         return draft_for
@@ -398,8 +398,8 @@ class Supervisor:
         if not self._accepting:
             raise NotAccepting("the supervisor is not running")
 
-    def _enqueue(self, record: JobRecord) -> None:
-        self._live[record.id] = LiveJob(record)
+    def _enqueue(self, record: JobRecord, *, reattach: bool = False) -> None:
+        self._live[record.id] = LiveJob(record, reattach=reattach)
         self._send.send_nowait(record.id)
         self.changed.fire()
 
@@ -462,21 +462,8 @@ class Supervisor:
         returncode: int | None = None
         with live.scope:
             await trio.to_thread.run_sync(_prepare_dirs, live.record)
-            live.record = await self.store.transition(
-                live.id,
-                JobStatus.QUEUED,
-                JobStatus.RUNNING,
-                started_at=utc_now(),
-                finished_at=None,
-                exit_code=None,
-                attempts=live.record.attempts + 1,
-                gpus=list(gpus),
-            )
-            live.changed.fire()
-            self.changed.fire()
-            self.metrics.queue_wait.observe(
-                _seconds_between(live.record.queued_at, live.record.started_at)
-            )
+            if not live.reattach:
+                await self._mark_running(live, gpus)
             try:
                 returncode = await self._run_with_logs(live, self._environment(live.record, gpus))
             except process.SpawnError as error:
@@ -485,6 +472,23 @@ class Supervisor:
                     "finished_at": utc_now(),
                 }
         return await self._outcome(live, returncode)
+
+    async def _mark_running(self, live: LiveJob, gpus: tuple[str, ...]) -> None:
+        live.record = await self.store.transition(
+            live.id,
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            started_at=utc_now(),
+            finished_at=None,
+            exit_code=None,
+            attempts=live.record.attempts + 1,
+            gpus=list(gpus),
+        )
+        live.changed.fire()
+        self.changed.fire()
+        self.metrics.queue_wait.observe(
+            _seconds_between(live.record.queued_at, live.record.started_at)
+        )
 
     async def _run_with_logs(self, live: LiveJob, env: dict[str, str]) -> int:
         stdout = LogPump(live.record.stdout_path, live.changed)
@@ -500,7 +504,8 @@ class Supervisor:
             await stdout.aclose()
 
     def _environment(self, record: JobRecord, gpus: tuple[str, ...]) -> dict[str, str]:
-        env = job_base_environment()
+        """The job's own variables; the runner adds what its host needs (PATH, HOME, ...)."""
+        env = {"PYTHONPYCACHEPREFIX": str(self.settings.effective_cache_dir / "pycache")}
         env.update(record.env)
         env.update(self.policy.job_environment())
         if gpus:
@@ -510,7 +515,7 @@ class Supervisor:
     async def _run_process(
         self, live: LiveJob, env: dict[str, str], stdout: LogPump, stderr: LogPump
     ) -> int:
-        """The child's return code (cancellation propagates after the tree is gone)."""
+        """The job's exit code (cancellation propagates once the runner stopped it)."""
         result: list[int] = []
         with _unwrap_spawn_error():
             await self._supervise_child(live, env, stdout, stderr, result)
@@ -526,24 +531,25 @@ class Supervisor:
     ) -> None:
         async with trio.open_nursery() as nursery:
 
-            async def child(task_status: trio.TaskStatus[process.ProcessInfo]) -> None:
-                result.append(
-                    await process.run_process_group(
-                        live.record.argv,
-                        env=env,
-                        cwd=live.record.job_dir,
-                        on_stdout=stdout,
-                        on_stderr=stderr,
-                        grace_s=self.settings.kill_grace_s,
-                        task_status=task_status,
+            async def child(task_status: trio.TaskStatus[Started]) -> None:
+                if live.reattach:
+                    code = await self.runner.reattach(
+                        live.record, stdout, stderr, task_status=task_status
                     )
-                )
-                nursery.cancel_scope.cancel()  # the child is gone: stop the flusher
+                else:
+                    code = await self.runner.run(
+                        live.record, env, stdout, stderr, task_status=task_status
+                    )
+                result.append(code)
+                nursery.cancel_scope.cancel()  # the job is over: stop the flusher
 
-            info: process.ProcessInfo = await nursery.start(child)
+            started: Started = await nursery.start(child)
             self.metrics.dispatch_latency.observe(trio.current_time() - live.slot_granted_at)
             live.record = await self.store.update(
-                live.id, pid=info.pid, pid_start_ticks=info.start_ticks
+                live.id,
+                pid=started.pid,
+                pid_start_ticks=started.start_ticks,
+                external_id=started.external_id,
             )
             nursery.start_soon(self._flush_progress, live)
 
@@ -633,6 +639,11 @@ class Supervisor:
         if doomed:
             log.info("retention: deleting %d finished jobs", len(doomed))
             await self._remove(doomed)
+
+
+def default_runner(settings: Settings) -> Runner:
+    """The runner the settings select (local processes unless configured otherwise)."""
+    return LocalRunner(settings.kill_grace_s)
 
 
 def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:

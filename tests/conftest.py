@@ -34,7 +34,7 @@ DUMMY_JOB: dict[str, Any] = {
 }
 
 
-TASK_INDEX_DIR = Path(tempfile.gettempdir()) / "lmeval-trio-tests-task-index"
+CACHE_DIR = Path(tempfile.gettempdir()) / "lmeval-trio-tests-cache"
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -46,7 +46,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "allowed_lm_eval_paths": (str(FAKE_LM_EVAL),),
         "allowed_path_roots": (SUPPORT, tmp_path),
         "progress_flush_s": 0.05,
-        "task_index_dir": TASK_INDEX_DIR,  # shared: built once per machine, like production
+        "cache_dir": CACHE_DIR,  # task index and bytecode: built once per machine
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -24,7 +24,7 @@ import trio
 from hypercorn.config import Config
 
 from lmeval_trio import process
-from tests.conftest import FAKE_LM_EVAL, SUPPORT, TASK_INDEX_DIR, fake_job
+from tests.conftest import FAKE_LM_EVAL, SUPPORT, CACHE_DIR, fake_job
 
 ROOT = Path(__file__).parent.parent
 HYPERCORN = Path(sys.executable).parent / "hypercorn"
@@ -57,7 +57,7 @@ def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
         LMEVAL_ALLOWED_LM_EVAL_PATHS=str(FAKE_LM_EVAL),
         LMEVAL_ALLOWED_PATH_ROOTS=str(SUPPORT),
         LMEVAL_KILL_GRACE_S="2",
-        LMEVAL_TASK_INDEX_DIR=str(TASK_INDEX_DIR),
+        LMEVAL_CACHE_DIR=str(CACHE_DIR),
         **extra,
     )
     return env
