@@ -54,6 +54,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_ORDER_BY = {
+    "id": " ORDER BY id",
+    "newest": " ORDER BY id DESC",
+    "queue": " ORDER BY queued_at, id",
+}
 _JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
 _PATH_COLUMNS = frozenset({"job_dir", "output_dir"})
 
@@ -209,6 +214,8 @@ class JobStore:
         return await self._run(self._get, job_id)
 
     def _get(self, job_id: int) -> JobRecord | None:
+        if not 0 <= job_id < 2**63:  # beyond SQLite's INTEGER: no such job (not an error)
+            return None
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return None if row is None else _record(row)
 
@@ -220,7 +227,7 @@ class JobStore:
         offset: int = 0,
         order: str = "id",
     ) -> list[JobRecord]:
-        """Jobs by ``order`` ("id" or "queue": queue order), optionally filtered and paged."""
+        """Jobs by ``order`` ("id", "newest" or "queue"), optionally filtered and paged."""
         wanted = None if statuses is None else [s.value for s in statuses]
         return await self._run(self._list, wanted, limit, offset, order)
 
@@ -232,7 +239,7 @@ class JobStore:
         if statuses is not None:
             sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
             params.extend(statuses)
-        sql += " ORDER BY queued_at, id" if order == "queue" else " ORDER BY id"
+        sql += _ORDER_BY[order]
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             params.extend([limit, offset])

@@ -318,8 +318,10 @@ class Supervisor:
         *,
         limit: int | None = None,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> list[JobRecord]:
-        records = await self.store.select(statuses, limit=limit, offset=offset)
+        order = "newest" if newest_first else "id"
+        records = await self.store.select(statuses, limit=limit, offset=offset, order=order)
         return [self._live[r.id].record if r.id in self._live else r for r in records]
 
     def progress(self, record: JobRecord) -> ProgressSnapshot:

@@ -56,6 +56,8 @@ async def test_list_and_running_only_filters(server: Server) -> None:
         assert [j["job_id"] for j in active] == [running], query
     by_status = (await server.client.get("/jobs?status=Completed")).json()
     assert [j["job_id"] for j in by_status["jobs"]] == [done] and by_status["total"] == 1
+    newest = (await server.client.get("/jobs?order=desc&limit=1")).json()
+    assert [j["job_id"] for j in newest["jobs"]] == [running] and newest["total"] == 2
     await server.client.get(f"/job/{running}/stop")
 
 

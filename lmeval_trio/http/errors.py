@@ -69,6 +69,14 @@ def count_refusal(reason: str) -> None:
         supervisor.metrics.refusals.labels(reason).inc()
 
 
+def _too_large() -> Response:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    detail = f"the request body exceeds {limit} bytes"
+    response = error_response(413, detail, rule="LMEVAL_MAX_REQUEST_BYTES")
+    response.headers["Connection"] = "close"  # the unread body would poison a kept-alive link
+    return response
+
+
 def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
     return [
         {
@@ -128,7 +136,7 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(QueueFull)
     async def _queue_full(error: QueueFull) -> Response:
-        response = error_response(429, str(error))
+        response = error_response(429, str(error), rule="LMEVAL_MAX_QUEUED_JOBS")
         response.headers["Retry-After"] = "30"
         return response
 
@@ -140,11 +148,22 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def _http(error: HTTPException) -> Response:
+        if error.code == 413:
+            return _too_large()
         response = error_response(error.code or 500, error.description or error.name)
         for name, value in error.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response
+
+    @app.errorhandler(RecursionError)
+    @app.errorhandler(UnicodeDecodeError)
+    async def _undecodable(error: RecursionError | UnicodeDecodeError) -> Response:
+        # Raised while decoding a body: bytes that are not UTF-8, or JSON nested thousands of
+        # levels deep. (Quart's get_json(silent=True) lets both through.)
+        log.warning("refused an undecodable request body: %s", error)
+        detail = [{"loc": ["body"], "msg": f"undecodable JSON: {error}", "type": "json_invalid"}]
+        return error_response(422, detail)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

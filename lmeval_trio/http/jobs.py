@@ -10,7 +10,7 @@ from quart_schema import document_querystring, document_request, document_respon
 from lmeval_trio.cli_schema import request_model
 from lmeval_trio.http import schemas
 from lmeval_trio.http.errors import InvalidParameter
-from lmeval_trio.http.params import bool_arg, int_arg, supervisor
+from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import ACTIVE, JobStatus
 from lmeval_trio.supervisor import StopOutcome
@@ -24,6 +24,7 @@ class ListQuery(BaseModel):
     status: str | None = None
     limit: int | None = None
     offset: int = 0
+    order: str = "asc"
 
 
 def blueprint() -> Blueprint:
@@ -55,12 +56,15 @@ def blueprint() -> Blueprint:
     @document_response(schemas.JobList, 200)
     async def list_jobs() -> Response:
         """List jobs. include_completed=false (or include_finished=false) keeps Queued and
-        Running ones; status filters by one status; limit/offset page."""
+        Running ones; status filters by status; limit/offset page; order=desc: newest first."""
         statuses = _status_filter()
         limit = int_arg("limit", None, minimum=1, maximum=MAX_PAGE)
         offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
+        newest_first = choice_arg("order", "asc", ("asc", "desc")) == "desc"
         sup = supervisor()
-        records = await sup.list_jobs(statuses, limit=limit, offset=offset)
+        records = await sup.list_jobs(
+            statuses, limit=limit, offset=offset, newest_first=newest_first
+        )
         counts = await sup.store.counts()
         total = sum(counts[s] for s in statuses) if statuses else sum(counts.values())
         jobs = [schemas.summary(r, sup.progress(r)) for r in records]

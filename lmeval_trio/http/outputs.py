@@ -87,6 +87,7 @@ def blueprint() -> Blueprint:
 
     @bp.get("/job/<int:job_id>/results")
     @tag(["outputs"])
+    @document_response(schemas.JobResults, 200)
     @document_response(schemas.Error, 404)
     @document_response(schemas.Error, 409)
     async def job_results(job_id: int) -> Response:
@@ -131,6 +132,8 @@ def blueprint() -> Blueprint:
             found.path, as_attachment=True, attachment_filename=found.path.name
         )
         response.timeout = None
+        # Logs grow and may need a key: never from a shared or stale cache.
+        response.headers["Cache-Control"] = "private, no-cache"
         return response
 
     return bp

@@ -109,6 +109,7 @@ class JobResults(BaseModel):
     metrics: list[MetricRow]
     results: dict[str, Any] = Field(description="The raw lm-eval results JSON.")
 
+
 def summary(record: JobRecord, progress: ProgressSnapshot) -> dict[str, Any]:
     """The summary dict for ``record``; Completed always reports 100 percent."""
     percent = 100 if record.status is JobStatus.COMPLETED else progress.percent

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from typing import Any
 
 from quart import Quart, Response, request
+from quart_schema import OpenAPIProvider, QuartSchema
 
 from lmeval_trio.config import Settings
 from lmeval_trio.http.errors import error_response
+from lmeval_trio.http.schemas import Error
 
 log = logging.getLogger("lmeval_trio.security")
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
@@ -31,6 +34,9 @@ def install(app: Quart, settings: Settings) -> None:
             "NO API KEYS CONFIGURED: anyone who can reach this server can run jobs. "
             "Set LMEVAL_API_KEYS or LMEVAL_API_KEYS_FILE."
         )
+    extension = app.extensions.get("QUART_SCHEMA")
+    if isinstance(extension, QuartSchema):
+        extension.openapi_provider = GuardedOpenAPI(app, extension, protected=bool(keys))
 
     @app.before_request
     async def authenticate() -> Response | None:
@@ -87,3 +93,36 @@ def _preflight() -> Response:
     response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
     response.headers["Access-Control-Max-Age"] = "600"
     return response
+
+
+class GuardedOpenAPI(OpenAPIProvider):
+    """quart-schema's OpenAPI plus what this module and the body limit enforce on every
+    route: the Bearer scheme with its 401/403 (when keys are set) and 413 for bodies."""
+
+    def __init__(self, app: Quart, extension: QuartSchema, *, protected: bool) -> None:
+        super().__init__(app, extension)
+        self._protected = protected
+
+    def schema(self) -> dict[str, Any]:
+        schema = super().schema()
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                self._guard(path, operation)
+        if self._protected:
+            schemes = schema["components"].setdefault("securitySchemes", {})
+            schemes["apiKey"] = {"type": "http", "scheme": "bearer"}
+        return schema
+
+    def _guard(self, path: str, operation: dict[str, Any]) -> None:
+        responses = operation.setdefault("responses", {})
+        if "requestBody" in operation:
+            responses.setdefault(413, _error_response("The request body is too large."))
+        if self._protected and not _is_open(path):
+            operation["security"] = [{"apiKey": []}]
+            responses.setdefault(401, _error_response("No API key was sent."))
+            responses.setdefault(403, _error_response("The API key is wrong."))
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    schema = Error.model_json_schema()
+    return {"description": description, "content": {"application/json": {"schema": schema}}}

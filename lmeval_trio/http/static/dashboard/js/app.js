@@ -3,12 +3,13 @@
 // Each view module exports mount(root, params, ctx) and returns {unmount, update?}; the router
 // aborts ctx.signal when leaving a view so its event streams close.
 
-import { AuthError, auth } from "./api.js";
+import { ApiError, AuthError, auth } from "./api.js";
 import { clear, h } from "./dom.js";
 import * as compareView from "./compare.js";
 import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
 import * as submitView from "./submit.js";
+import { toast } from "./ui.js";
 
 const ROUTES = [
   { pattern: /^\/?(jobs)?$/, view: jobsView, nav: "jobs" },
@@ -64,7 +65,13 @@ function route({ force = false } = {}) {
   setLive("idle");
   const ctx = { signal: controller.signal, navigate, setLive };
   clear(root);
-  const handle = found.r.view.mount(root, { match: found.match, params }, ctx) || {};
+  let handle = {};
+  try {
+    handle = found.r.view.mount(root, { match: found.match, params }, ctx) || {};
+  } catch (error) {
+    console.error(error);
+    clear(root, h("div", { class: "card empty" }, h("strong", {}, "This page could not be shown"), "Reload to try again."));
+  }
   current = { route: found.r, match: found.match, controller, handle };
   root.focus({ preventScroll: true });
 }
@@ -126,12 +133,17 @@ keyButton.addEventListener("click", () => openKeyDialog(
   auth.key ? "Replace or forget the API key used by this tab." : "Enter the server's API key.",
 ));
 
-// Never show a raw stack trace: unexpected script errors become a short note.
+// Never show a raw stack trace: unexpected script errors become a short note (details go to
+// the browser console); auth errors are the key dialog's business, aborts are navigation.
 window.addEventListener("unhandledrejection", (event) => {
-  if (event.reason instanceof AuthError || event.reason?.name === "AbortError") {
+  const reason = event.reason;
+  if (reason instanceof AuthError || reason?.name === "AbortError") {
     event.preventDefault();
+    return;
   }
+  toast(reason instanceof ApiError ? reason.message : "Something went wrong in the page; reload to retry.", "error");
 });
+window.addEventListener("error", () => toast("Something went wrong in the page; reload to retry.", "error"));
 
 window.addEventListener("hashchange", () => route());
 showKeyButton();

@@ -19,7 +19,10 @@ function distinguishing(jobs) {
   keys.delete("env_vars");
   const differing = [];
   for (const key of keys) {
-    const values = new Set(jobs.map((j) => JSON.stringify((j.request || {})[key] ?? null)));
+    const values = new Set(jobs.map((j) => {
+      const value = (j.request || {})[key] ?? null;
+      return key === "tasks" ? taskList(value).join(",") : JSON.stringify(value);
+    }));
     if (values.size > 1) differing.push(key);
   }
   return differing;
@@ -29,7 +32,7 @@ function labelFor(job, differing) {
   const req = job.request || {};
   const parts = [`#${job.job_id}`, String(req.model ?? "hf")];
   const extras = differing.filter((k) => k !== "model").map((k) => {
-    const v = k === "model_args" ? modelArgsText(req[k]) : req[k];
+    const v = k === "model_args" ? modelArgsText(req[k]) : k === "tasks" ? taskList(req[k]).join(",") : req[k];
     return v === undefined ? null : `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`;
   }).filter(Boolean);
   return `${parts.join(" ")}${extras.length ? ` (${extras.join(", ")})` : ""}`;

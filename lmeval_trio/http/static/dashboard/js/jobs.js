@@ -60,7 +60,7 @@ export function mount(root, { params }, ctx) {
   }
 
   const compareButton = h("button", { class: "btn", type: "button", id: "compare-selected" }, "Compare selected");
-  compareButton.addEventListener("click", () => ctx.navigate(`#/compare?ids=${[...selection].join(",")}`));
+  compareButton.addEventListener("click", () => ctx.navigate(`#/compare?ids=${[...selection].sort((a, b) => a - b).join(",")}`));
   const clearButton = h("button", { class: "btn ghost small", type: "button" }, "Clear");
   clearButton.addEventListener("click", () => {
     selection.clear();

@@ -9,9 +9,10 @@ import { clear, h, text } from "./dom.js";
 import { reportError, toast } from "./ui.js";
 
 // Shown first, in this order, when the schema has them; everything else goes under "More".
-const PRIMARY = ["model", "model_args", "tasks", "limit", "num_fewshot", "batch_size", "device", "include_path", "log_samples"];
+// Half-width fields pair up: model|device, limit|num_fewshot, batch_size|include_path.
+const PRIMARY = ["model", "device", "model_args", "tasks", "limit", "num_fewshot", "batch_size", "include_path", "log_samples"];
 const SERVER = ["env_vars", "lm_eval_path"];
-const WIDE = new Set(["model_args", "tasks", "gen_kwargs", "metadata", "env_vars", "include_path", "samples"]);
+const WIDE = new Set(["model_args", "tasks", "gen_kwargs", "metadata", "env_vars", "samples"]);
 const PLACEHOLDERS = {
   model: "hf",
   model_args: "pretrained=EleutherAI/pythia-160m,dtype=float32",
@@ -162,6 +163,7 @@ export function mount(root, { params }, ctx) {
   const formPane = h("div", { id: "form-pane" }, primaryBox, more, serverMore);
 
   const editor = h("textarea", { class: "json-editor", id: "json-editor", spellcheck: "false", "aria-label": "Request JSON" });
+  editor.value = "{}";
   const jsonStatus = h("div", { class: "json-status", id: "json-status" });
   const jsonErrors = h("div", { class: "callout error", id: "json-errors", role: "alert" });
   const jsonPane = h(
@@ -285,7 +287,10 @@ export function mount(root, { params }, ctx) {
     if (mode === "json") {
       showJsonErrors([...general, ...jsonLines]);
     } else if (loose.length) {
-      clear(formError, loose.length === 1 ? loose[0] : [h("strong", {}, "The server refused the job:"), h("ul", {}, loose.map((l) => h("li", {}, l)))]);
+      clear(formError, h("strong", {}, "The server refused the job:"), h("ul", {}, loose.map((l) => h("li", {}, l))));
+    } else if (byField.size) {
+      const names = [...byField.keys()];
+      clear(formError, `Check the highlighted ${names.length === 1 ? "field" : "fields"}: ${names.join(", ")}.`);
     }
     const first = form.querySelector(".field.invalid input, .field.invalid textarea");
     if (mode === "form" && first) first.focus();
@@ -379,7 +384,8 @@ export function mount(root, { params }, ctx) {
       const box = PRIMARY.includes(name) || required.has(name) ? primaryBox : SERVER.includes(name) ? serverBox : moreBox;
       box.append(field.wrapper);
     }
-    editor.value = "{}";
+    if (Object.keys(extra).length) fill({ ...extra }); // JSON typed before the schema arrived
+    form.dataset.ready = "true";
     const from = Number.parseInt(params.get("from") || "", 10);
     if (from) await prefillFrom(from);
     else fields.get("model")?.input.focus();
