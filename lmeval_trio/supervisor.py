@@ -137,6 +137,7 @@ class Supervisor:
         self._accepting = False
         self._alive = False
         self._shutdown_requested = trio.Event()
+        self._detached = False  # at shutdown the runner left its jobs running (Ray)
         self.closed = trio.Event()  # set once every job process is gone and the store closed
         self.changed = Pulse()  # any job changed: for listings that follow everything
 
@@ -209,9 +210,11 @@ class Supervisor:
         )
 
     async def _stop_everything(self) -> None:
-        """Shutdown: stop dispatching, interrupt running jobs (they go back to the queue)."""
+        """Shutdown: stop dispatching, interrupt running jobs (they go back to the queue),
+        or, with a runner that detaches, leave them running for the next start to follow."""
         self._accepting = False
         self._dispatch_scope.cancel()
+        self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
         for live in started:
             self._cancel(live, StopReason.SHUTDOWN)
@@ -446,7 +449,8 @@ class Supervisor:
             status, fields = await self._execute(live, gpus)
         except Exception as error:  # a bug must cost one job, never the supervisor
             log.exception("job %s: internal error", live.id)
-            status, fields = JobStatus.FAILED, {"reason": f"internal error: {error!r}"}
+            status = JobStatus.FAILED
+            fields = {"reason": f"internal error: {error!r}", "finished_at": utc_now()}
         finally:
             self.slots.release(live.id)
         with trio.CancelScope(shield=True):
@@ -573,7 +577,9 @@ class Supervisor:
     ) -> tuple[JobStatus, dict[str, Any]]:
         fields: dict[str, Any] = {"exit_code": returncode, "finished_at": utc_now()}
         if live.stop_reason is StopReason.SHUTDOWN:
-            return JobStatus.QUEUED, {"reason": live.stop_reason.value}
+            # Detached: a Running record stays Running, so the next start re-attaches.
+            status = live.record.status if self._detached else JobStatus.QUEUED
+            return status, {"reason": live.stop_reason.value}
         if live.stop_reason is not None:
             return JobStatus.STOPPED, {**fields, "reason": live.stop_reason.value}
         if returncode is None:
@@ -601,8 +607,8 @@ class Supervisor:
             fields.setdefault("progress", snapshot.to_dict())
             fields.setdefault("progress_pct", snapshot.percent)
         old = live.record.status
-        if status is JobStatus.QUEUED and old is JobStatus.QUEUED:
-            pass  # shut down before it started: it simply stays queued
+        if status is old:
+            pass  # shut down before it started (stays queued), or detached (stays running)
         elif status is JobStatus.QUEUED:
             live.record = await self._finish_interrupted(live.record, str(fields.get("reason")))
         else:
@@ -645,6 +651,10 @@ class Supervisor:
 
 def default_runner(settings: Settings) -> Runner:
     """The runner the settings select (local processes unless configured otherwise)."""
+    if settings.backend == "ray":
+        from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
+
+        return RayRunner(settings)
     return LocalRunner(settings.kill_grace_s)
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import trio
 from hypercorn.config import Config
 
 from lmeval_trio import process
-from tests.conftest import FAKE_LM_EVAL, SUPPORT, CACHE_DIR, fake_job
+from tests.conftest import CACHE_DIR, FAKE_LM_EVAL, SUPPORT, fake_job
 
 ROOT = Path(__file__).parent.parent
 HYPERCORN = Path(sys.executable).parent / "hypercorn"
@@ -67,13 +68,25 @@ def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
 async def hypercorn_server(data_dir: Path, **env: str) -> AsyncIterator[ServerProcess]:
     """Run the README's launch command (with --bind) and wait for "Running on"."""
     port = _free_port()
-    argv = [str(HYPERCORN), "--config", "hypercorn.toml", "--bind", f"127.0.0.1:{port}",
-            "lmeval_trio.asgi:app"]
+    argv = [
+        str(HYPERCORN),
+        "--config",
+        "hypercorn.toml",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "lmeval_trio.asgi:app",
+    ]
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(
-            lambda task_status: trio.run_process(
-                argv, cwd=ROOT, env=_environment(data_dir, **env), stderr=-1, stdout=-3,
-                check=False, start_new_session=True, task_status=task_status,
+            partial(
+                trio.run_process,
+                argv,
+                cwd=ROOT,
+                env=_environment(data_dir, **env),
+                stderr=-1,
+                stdout=-3,
+                check=False,
+                start_new_session=True,
             )
         )
         assert proc.stderr is not None

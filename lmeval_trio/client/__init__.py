@@ -20,7 +20,7 @@ in how they wait. When leaving an async follow helper early, close it
 from __future__ import annotations
 
 from lmeval_trio.client._async import AsyncClient
-from lmeval_trio.client._protocol import API_KEY_ENV, DEFAULT_URL, URL_ENV
+from lmeval_trio.client._protocol import API_KEY_ENV, DEFAULT_URL, URL_ENV, Stream
 from lmeval_trio.client._sync import Client
 from lmeval_trio.client._types import (
     ApiError,
@@ -56,5 +56,6 @@ __all__ = [
     "ProgressEvent",
     "ServerUnreachable",
     "StatusEvent",
+    "Stream",
     "describe_detail",
 ]

@@ -143,6 +143,10 @@ class AsyncClient(ClientBase):
     async def ready(self) -> bool:
         return await self._send(Routes.ready())
 
+    async def metrics(self) -> str:
+        """Prometheus metrics, in the text exposition format."""
+        return await self._send(Routes.metrics())
+
     async def config(self) -> dict[str, Any]:
         return await self._send(Routes.config())
 

@@ -175,6 +175,10 @@ class Routes:
         return Call("GET", "/readyz", lambda response: response.status_code == 200, ok=(200, 503))
 
     @staticmethod
+    def metrics() -> Call[str]:
+        return Call("GET", "/metrics", lambda response: response.text)
+
+    @staticmethod
     def config() -> Call[dict[str, Any]]:
         return Call("GET", "/config", _json_object)
 

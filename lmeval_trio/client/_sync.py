@@ -141,6 +141,10 @@ class Client(ClientBase):
     def ready(self) -> bool:
         return self._send(Routes.ready())
 
+    def metrics(self) -> str:
+        """Prometheus metrics, in the text exposition format."""
+        return self._send(Routes.metrics())
+
     def config(self) -> dict[str, Any]:
         return self._send(Routes.config())
 

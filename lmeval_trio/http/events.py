@@ -40,9 +40,9 @@ def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:
 
 
 async def event_stream(
-    supervisor: Supervisor, job_id: int, offsets: dict[str, int]
+    supervisor: Supervisor, job_id: int, offsets: dict[str, int], *, logs: bool = True
 ) -> AsyncIterator[bytes]:
-    """Yield SSE frames until the job has ended and its logs are drained."""
+    """Yield SSE frames until the job has ended (and, with ``logs``, its logs are drained)."""
     last_status: dict[str, Any] | None = None
     last_progress: dict[str, Any] | None = None
     while True:
@@ -54,7 +54,7 @@ async def event_stream(
             yield _event("end", {"job_id": job_id, "reason": "deleted"})
             return
         more = False
-        for stream in STREAMS:
+        for stream in STREAMS if logs else ():
             frame, offsets[stream], full = await _log_frame(
                 record.log_path(stream), stream, offsets[stream]
             )

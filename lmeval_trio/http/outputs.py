@@ -13,7 +13,7 @@ from lmeval_trio import results
 from lmeval_trio.http import schemas
 from lmeval_trio.http.errors import Conflict
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
-from lmeval_trio.http.params import choice_arg, int_arg, supervisor
+from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.logs import collapse_redraws, read_range
 from lmeval_trio.status import TERMINAL
 
@@ -55,14 +55,16 @@ def blueprint() -> Blueprint:
     @tag(["outputs"])
     async def events(job_id: int) -> Response:
         """Server-Sent Events: ``status``, ``progress`` (at most 4/s) and ``log`` events until
-        the job ends, then ``end``. Reconnect with Last-Event-ID to continue the logs."""
+        the job ends, then ``end``. Reconnect with Last-Event-ID to continue the logs;
+        ``logs=false`` leaves the log events out (status and progress only)."""
         sup = supervisor()
         await sup.get(job_id)
         offsets = parse_last_event_id(
             request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         )
+        logs = bool_arg("logs", True)
         response = await make_response(
-            event_stream(sup, job_id, offsets),
+            event_stream(sup, job_id, offsets, logs=logs),
             200,
             {
                 "Content-Type": "text/event-stream",

@@ -1,0 +1,228 @@
+"""Human output: tables, job details, results, and the live per-phase progress display."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from pydantic import BaseModel
+
+from lmeval_trio.client import JobEvent, Phase, Progress, ProgressEvent, StatusEvent
+from lmeval_trio.http.schemas import JobDetail, JobResults, JobSummary, MetricRow
+from lmeval_trio.status import JobStatus
+
+BAR_WIDTH = 24
+MAX_CELL = 48
+
+
+def jsonable(value: Any) -> Any:
+    """Models and containers of models as plain JSON data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(jsonable(value), indent=2)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned table (no box drawing: it has to survive CI logs and pipes)."""
+    cells = [[_clip(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def clock(seconds: float | None) -> str:
+    """tqdm-style duration: m:ss or h:mm:ss; '?' when unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _rate(rate: float | None) -> str:
+    if not rate:
+        return "? it/s"
+    return f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+
+
+def phase_line(phase: Phase, name_width: int = 16) -> str:
+    """``loglikelihood  [######----]  60%  12/20  3.40 it/s  0:03<0:02``"""
+    fraction = phase.n / phase.total if phase.total else 0.0
+    filled = int(BAR_WIDTH * min(fraction, 1.0))
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    return (
+        f"{phase.name:<{name_width}} [{bar}] {int(100 * fraction):3d}%  {phase.n}/{phase.total}"
+        f"  {_rate(phase.rate_per_s)}  {clock(phase.elapsed_s)}<{clock(phase.eta_s)}"
+    )
+
+
+def _timestamp(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(job: JobSummary) -> str:
+    if not job.started_at:
+        return "-"
+    start = datetime.fromisoformat(job.started_at)
+    end = datetime.fromisoformat(job.finished_at) if job.finished_at else datetime.now(UTC)
+    return clock((end - start).total_seconds())
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return "-" if value is None else str(value)
+
+
+def jobs_table(jobs: Sequence[JobSummary]) -> str:
+    headers = ("ID", "STATUS", "PROGRESS", "MODEL", "TASKS", "CREATED", "DURATION")
+    rows = [
+        (
+            str(job.job_id),
+            job.status.value,
+            f"{job.inference_progress_pct}%",
+            _words(job.request.get("model")),
+            _words(job.request.get("tasks")),
+            _timestamp(job.created_at),
+            _duration(job),
+        )
+        for job in jobs
+    ]
+    return table(headers, rows)
+
+
+def job_details(job: JobDetail, log_lines: int = 15) -> str:
+    """``show``: what happened to a job, and the end of its stderr."""
+    exit_code = "" if job.exit_code is None else f" (exit code {job.exit_code})"
+    fields = [
+        ("model", _words(job.request.get("model"))),
+        ("tasks", _words(job.request.get("tasks"))),
+        ("command", job.argument),
+        ("created", _timestamp(job.created_at)),
+        ("started", _timestamp(job.started_at)),
+        ("finished", _timestamp(job.finished_at)),
+        ("duration", _duration(job)),
+        ("attempts", str(job.attempts)),
+        ("progress", f"{job.inference_progress_pct}%"),
+    ]
+    if job.resumed_from is not None:
+        fields.append(("resumes", f"job {job.resumed_from}"))
+    if job.gpus:
+        fields.append(("gpus", ",".join(job.gpus)))
+    if job.reason:
+        fields.append(("reason", job.reason))
+    lines = [f"Job {job.job_id}: {job.status.value}{exit_code}"]
+    lines += [f"  {name + ':':<10} {value}" for name, value in fields]
+    lines += ["  " + phase_line(p) for p in Progress.model_validate(job.progress).phases]
+    if job.stderr:
+        lines.append(f"--- stderr (last {min(log_lines, len(job.stderr))} lines) ---")
+        lines += [line.rstrip("\r\n") for line in job.stderr[-log_lines:]]
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _metric_rows(metrics: Sequence[MetricRow]) -> list[tuple[str, ...]]:
+    return [
+        (
+            m.task + (" (group)" if m.is_group else ""),
+            m.metric,
+            m.filter,
+            _number(m.value),
+            _number(m.stderr),
+        )
+        for m in metrics
+    ]
+
+
+def results_table(results: JobResults) -> str:
+    if not results.metrics:
+        return f"Job {results.job_id}: no metrics in {results.file}"
+    return table(("TASK", "METRIC", "FILTER", "VALUE", "STDERR"), _metric_rows(results.metrics))
+
+
+def results_csv(results: JobResults) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("task", "metric", "filter", "value", "stderr", "is_group"))
+    for m in results.metrics:
+        writer.writerow((m.task, m.metric, m.filter, m.value, m.stderr, m.is_group))
+    return buffer.getvalue().rstrip("\n")
+
+
+class ProgressView:
+    """Follow output: status changes, and one progress bar per phase.
+
+    On a terminal the bars redraw in place; elsewhere (CI logs, pipes) a phase prints a line
+    when it starts, at every tenth and at its end, so logs stay short but show the pace.
+    """
+
+    def __init__(self, out: TextIO, *, live: bool) -> None:
+        self.out = out
+        self.live = live
+        self.status: JobStatus | None = None
+        self.drawn = 0  # lines of bars on screen (live mode)
+        self.phases: Sequence[Phase] = ()
+        self.printed: dict[str, int] = {}  # phase -> last tenth printed (line mode)
+
+    def show(self, event: JobEvent) -> None:
+        if isinstance(event, StatusEvent) and event.job.status != self.status:
+            self.status = event.job.status
+            self._message(f"job {event.job.job_id}: {self.status.value}")
+        elif isinstance(event, ProgressEvent):
+            if self.live:
+                self._redraw(event.progress.phases)
+            else:
+                self._print_steps(event.progress.phases)
+
+    def _message(self, text: str) -> None:
+        """Status lines go above the bars, which are drawn again below them."""
+        self._clear()
+        print(text, file=self.out, flush=True)
+        if self.live and self.phases:
+            self._redraw(self.phases)
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the first bar, erase below
+            self.drawn = 0
+
+    def _redraw(self, phases: Sequence[Phase]) -> None:
+        self._clear()
+        self.phases = phases
+        for phase in phases:
+            print(phase_line(phase), file=self.out)
+        self.drawn = len(phases)
+        self.out.flush()
+
+    def _print_steps(self, phases: Sequence[Phase]) -> None:
+        for phase in phases:
+            tenth = 10 * phase.n // phase.total if phase.total else 0
+            if self.printed.get(phase.name, -1) < tenth:
+                self.printed[phase.name] = tenth
+                print(phase_line(phase), file=self.out, flush=True)
