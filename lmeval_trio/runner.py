@@ -70,6 +70,11 @@ class Runner(Protocol):
         return True only if it is still running and can be re-attached."""
         ...
 
+    def detach(self) -> bool:
+        """The server is shutting down: return True if, from now on, cancelling a job leaves
+        it running where it is (to be re-attached at the next start) instead of stopping it."""
+        ...
+
 
 class LocalRunner:
     """Each job is a child process in its own process group on this machine."""
@@ -132,4 +137,8 @@ class LocalRunner:
                 await process.kill_group(record.pid, grace_s=self.grace_s)
         except ValueError:  # a pid that can never be a job's group (ours, init, kernel)
             log.warning("job %s: recorded pid %s is not a job's; not killed", record.id, record.pid)
+        return False
+
+    def detach(self) -> bool:
+        """A child's pipes die with the server, so a shutdown always stops local jobs."""
         return False

@@ -45,7 +45,9 @@ class Slots:
 
     def __init__(self, settings: Settings) -> None:
         self._limiter = trio.CapacityLimiter(settings.max_concurrency)
-        self.gpus = GpuPool(settings.gpus)
+        # On a Ray cluster, Ray schedules the GPUs: the local pool stays out of the way.
+        self._local_gpus = settings.backend == "local"
+        self.gpus = GpuPool(settings.gpus if self._local_gpus else ())
         self.default_gpus = settings.gpus_per_job if settings.gpus else 0
         self._held: dict[int, tuple[str, ...]] = {}
 
@@ -61,6 +63,9 @@ class Slots:
         return self._limiter.statistics()
 
     def gpus_for(self, requested: int | None) -> int:
+        """Local GPUs a job takes (none when a cluster schedules them)."""
+        if not self._local_gpus:
+            return 0
         return self.default_gpus if requested is None else requested
 
     async def acquire(self, job_id: int, gpus: int = 0) -> tuple[str, ...]:

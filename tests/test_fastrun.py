@@ -422,7 +422,24 @@ def test_fingerprint_tracks_every_file_but_pycache(tmp_path: Path) -> None:
     assert _cache.fingerprint_tree(root)[0] != changed
     st = template.stat()
     os.utime(template, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert _cache.fingerprint_tree(root)[0] != changed
+    touched = _cache.fingerprint_tree(root)[0]
+    assert touched != changed
+
+
+def test_fingerprint_ignores_ctime_but_not_inode(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tasks")
+    base = _cache.fingerprint_tree(root)[0]
+    task = root / "a" / "t.yaml"
+    os.link(task, tmp_path / "hardlink")  # what uv does from its cache: ctime changes
+    os.chmod(task, 0o600)
+    assert _cache.fingerprint_tree(root)[0] == base
+    st = task.stat()
+    replacement = tmp_path / "replacement"
+    replacement.write_text("task: u\n")  # same size, different content, new inode
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, task)
+    assert task.stat().st_size == st.st_size and task.stat().st_mtime_ns == st.st_mtime_ns
+    assert _cache.fingerprint_tree(root)[0] != base
 
 
 def test_fingerprint_survives_symlink_loop(tmp_path: Path) -> None:

@@ -121,8 +121,14 @@ async def test_normal_exit_delivers_output_byte_exact_and_sends_no_signal(
     (tmp_path / "out").write_bytes(out_bytes)
     (tmp_path / "err").write_bytes(err_bytes)
     stdout, stderr = Output(), Output()
-    run = job("exit_with.py", "0", str(tmp_path / "out"), str(tmp_path / "err"),
-              stdout=stdout, stderr=stderr)
+    run = job(
+        "exit_with.py",
+        "0",
+        str(tmp_path / "out"),
+        str(tmp_path / "err"),
+        stdout=stdout,
+        stderr=stderr,
+    )
     with trio.fail_after(HANG_GUARD_S):
         assert await run() == 0
     assert bytes(stdout.data) == out_bytes
@@ -174,8 +180,13 @@ async def test_stop_sends_one_sigterm_and_waits_one_grace_period(tmp_path: Path)
     second SIGTERM nor a second grace period."""
     grace_s, term_log = 1.0, tmp_path / "term.log"
     stdout = Output()
-    run = job("stubborn_tree.py", f"--term-log={term_log}", "--leader-exit-delay=0.8",
-              stdout=stdout, grace_s=grace_s)
+    run = job(
+        "stubborn_tree.py",
+        f"--term-log={term_log}",
+        "--leader-exit-delay=0.8",
+        stdout=stdout,
+        grace_s=grace_s,
+    )
     with trio.fail_after(HANG_GUARD_S):
         async with trio.open_nursery() as nursery:
             info: ProcessInfo = await nursery.start(run)
@@ -215,8 +226,9 @@ async def test_obedient_tree_stops_at_once_not_after_grace() -> None:
     stdout = Output()
     with trio.fail_after(HANG_GUARD_S):
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(job("stubborn_tree.py", "--obedient", stdout=stdout,
-                                           grace_s=30))
+            info = await nursery.start(
+                job("stubborn_tree.py", "--obedient", stdout=stdout, grace_s=30)
+            )
             await stdout.pids(2)
             stopped_at = trio.current_time()
             nursery.cancel_scope.cancel()
@@ -228,9 +240,15 @@ async def test_failing_sink_still_kills_the_group() -> None:
     async def broken_sink(chunk: bytes) -> None:
         raise RuntimeError("disk full")
 
-    run = partial(run_process_group, [sys.executable, str(FAKE_JOBS / "stubborn_tree.py")],
-                  env=JOB_ENV, cwd=FAKE_JOBS, on_stdout=broken_sink, on_stderr=Output().sink,
-                  grace_s=GRACE_S)
+    run = partial(
+        run_process_group,
+        [sys.executable, str(FAKE_JOBS / "stubborn_tree.py")],
+        env=JOB_ENV,
+        cwd=FAKE_JOBS,
+        on_stdout=broken_sink,
+        on_stderr=Output().sink,
+        grace_s=GRACE_S,
+    )
     with trio.fail_after(HANG_GUARD_S), pytest.RaisesGroup(RuntimeError, flatten_subgroups=True):
         async with trio.open_nursery() as nursery:
             info: ProcessInfo = await nursery.start(run)
@@ -262,8 +280,15 @@ async def test_spawn_failure_is_a_single_clear_spawn_error(
         "no shebang": ([str(tmp_path / "script")], tmp_path),
         "null byte": ([sys.executable, "-c", "pass\0"], tmp_path),
     }[case]
-    run = partial(run_process_group, argv, env=JOB_ENV, cwd=cwd, on_stdout=Output().sink,
-                  on_stderr=Output().sink, grace_s=GRACE_S)
+    run = partial(
+        run_process_group,
+        argv,
+        env=JOB_ENV,
+        cwd=cwd,
+        on_stdout=Output().sink,
+        on_stderr=Output().sink,
+        grace_s=GRACE_S,
+    )
     children_before = our_children()
     with trio.fail_after(HANG_GUARD_S):
         with pytest.raises(SpawnError) as direct:
@@ -279,8 +304,14 @@ async def test_spawn_failure_is_a_single_clear_spawn_error(
 
 async def test_empty_command_is_a_spawn_error() -> None:
     with pytest.raises(SpawnError, match="empty command"):
-        await run_process_group([], env=JOB_ENV, cwd=FAKE_JOBS, on_stdout=Output().sink,
-                                on_stderr=Output().sink, grace_s=GRACE_S)
+        await run_process_group(
+            [],
+            env=JOB_ENV,
+            cwd=FAKE_JOBS,
+            on_stdout=Output().sink,
+            on_stderr=Output().sink,
+            grace_s=GRACE_S,
+        )
 
 
 async def test_200_mb_flood_through_a_counting_sink() -> None:
@@ -292,9 +323,15 @@ async def test_200_mb_flood_through_a_counting_sink() -> None:
         nonlocal stderr_bytes
         stderr_bytes += len(chunk)
 
-    run = partial(run_process_group, [sys.executable, str(FAKE_JOBS / "flood.py"), str(megabytes)],
-                  env=JOB_ENV, cwd=FAKE_JOBS, on_stdout=stdout.sink, on_stderr=count,
-                  grace_s=GRACE_S)
+    run = partial(
+        run_process_group,
+        [sys.executable, str(FAKE_JOBS / "flood.py"), str(megabytes)],
+        env=JOB_ENV,
+        cwd=FAKE_JOBS,
+        on_stdout=stdout.sink,
+        on_stderr=count,
+        grace_s=GRACE_S,
+    )
     with trio.fail_after(120):
         assert await run() == 0
     assert stderr_bytes == megabytes * 1024 * 1024
@@ -332,7 +369,9 @@ def foreign_tree() -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int]]]:
     """A stubborn tree started without trio, as a previous server run would have left it."""
     leader = subprocess.Popen(
         [sys.executable, str(FAKE_JOBS / "stubborn_tree.py")],
-        env=JOB_ENV, stdout=subprocess.PIPE, start_new_session=True,
+        env=JOB_ENV,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
     )
     with leader:
         assert leader.stdout is not None

@@ -37,14 +37,19 @@ KeyMaterial = Mapping[str, str | int]
 
 
 def fingerprint_tree(root: Path) -> tuple[str, int]:
-    """SHA-256 over (relative path, size, mtime_ns, ctime_ns) of every file under root.
+    """SHA-256 over (relative path, size, mtime_ns, inode) of every file under root.
 
     Every file counts, not just ``*.yaml``: built-in tasks ``include:``
     extension-less templates such as ``_default_template_yaml``. Only
     ``__pycache__`` is skipped, because Python rewrites it and it never feeds
     the index. Directory symlinks are followed (a superset of what lm_eval's
-    glob sees), with loop protection. A stat walk is ~0.25 s for 15,500 files
-    here, versus ~10-20 s to re-parse them.
+    glob sees), with loop protection. A stat walk is ~0.1-0.25 s for 15,500
+    files here, versus ~10-20 s to re-parse them.
+
+    The inode catches a file replaced by another of equal size and mtime
+    (editors, reinstalls). ctime is deliberately left out: uv installs by
+    hard-linking from its cache, so any other venv linking the same wheel
+    bumps every file's ctime (seen here) without changing a byte.
     """
     digest = hashlib.sha256()
     count = 0
@@ -75,7 +80,7 @@ def fingerprint_tree(root: Path) -> tuple[str, int]:
                 continue
             try:
                 st = entry.stat()
-                line = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+                line = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
             except OSError:
                 line = "unreadable"
             digest.update(b"F\0" + os.fsencode(name_rel) + b"\0" + line.encode() + b"\n")
