@@ -397,3 +397,17 @@ def test_filter_by_status_and_page_through_jobs(page: Page, dash: Dash) -> None:
     expect(rows).to_have_count(1)
     expect(rows.first.locator(".badge")).to_have_text("Stopped")
     expect(page.locator('.segmented [data-status="Completed"] .count')).to_have_text(str(total - 1))
+
+
+def test_swagger_ui_renders_offline(keyless_page: Page, dash: Dash) -> None:
+    """/docs draws every route from local assets only (no CDN: this machine has no internet)."""
+    requested: list[str] = []
+    keyless_page.on("request", lambda request: requested.append(request.url))
+    keyless_page.goto(f"{dash.url}/docs")
+    paths = keyless_page.locator(".opblock-summary-path")
+    expect(paths.first).to_be_visible(timeout=30_000)
+    shown = set(paths.all_inner_texts())
+    assert {"/job", "/jobs", "/job/{job_id}", "/job/{job_id}/results"} <= {
+        p.replace("\u200b", "") for p in shown
+    }
+    assert requested and all(url.startswith(dash.url) for url in requested), requested

@@ -12,7 +12,7 @@ import trio
 from lmeval_trio.config import Settings
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.store import SCHEMA_VERSION, JobStore, StoreError
+from lmeval_trio.store import MIGRATIONS, SCHEMA_VERSION, Draft, JobStore, StoreError
 from lmeval_trio.supervisor import Supervisor
 from tests.conftest import Server, fake_job, make_settings
 from tests.support.stub_openai import StubHandle
@@ -119,3 +119,57 @@ async def test_retention_prunes_old_finished_jobs(tmp_path: Path) -> None:
         remaining = [r.id for r in await supervisor.list_jobs()]
         assert remaining == ids[-2:]
         assert not (settings.data_dir / "jobs" / str(ids[0])).exists()
+
+
+async def test_a_version_1_database_is_migrated_with_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute(
+            "INSERT INTO jobs (status, request, argv, env, job_dir, output_dir, created_at,"
+            " queued_at) VALUES ('Completed', '{\"tasks\": \"x\"}', '[\"lm_eval\"]', '{}',"
+            " '/j', '/j/output', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')"
+        )
+        conn.execute("PRAGMA user_version=1")
+        conn.commit()
+    store = JobStore(path)
+    await store.open()
+    try:
+        record = await store.get(1)
+        assert record is not None and record.request == {"tasks": "x"}
+        assert record.backend == "local" and record.external_id is None
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_interrupted_jobs_fail_when_requeue_is_off(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, requeue_interrupted=False)
+    store = JobStore(settings.data_dir / "jobs.db")
+    await store.open()
+    draft = Draft(
+        request={"tasks": "x"},
+        argv=["lm_eval"],
+        env={},
+        job_dir=tmp_path / "j",
+        output_dir=tmp_path / "j" / "output",
+    )
+    record = await store.create(lambda _id: draft, "2026-01-01T00:00:00+00:00")
+    await store.transition(record.id, JobStatus.QUEUED, JobStatus.RUNNING, pid=None)
+    await store.close()
+    async with Supervisor(settings) as supervisor:
+        failed = await supervisor.get(record.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.reason is not None and failed.reason.startswith("interrupted: the server")
+
+
+async def test_retention_by_age(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, retention_max_age_s=3600)
+    async with Supervisor(settings) as supervisor:
+        old = await supervisor.submit(fake_job("env"))
+        await supervisor.wait(old.id)
+        await supervisor.store.update(old.id, finished_at="2020-01-01T00:00:00+00:00")
+        new = await supervisor.submit(fake_job("env"))
+        await supervisor.wait(new.id)
+        assert [r.id for r in await supervisor.list_jobs()] == [new.id]

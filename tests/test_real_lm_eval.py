@@ -120,3 +120,18 @@ async def test_event_stream_follows_a_job_to_its_end(server: Server) -> None:
     ) as stream:
         body = (await stream.aread()).decode()
     assert "event: log" not in body and "event: end" in body
+
+
+async def test_chat_model_through_the_stub(server: Server, stub: StubHandle) -> None:
+    body = {
+        "model": "local-chat-completions",
+        "model_args": f"model=stub-model,base_url={stub.chat_completions_url}",
+        "apply_chat_template": True,
+        "tasks": ["tiny_gen"],
+        "include_path": str(TASKS_DIR),
+    }
+    job = await server.wait_status(await server.submit(body), JobStatus.COMPLETED, JobStatus.FAILED)
+    assert job["status"] == "Completed", job["reason"]
+    results = (await server.client.get(f"/job/{job['job_id']}/results")).json()
+    assert [(m["task"], m["value"]) for m in results["metrics"]] == [("tiny_gen", 1.0)]
+    assert stub.stats()["chat_requests"] == 6
