@@ -29,7 +29,9 @@ _Object = Annotated[dict[_Str, Any], Field(max_length=MAX_LIST_ITEMS)]
 _StrList = Annotated[list[_Str], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
 
 # Fields the server adds to lm-eval's flags.
-SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus")
+SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus", "num_cpus")
+# Flags whose value is a filesystem path: text only (the execution policy judges them).
+PATH_FIELDS = ("output_path", "include_path", "use_cache", "config")
 
 
 class FlagKind(Enum):
@@ -150,7 +152,7 @@ def request_model() -> type[BaseModel]:
     """The pydantic model of ``POST /job`` bodies, built once from lm-eval's parser."""
     fields: dict[str, Any] = {}
     for spec in flag_specs():
-        kind_type = _FIELD_TYPES[spec.kind]
+        kind_type = _Str if spec.name in PATH_FIELDS else _FIELD_TYPES[spec.kind]
         fields[spec.name] = (kind_type | None, Field(default=None, description=_description(spec)))
     fields["tasks"] = (
         _Str | _StrList,
@@ -172,7 +174,16 @@ def request_model() -> type[BaseModel]:
         Field(
             default=None,
             description="GPUs the job holds exclusively (default: LMEVAL_GPUS_PER_JOB when "
-            "the server has GPUs, else 0).",
+            "the server has GPUs, else 0). On a Ray cluster, the GPUs Ray reserves for it "
+            "(default: LMEVAL_RAY_NUM_GPUS_DEFAULT).",
+        ),
+    )
+    fields["num_cpus"] = (
+        Annotated[float, Field(ge=0, le=1024)] | None,
+        Field(
+            default=None,
+            description="CPUs Ray reserves for the job (Ray backend only; default: "
+            "LMEVAL_RAY_NUM_CPUS_DEFAULT).",
         ),
     )
     model: type[BaseModel] = create_model(

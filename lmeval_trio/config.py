@@ -121,6 +121,38 @@ class Settings(BaseModel):
     )
     gpus: tuple[str, ...] = Field(default=(), description="GPU ids; when set they form the slots.")
     gpus_per_job: int = Field(default=1, ge=1, description="GPUs in one slot.")
+    # Where jobs run (see README "Running jobs on a Ray cluster").
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where jobs run: local child processes, or a Ray cluster (Ray Jobs API).",
+    )
+    ray_address: str = Field(
+        default="http://127.0.0.1:8265",
+        description="The Ray dashboard URL, which serves the Ray Jobs REST API.",
+    )
+    ray_num_gpus_default: float = Field(
+        default=0, ge=0, description="GPUs a Ray job reserves when its request names none."
+    )
+    ray_num_cpus_default: float = Field(
+        default=1, ge=0, description="CPUs a Ray job reserves when its request names none."
+    )
+    ray_status_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="Ray status poll interval, used only while no log stream can be had.",
+    )
+    ray_unreachable_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a submission retries an unreachable Ray cluster before the "
+        "job fails with the reason.",
+    )
+    ray_detach_on_shutdown: bool = Field(
+        default=True,
+        description="At shutdown, leave Ray jobs running and re-attach at the next start "
+        "(else stop them).",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Server log level."
@@ -130,6 +162,13 @@ class Settings(BaseModel):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("ray_address", mode="after")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -103,6 +103,23 @@ class LogPump:
             self._file = None
 
 
+REPLAY_MAX_BYTES = 8 * 1024 * 1024
+
+
+def read_segments(path: Path, max_bytes: int) -> list[str]:
+    """The segments (as a LogPump saw them) of the last ``max_bytes`` of a log, to rebuild
+    state such as progress after a restart; a missing log has none."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - max_bytes))
+            data = file.read(max_bytes)
+    except FileNotFoundError:
+        return []
+    splitter = SegmentSplitter()
+    return splitter.feed(data) + splitter.flush()
+
+
 def collapse_redraws(text: str) -> list[str]:
     """Lines of ``text`` with each tqdm redraw sequence reduced to its last state.
 

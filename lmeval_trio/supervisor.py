@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from lmeval_trio import command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
-from lmeval_trio.logs import LogPump, read_tail_lines
+from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
@@ -497,6 +497,12 @@ class Supervisor:
         )
 
     async def _run_with_logs(self, live: LiveJob, env: dict[str, str]) -> int:
+        if live.reattach:  # progress so far is in the log the previous server wrote
+            segments = await trio.to_thread.run_sync(
+                read_segments, live.record.stderr_path, REPLAY_MAX_BYTES
+            )
+            for segment in segments:
+                live.progress.feed(segment)
         stdout = LogPump(live.record.stdout_path, live.changed)
         stderr = LogPump(live.record.stderr_path, live.changed, live.progress.feed)
         await stdout.open()
