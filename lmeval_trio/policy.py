@@ -12,6 +12,7 @@ dir, so relative paths start there, and symlinks are followed before the verdict
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio.cli_schema import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.config import Settings
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -74,11 +76,11 @@ CODE_FLAGS = ("trust_remote_code", "confirm_run_unsafe_code")
 # Set by the server when online access is off; a request may not lift them.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 ONLINE_FLAGS = ("wandb_args", "wandb_config_args", "trackio_args", "hf_hub_log_args")
-# Flags whose value is a filesystem path.
-PATH_FLAGS = ("output_path", "include_path", "use_cache", "config")
 # Folders lm-eval scans for task YAMLs: symlinks inside them must stay inside the roots too.
 SCANNED_FLAGS = ("include_path",)
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_GLOB_MATCHES = 1_000
+MAX_SCANNED_ENTRIES = 100_000
 CODE_RULE = "code execution is off (LMEVAL_ALLOW_CODE_EXECUTION)"
 
 
@@ -135,9 +137,9 @@ class Policy:
     def _read_config(self, path: Path) -> dict[str, Any]:
         import yaml
 
-        if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
-            raise PolicyViolation("config", f"must be a file of at most {MAX_CONFIG_BYTES} bytes")
         try:
+            if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+                raise PolicyViolation("config", f"must be a file of at most {MAX_CONFIG_BYTES} B")
             content = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError) as error:
             raise PolicyViolation("config", f"cannot read the config file: {error}") from None
@@ -211,8 +213,8 @@ class Policy:
         every symlink in the folder it names (lm-eval reads every YAML file in it)."""
         resolved = self.resolve(field, value)
         self._inside_roots(field, resolved)
-        if scan and resolved.is_dir():
-            for link in _symlinks_under(resolved):
+        if scan and _is_dir(field, resolved):
+            for link in _symlinks_under(field, resolved):
                 self._inside_roots(field, self.resolve(field, str(link)))
 
     def _inside_roots(self, field: str, resolved: Path) -> None:
@@ -224,7 +226,11 @@ class Policy:
         """lm-eval expands task YAML globs itself; check what they match, too."""
         if not glob.has_magic(pattern):
             return []
-        return glob.glob(os.path.join(self.job_cwd, os.path.expanduser(pattern)))
+        found = glob.iglob(os.path.join(self.job_cwd, os.path.expanduser(pattern)))
+        matches = list(itertools.islice(found, MAX_GLOB_MATCHES + 1))
+        if len(matches) > MAX_GLOB_MATCHES:
+            raise PolicyViolation("tasks", f"the pattern matches over {MAX_GLOB_MATCHES} paths")
+        return matches
 
     def check_code_execution(self, values: Mapping[str, Any]) -> None:
         if self.settings.allow_code_execution:
@@ -281,8 +287,19 @@ def _is_samples_file(samples: str) -> bool:
     return False
 
 
-def _symlinks_under(folder: Path) -> Iterator[Path]:
+def _is_dir(field: str, path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError as error:  # a name too long, say: lm-eval could not use it either
+        raise PolicyViolation(field, f"not a usable path: {error}") from None
+
+
+def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
+    seen = 0
     for parent, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > MAX_SCANNED_ENTRIES:
+            raise PolicyViolation(field, f"the folder holds over {MAX_SCANNED_ENTRIES} entries")
         for name in (*dirs, *files):
             entry = Path(parent, name)
             if entry.is_symlink():

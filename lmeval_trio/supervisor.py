@@ -132,6 +132,7 @@ class Supervisor:
         self.metrics = Metrics()
         self._send, self._receive = trio.open_memory_channel[int](math.inf)
         self._live: dict[int, LiveJob] = {}
+        self._submitting = 0  # submissions past the queue-bound check, not yet queued
         self._nursery: trio.Nursery | None = None
         self._dispatch_scope = trio.CancelScope()
         self._accepting = False
@@ -259,17 +260,14 @@ class Supervisor:
         ValidationError, PolicyViolation, RequestRejected, QueueFull or NotAccepting."""
         self._check_accepting()
         request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
-        await trio.to_thread.run_sync(self.policy.check, request)
-        command.check(request)
-        self._check_gpus(request.get("num_gpus"))
-        if sum(1 for j in self._live.values() if j.record.status is JobStatus.QUEUED) >= (
-            self.settings.max_queued_jobs
-        ):
-            raise QueueFull(f"the queue holds {self.settings.max_queued_jobs} jobs already")
-        record = await self.store.create(self._draft(request, resumed_from), utc_now())
-        if resumed_from is not None:
-            await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
-        self._enqueue(record)
+        with self._queue_place():
+            await trio.to_thread.run_sync(self.policy.check, request)
+            command.check(request)
+            self._check_gpus(request.get("num_gpus"))
+            record = await self.store.create(self._draft(request, resumed_from), utc_now())
+            if resumed_from is not None:
+                await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+            self._enqueue(record)
         self.metrics.submissions.inc()
         log.info(  # not the argv: model_args may carry credentials
             "job %s queued (model=%s, tasks=%s)",
@@ -279,6 +277,19 @@ class Supervisor:
             extra={"job_id": record.id},
         )
         return record
+
+    @contextmanager
+    def _queue_place(self) -> Iterator[None]:
+        """Hold a place in the bounded queue across the awaits of a submission, so that
+        concurrent submissions cannot overshoot LMEVAL_MAX_QUEUED_JOBS."""
+        waiting = sum(1 for live in self._live.values() if not live.dispatched)
+        if waiting + self._submitting >= self.settings.max_queued_jobs:
+            raise QueueFull(f"the queue holds {self.settings.max_queued_jobs} jobs already")
+        self._submitting += 1
+        try:
+            yield
+        finally:
+            self._submitting -= 1
 
     def _check_gpus(self, requested: int | None) -> None:
         wanted = self.slots.gpus_for(requested)

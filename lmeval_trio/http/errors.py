@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Quart, Response, current_app, jsonify
+from quart import Quart, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
@@ -77,6 +77,19 @@ def _too_large() -> Response:
     return response
 
 
+async def _drain_body(response: Response) -> Response:
+    """Read what is left of the request body before answering. Hypercorn 0.18 hangs a
+    kept-alive connection whose response went out before the request body had arrived (a
+    401 or 405 to a POST, say); a body too large to read closes the connection instead."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if chunked or (request.content_length or 0) > 0:
+        try:
+            await request.get_data()
+        except HTTPException:
+            response.headers["Connection"] = "close"
+    return response
+
+
 def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
     return [
         {
@@ -90,6 +103,7 @@ def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
 
 def install(app: Quart) -> None:
     """Register the handlers on ``app``."""
+    app.after_request(_drain_body)
 
     @app.errorhandler(ValidationError)
     async def _validation(error: ValidationError) -> Response:

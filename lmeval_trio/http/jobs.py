@@ -3,7 +3,7 @@ each route parses, calls the supervisor, and shapes the answer."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_request, document_response, tag
 
@@ -21,10 +21,10 @@ MAX_PAGE = 1000
 class ListQuery(BaseModel):
     include_completed: bool = True
     include_finished: bool = True
-    status: str | None = None
-    limit: int | None = None
-    offset: int = 0
-    order: str = "asc"
+    status: str | None = Field(None, description="Statuses, comma-separated (any case).")
+    limit: int | None = Field(None, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=2**62)
+    order: str = Field("asc", pattern="^(asc|desc)$")
 
 
 def blueprint() -> Blueprint:
@@ -38,9 +38,14 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Submitted, 200)
     @document_response(schemas.Error, 422)
     @document_response(schemas.Error, 403)
+    @document_response(schemas.Error, 429)
+    @document_response(schemas.Error, 503)
     async def submit() -> Response:
         """Queue an lm-eval job."""
-        body = await request.get_json(force=True, silent=True)
+        try:
+            body = await request.get_json(force=True, silent=True)
+        except (UnicodeDecodeError, RecursionError):
+            body = None  # not UTF-8, or nested deeper than the decoder goes
         if not isinstance(body, dict):
             raise InvalidParameter("body", "body", "expected a JSON object")
         record = await supervisor().submit(job_request.model_validate(body))
@@ -54,6 +59,7 @@ def blueprint() -> Blueprint:
     @tag(["jobs"])
     @document_querystring(ListQuery)
     @document_response(schemas.JobList, 200)
+    @document_response(schemas.Error, 422)
     async def list_jobs() -> Response:
         """List jobs. include_completed=false (or include_finished=false) keeps Queued and
         Running ones; status filters by status; limit/offset page; order=desc: newest first."""
@@ -134,7 +140,11 @@ def blueprint() -> Blueprint:
     @bp.post("/job/<int:job_id>/resume")
     @tag(["jobs"])
     @document_response(schemas.Submitted, 200)
+    @document_response(schemas.Error, 403)
+    @document_response(schemas.Error, 404)
     @document_response(schemas.Error, 409)
+    @document_response(schemas.Error, 422)
+    @document_response(schemas.Error, 429)
     async def resume_job(job_id: int) -> Response:
         """Queue a new job that repeats a Stopped or Failed one, reusing its response cache
         so requests already answered are not sent to the model again."""

@@ -6,9 +6,10 @@ from dataclasses import asdict
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify
-from quart_schema import tag
+from quart_schema import document_response, tag
 
 from lmeval_trio.config import Settings
+from lmeval_trio.http import schemas
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.supervisor import Supervisor
 
@@ -18,6 +19,8 @@ def blueprint() -> Blueprint:
 
     @bp.get("/healthz")
     @tag(["operations"])
+    @document_response(schemas.Health, 200)
+    @document_response(schemas.Health, 503)
     async def healthz() -> Response:
         """Liveness: the process answers, the supervisor runs, the store takes writes."""
         supervisor: Supervisor | None = current_app.extensions.get(SUPERVISOR_KEY)
@@ -35,6 +38,8 @@ def blueprint() -> Blueprint:
 
     @bp.get("/readyz")
     @tag(["operations"])
+    @document_response(schemas.Ready, 200)
+    @document_response(schemas.Ready, 503)
     async def readyz() -> Response:
         """Readiness: the supervisor accepts jobs."""
         supervisor: Supervisor | None = current_app.extensions.get(SUPERVISOR_KEY)
@@ -62,6 +67,7 @@ def blueprint() -> Blueprint:
 
     @bp.get("/config")
     @tag(["operations"])
+    @document_response(schemas.EffectiveSettings, 200)
     async def config() -> Response:
         """The effective settings, secrets masked."""
         settings: Settings = current_app.extensions["lmeval_trio.settings"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, make_response, request, send_file
-from quart_schema import document_response, tag
+from quart_schema import document_querystring, document_response, tag
 from werkzeug.exceptions import NotFound
 
 from lmeval_trio import results
@@ -21,12 +22,22 @@ MAX_LOG_READ_BYTES = 1024 * 1024
 STREAMS = ("stdout", "stderr")
 
 
+class LogQuery(BaseModel):
+    stream: str = Field("stderr", pattern="^(stdout|stderr)$")
+    offset: int = Field(0, ge=0, le=2**62)
+    limit: int = Field(64 * 1024, ge=1, le=MAX_LOG_READ_BYTES)
+    tail: int | None = Field(None, ge=1, le=MAX_LOG_READ_BYTES)
+
+
 def blueprint() -> Blueprint:
     bp = Blueprint("outputs", __name__)
 
     @bp.get("/job/<int:job_id>/logs")
     @tag(["outputs"])
+    @document_querystring(LogQuery)
     @document_response(schemas.LogChunkOut, 200)
+    @document_response(schemas.Error, 404)
+    @document_response(schemas.Error, 422)
     async def logs(job_id: int) -> Response:
         """A byte range of a log: ``offset``/``limit``, or the last ``tail`` bytes.
         ``lines`` holds the text with tqdm redraws collapsed to their last state."""
@@ -104,6 +115,7 @@ def blueprint() -> Blueprint:
     @bp.get("/job/<int:job_id>/artifacts")
     @tag(["outputs"])
     @document_response(schemas.ArtifactList, 200)
+    @document_response(schemas.Error, 404)
     async def artifacts(job_id: int) -> Response:
         """The job's files (logs, results, samples, cache) with their sizes."""
         record = await supervisor().get(job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmeval_trio.progress import ProgressSnapshot
 from lmeval_trio.records import JobRecord
@@ -108,6 +108,25 @@ class JobResults(BaseModel):
     config: dict[str, Any]
     metrics: list[MetricRow]
     results: dict[str, Any] = Field(description="The raw lm-eval results JSON.")
+
+
+class Health(BaseModel):
+    """GET /healthz (200 healthy, 503 not); the supervisor's statistics come along."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str
+    supervisor: str
+    store: str
+
+
+class Ready(BaseModel):
+    status: str
+
+
+class EffectiveSettings(BaseModel):
+    """GET /config: every setting by name, secrets masked."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 def summary(record: JobRecord, progress: ProgressSnapshot) -> dict[str, Any]:
