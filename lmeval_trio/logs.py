@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ import trio
 
 from lmeval_trio.pulse import Pulse
 
-_SEPARATORS = re.compile(r"([\r\n])")
 MAX_SEGMENT_CHARS = 64 * 1024
 
 
@@ -39,21 +37,21 @@ class SegmentSplitter:
         return self._pending
 
     def feed(self, data: bytes) -> list[str]:
-        """Complete segments, with runs of redraws reduced to the last one of the run.
+        """Complete segments: each finished line reduced to its last redraw, plus a redraw
+        that is complete because the next one began.
 
         Intermediate redraws of one bar carry no information the last one lacks, and a
-        flood of them must not cost a parse each.
+        flood of them must not cost a parse (or even a string) each.
         """
         text = self._pending + self._decoder.decode(data)
-        pieces = _SEPARATORS.split(text)  # [seg, sep, seg, sep, ..., pending]
-        self._pending = pieces.pop()
-        count = len(pieces) // 2
-        segments = []
-        for i in range(count):
-            segment, separator = pieces[2 * i], pieces[2 * i + 1]
-            overdrawn = separator == "\r" and (i + 1 < count or self._pending)
-            if segment and not overdrawn:
-                segments.append(segment)
+        *lines, rest = text.split("\n")
+        segments = [state for state in map(_last_state, lines) if state]
+        head, separator, tail = rest.rpartition("\r")
+        if separator and not tail:  # ends in "\r": the state before it is complete
+            last = _last_state(head)
+            if last:
+                segments.append(last)
+        self._pending = tail if separator else rest
         if len(self._pending) > MAX_SEGMENT_CHARS:  # no separator for too long: emit anyway
             segments.append(self._pending)
             self._pending = ""
@@ -63,6 +61,11 @@ class SegmentSplitter:
         rest = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
         return [rest] if rest else []
+
+
+def _last_state(line: str) -> str:
+    """What a terminal would show of a line: the text after its last carriage return."""
+    return line.rstrip("\r").rpartition("\r")[2]
 
 
 class LogPump:

@@ -340,12 +340,17 @@ class Supervisor:
 
     def progress(self, record: JobRecord) -> ProgressSnapshot:
         """Live progress for an active job, else the stored snapshot."""
+        return ProgressSnapshot.from_dict(self.progress_dict(record))
+
+    def progress_dict(self, record: JobRecord) -> dict[str, Any]:
+        """The same as a dict; stored snapshots are served as stored (listing thousands of
+        jobs must not re-validate each one)."""
         live = self._live.get(record.id)
         if live is not None:
-            return live.progress.snapshot()
+            return live.progress.snapshot().to_dict()
         if record.progress is not None:
-            return ProgressSnapshot.from_dict(record.progress)
-        return ProgressSnapshot.from_dict({"percent": record.progress_pct})
+            return record.progress
+        return ProgressSnapshot(percent=record.progress_pct).to_dict()
 
     def live_changes(self, job_id: int) -> Pulse | None:
         """The change signal of an active job (None once it has finished)."""

@@ -61,7 +61,7 @@ async def event_stream(
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")
-        state = summary(record, supervisor.progress(record))
+        state = summary(record, supervisor.progress_dict(record))
         progress = state.pop("progress")
         if state != last_status:
             last_status = state

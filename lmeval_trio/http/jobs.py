@@ -73,7 +73,7 @@ def blueprint() -> Blueprint:
         )
         counts = await sup.store.counts()
         total = sum(counts[s] for s in statuses) if statuses else sum(counts.values())
-        jobs = [schemas.summary(r, sup.progress(r)) for r in records]
+        jobs = [schemas.summary(r, sup.progress_dict(r)) for r in records]
         return jsonify({"jobs": jobs, "total": total})
 
     @bp.get("/job/<int:job_id>")
@@ -84,7 +84,7 @@ def blueprint() -> Blueprint:
         """One job with the most recent stdout and stderr lines."""
         sup = supervisor()
         record = await sup.get(job_id)
-        detail = schemas.summary(record, sup.progress(record))
+        detail = schemas.summary(record, sup.progress_dict(record))
         detail["stdout"] = await sup.log_tail(record, "stdout")
         detail["stderr"] = await sup.log_tail(record, "stderr")
         return jsonify(detail)

@@ -6,7 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmeval_trio.progress import ProgressSnapshot
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import JobStatus
 
@@ -129,9 +128,10 @@ class EffectiveSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def summary(record: JobRecord, progress: ProgressSnapshot) -> dict[str, Any]:
+def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
     """The summary dict for ``record``; Completed always reports 100 percent."""
-    percent = 100 if record.status is JobStatus.COMPLETED else progress.percent
+    stored = progress.get("percent")
+    percent = 100 if record.status is JobStatus.COMPLETED else int(stored or 0)
     return {
         "job_id": record.id,
         "argument": record.argument,
@@ -147,7 +147,7 @@ def summary(record: JobRecord, progress: ProgressSnapshot) -> dict[str, Any]:
         "resumed_from": record.resumed_from,
         "attempts": record.attempts,
         "gpus": record.gpus,
-        "progress": {**progress.to_dict(), "percent": percent},
+        "progress": {**progress, "percent": percent},
         "request": _public_request(record.request),
     }
 

@@ -1,0 +1,68 @@
+"""SMOKE TEST of benchmarks/ (not a performance test): each benchmark runs once with minimal
+sizes so its code does not rot. No timing or memory figure is asserted (the machine may be
+busy); only that every benchmark reaches its report with the expected number of samples.
+The servers are in-process here (the benchmarks themselves default to a hypercorn subprocess),
+except for the start-up benchmark, whose subject is that subprocess.
+"""
+
+from __future__ import annotations
+
+from benchmarks import api, dispatch, flood, handoff, lm_eval_start, startup
+from benchmarks._report import Metric, Report, Target
+from benchmarks._server import inprocess_server
+from tests.conftest import CACHE_DIR
+
+
+def _samples(report: Report) -> dict[str, int]:
+    return {m.name: int(m.stats()["n"]) for m in report.metrics}
+
+
+async def test_dispatch_smoke() -> None:
+    report = await dispatch.measure(runs=2, warmup=0, server_factory=inprocess_server)
+    assert _samples(report) == {"dispatch_ms": 2, "post_response_ms": 2}
+
+
+async def test_handoff_smoke() -> None:
+    report = await handoff.measure(runs=2, warmup=0, server_factory=inprocess_server)
+    assert _samples(report) == {"handoff_ms": 2}
+
+
+async def test_flood_smoke() -> None:
+    report = await flood.measure(megabytes=2, runs=1, warmup_mb=1, server_factory=inprocess_server)
+    assert set(_samples(report).values()) == {1}
+
+
+async def test_api_smoke() -> None:
+    report = await api.measure(
+        jobs=30, runs=2, full_runs=1, log_sample=2, server_factory=inprocess_server
+    )
+    assert list(_samples(report).values()) == [2, 2, 2, 1]
+    assert report.context["jobs"] == 30
+
+
+async def test_startup_smoke() -> None:
+    """One start, with the tests' shared bytecode cache (no compiling after the first)."""
+    report = await startup.measure(runs=1, inherited=False, pycache=CACHE_DIR / "pycache")
+    samples = _samples(report)
+    assert samples["cached time_to_healthz_s"] == samples["worker_rss_idle_MB"] == 1
+
+
+async def test_lm_eval_start_smoke() -> None:
+    """Warm fast start only (the tests' shared caches), one job: the cheapest real run."""
+    report = await lm_eval_start.measure(
+        reps=1,
+        modes=("warm",),
+        cache_dir=CACHE_DIR,
+        server_factory=inprocess_server,
+        floor=False,
+    )
+    assert report.context["failures"] == []
+    assert _samples(report)["warm first_request_s"] == 1
+
+
+def test_report_statistics() -> None:
+    latency = Metric("x", "ms", [5.0, 1.0, 3.0])
+    assert latency.stats() == {"n": 3, "median": 3.0, "p99": 5.0, "best": 1.0, "worst": 5.0}
+    rate = Metric("y", "MB/s", [5.0, 1.0, 3.0], higher_is_better=True)
+    assert rate.stats()["worst"] == 1.0
+    assert Target("y", "median", 2).check(rate)["met"]
