@@ -22,6 +22,7 @@ async def test_submit_returns_the_original_shape(server: Server) -> None:
         "message": f"Job {body['job_id']} successfully queued.",
         "job_id": body["job_id"],
     }
+    assert list(body) == ["status", "message", "job_id"]  # the original's order, too
 
 
 async def test_completed_job_summary_and_detail(server: Server) -> None:

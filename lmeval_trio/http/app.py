@@ -36,7 +36,6 @@ def create_app(
         QUART_SCHEMA_SWAGGER_CSS_URL="/static/swagger-ui/swagger-ui.css",
         JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["lmeval_trio.settings"] = settings
     QuartSchema(
         app,
@@ -45,6 +44,7 @@ def create_app(
         scalar_ui_path=None,
         swagger_ui_path="/docs",
     )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the original's key order
     errors.install(app)
     security.install(app, settings)
     app.register_blueprint(jobs.blueprint())
