@@ -34,6 +34,31 @@ _RUNNING = re.compile(rb"\[(\d+)\] \[INFO\] Running on (http://\S+)")
 START_TIMEOUT_S = 120.0
 
 
+class LogWatch:
+    """Counts the server's "warm runner ... ready" log lines as its stderr is drained."""
+
+    _READY = re.compile(rb"warm runner \d+ ready in ")
+
+    def __init__(self) -> None:
+        self.warm_ready = 0
+        self._tail = b""
+        self._changed = trio.Event()
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        lines = (self._tail + chunk).split(b"\n")
+        self._tail = lines.pop()
+        found = sum(1 for line in lines if self._READY.search(line))
+        if found:
+            self.warm_ready += found
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_warm_ready(self, count: int) -> None:
+        """Return once ``count`` warm runners have reported ready since the server started."""
+        while self.warm_ready < count:
+            await self._changed.wait()
+
+
 @dataclass(frozen=True)
 class Server:
     """A running server: its url, pids and when it was spawned / started serving."""
@@ -43,6 +68,7 @@ class Server:
     parent_pid: int  # the hypercorn parent
     spawned_at: float  # time.monotonic() just before the spawn
     running_at: float  # time.monotonic() when "Running on" was read
+    log: LogWatch | None = None  # the server's stderr, when it is a subprocess
 
 
 class ServerFactory(Protocol):
@@ -52,14 +78,20 @@ class ServerFactory(Protocol):
 
 
 def server_environment(data_dir: Path, **settings: str) -> dict[str, str]:
-    """This environment without LMEVAL_* settings, plus the benchmark's ``settings``."""
+    """This environment without LMEVAL_* settings, plus the benchmark's ``settings``.
+
+    Warm runners are off unless a benchmark turns them on: they are separate processes that
+    spend ~3 CPU-seconds importing lm_eval when the server starts, which would only disturb
+    benchmarks 1-5 (which measure the server itself); benchmark 6 measures them.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
     env.update(
         LMEVAL_DATA_DIR=str(data_dir),
         LMEVAL_ALLOWED_PATH_ROOTS=str(SUPPORT),
         LMEVAL_KILL_GRACE_S="2",
-        **settings,
+        LMEVAL_WARM_RUNNERS="0",
     )
+    env.update(settings)
     return env
 
 
@@ -74,10 +106,11 @@ async def hypercorn_server(data_dir: Path, **settings: str) -> AsyncIterator[Ser
         proc: trio.Process = await nursery.start(_run, argv, env)
         try:
             assert proc.stderr is not None
-            worker_pid, url = await _wait_until_serving(proc.stderr)
+            watch = LogWatch()
+            worker_pid, url = await _wait_until_serving(proc.stderr, watch)
             running_at = time.monotonic()
-            nursery.start_soon(_drain, proc.stderr)
-            yield Server(url, worker_pid, proc.pid, spawned_at, running_at)
+            nursery.start_soon(_drain, proc.stderr, watch)
+            yield Server(url, worker_pid, proc.pid, spawned_at, running_at, watch)
         finally:
             with trio.CancelScope(shield=True):
                 await _stop(proc)
@@ -125,7 +158,7 @@ async def _run(
     )
 
 
-async def _wait_until_serving(stderr: trio.abc.ReceiveStream) -> tuple[int, str]:
+async def _wait_until_serving(stderr: trio.abc.ReceiveStream, watch: LogWatch) -> tuple[int, str]:
     buffer = b""
     with trio.fail_after(START_TIMEOUT_S):
         while (found := _RUNNING.search(buffer)) is None:
@@ -133,12 +166,13 @@ async def _wait_until_serving(stderr: trio.abc.ReceiveStream) -> tuple[int, str]
             if not chunk:
                 raise RuntimeError("server exited:\n" + buffer.decode(errors="replace")[-4000:])
             buffer += chunk
+            watch.feed(chunk)
     return int(found.group(1)), found.group(2).decode()
 
 
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
+async def _drain(stream: trio.abc.ReceiveStream, watch: LogWatch) -> None:
+    while chunk := await stream.receive_some():
+        watch.feed(chunk)
 
 
 async def _stop(proc: trio.Process) -> None:

@@ -3,14 +3,23 @@
 Real lm-eval, the tiny ``tiny_mc`` task from ``tests/support/tasks`` (``include_path``), model
 ``local-completions`` against the stub OpenAI server of ``tests/support/stub_openai.py``, run
 in this process with a handler that timestamps every request (``time.monotonic``, the clock
-the benchmark reads just before ``POST /job``). Three modes, interleaved in each repetition:
+the benchmark reads just before ``POST /job``). Four modes, interleaved in each repetition:
 
 * ``stock``: ``LMEVAL_FAST_START=false``, the server runs ``python -m lm_eval`` (after one
   stock job left out of the statistics, so its bytecode cache is as warm as it is in service;
   that first job's figures are in the context, as the stock counterpart of ``cold``);
-* ``cold``: fast start with the server's cache dir (``LMEVAL_CACHE_DIR``: the task index and
-  the jobs' compiled bytecode) emptied just before the job, as after an install or upgrade;
-* ``warm``: fast start again, the caches now built.
+* ``cold``: fast start without warm runners (``LMEVAL_WARM_RUNNERS=0``), the server's cache
+  dir (``LMEVAL_CACHE_DIR``: the task index and the jobs' compiled bytecode) emptied just
+  before the job, as after an install or upgrade;
+* ``index``: the same server again, the caches now built: a fresh Python per job that reads
+  the task index from its cache;
+* ``warm``: the default server (fast start, ``LMEVAL_WARM_RUNNERS=2``), with its own cache
+  dir, measured once its warm runner has reported ready (the server's log line), as for any
+  job that does not follow the previous one within ~3 s: lm_eval already imported, the index
+  already loaded; the job's arguments reach a waiting process;
+* ``warm_next``: the same server, a job submitted as soon as the ``warm`` job ended (a
+  sequential sweep): it takes the runner started when the previous job started, still
+  importing.
 
 Reported: dispatch → first ``/v1`` request ("first request", the moment evaluation starts),
 dispatch → first request of any kind (the remote tokenizer's, at model set-up), and the job's
@@ -35,6 +44,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +53,14 @@ import httpx
 import trio
 
 from benchmarks._report import Metric, Report, Target, run
-from benchmarks._server import SUPPORT, ServerFactory, hypercorn_server, submit, wait_idle
+from benchmarks._server import (
+    SUPPORT,
+    Server,
+    ServerFactory,
+    hypercorn_server,
+    submit,
+    wait_idle,
+)
 from tests.support.stub_openai import (
     DEFAULT_TASKS_DIR,
     StubHandle,
@@ -53,7 +70,9 @@ from tests.support.stub_openai import (
     load_facts,
 )
 
-MODES = ("stock", "cold", "warm")
+MODES = ("stock", "cold", "index", "warm", "warm_next")
+#: The server each mode runs on.
+SERVER_OF = {"stock": "stock", "cold": "fast", "index": "fast", "warm": "warm", "warm_next": "warm"}
 IMPORT_FLOOR = "import lm_eval.evaluator, lm_eval.models.openai_completions"
 
 
@@ -151,7 +170,7 @@ class Runs:
         for mode in modes:
             for name in ("first_request_s", "first_contact_s", "job_s"):
                 self.metrics[f"{mode} {name}"] = Metric(f"{mode} {name}", "s")
-        for fast in ("cold", "warm"):
+        for fast in MODES[1:]:
             if "stock" in modes and fast in modes:
                 name = f"stock/{fast} first_request ratio"
                 self.metrics[name] = Metric(name, "x", higher_is_better=True)
@@ -163,7 +182,7 @@ class Runs:
             self.metrics[f"{mode} {name}"].add(value)
 
     def add_ratios(self, rep: dict[str, dict[str, float]]) -> None:
-        for fast in ("cold", "warm"):
+        for fast in MODES[1:]:
             if "stock" in rep and fast in rep:
                 ratio = rep["stock"]["first_request_s"] / rep[fast]["first_request_s"]
                 self.metrics[f"stock/{fast} first_request ratio"].add(ratio)
@@ -184,7 +203,7 @@ async def measure(
         async with AsyncExitStack() as stack:
             clients = await open_servers(stack, server_factory, folder, cache, modes)
             for _ in range(stock_warmup if "stock" in clients else 0):
-                runs.stock_warmups.append(await one_run(clients["stock"], stub))
+                runs.stock_warmups.append(await one_run(clients["stock"].client, stub))
             if floor:
                 await import_seconds(folder / "pyc")  # fills its bytecode cache
             for _ in range(reps):
@@ -206,32 +225,63 @@ async def measure(
     )
 
 
+@dataclass
+class ModeServer:
+    """A mode's server and client; ``ready_seen`` counts the warm runners' "ready" log lines
+    seen when this server's last job was submitted."""
+
+    server: Server
+    client: httpx.AsyncClient
+    ready_seen: int = 0
+
+    async def before_run(self, mode: str) -> None:
+        """``warm``: wait for a warm runner's "ready" log line newer than the last job's
+        submission (a runner taken before it was ready never logs one); ``warm_next``: none,
+        the job takes the runner started when the previous job started."""
+        if mode not in ("warm", "warm_next"):
+            return
+        log = self.server.log
+        if log is None:
+            raise RuntimeError("warm modes need a subprocess server (its log tells readiness)")
+        if mode == "warm":
+            with trio.fail_after(600):  # the first runner builds the task index
+                await log.wait_warm_ready(self.ready_seen + 1)
+        self.ready_seen = log.warm_ready
+
+
 async def open_servers(
     stack: AsyncExitStack, factory: ServerFactory, folder: Path, cache: Path, modes: Sequence[str]
-) -> dict[str, httpx.AsyncClient]:
-    """A client per mode: one stock server, one fast-start server shared by cold and warm."""
+) -> dict[str, ModeServer]:
+    """A server per kind: stock, fast start without warm runners (cold and index), default."""
     settings = {
         "stock": {"LMEVAL_FAST_START": "false"},
-        "fast": {"LMEVAL_FAST_START": "true", "LMEVAL_CACHE_DIR": str(cache)},
+        "fast": {
+            "LMEVAL_FAST_START": "true",
+            "LMEVAL_CACHE_DIR": str(cache),
+            "LMEVAL_WARM_RUNNERS": "0",
+        },
+        "warm": {"LMEVAL_CACHE_DIR": str(cache.with_name(cache.name + "-warm"))},
     }
-    clients: dict[str, httpx.AsyncClient] = {}
+    targets: dict[str, ModeServer] = {}
     for kind, env in settings.items():
-        if any(("stock" if m == "stock" else "fast") == kind for m in modes):
+        if any(SERVER_OF[m] == kind for m in modes):
+            env = {**env, "LMEVAL_WARM_RUNNERS": env.get("LMEVAL_WARM_RUNNERS", "2")}
             server = await stack.enter_async_context(factory(folder / kind, **env))
             client = httpx.AsyncClient(base_url=server.url, timeout=600)
-            clients[kind] = await stack.enter_async_context(client)
-    return {mode: clients["stock" if mode == "stock" else "fast"] for mode in modes}
+            targets[kind] = ModeServer(server, await stack.enter_async_context(client))
+    return {mode: targets[SERVER_OF[mode]] for mode in modes}
 
 
 async def one_repetition(
-    clients: dict[str, httpx.AsyncClient], stub: TimedStub, cache: Path, runs: Runs
+    clients: dict[str, ModeServer], stub: TimedStub, cache: Path, runs: Runs
 ) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
-    for mode, client in clients.items():
+    for mode, target in clients.items():
         if mode == "cold":
             await trio.to_thread.run_sync(remove_tree, cache)
+        await target.before_run(mode)
         try:
-            results[mode] = await one_run(client, stub)
+            results[mode] = await one_run(target.client, stub)
         except JobFailed as error:
             runs.failures.append(f"{mode}: {error}")
             continue
@@ -256,7 +306,7 @@ def main(argv: list[str] | None = None) -> Report:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--modes", default=",".join(MODES), help="of stock,cold,warm")
+    parser.add_argument("--modes", default=",".join(MODES), help="of " + ",".join(MODES))
     parser.add_argument("--cache-dir", type=Path, help="fast start's caches (default: temp dir)")
     parser.add_argument("--stock-warmup", type=int, default=1, help="unmeasured stock jobs")
     parser.add_argument("--no-floor", action="store_true", help="skip the import-floor timing")

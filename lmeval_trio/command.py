@@ -21,13 +21,20 @@ class Launcher:
     """How the server starts its own lm-eval."""
 
     executable: tuple[str, ...]
+    #: The same command as a warm runner (``fastrun --warm``), if it has one.
+    warm: tuple[str, ...] | None = None
 
     @classmethod
     def default(cls, *, fast_start: bool, index_cache: Path) -> Launcher:
         if fast_start:
-            return cls(
-                (sys.executable, "-m", "lmeval_trio.fastrun", "--index-cache", str(index_cache))
+            fastrun = (
+                sys.executable,
+                "-m",
+                "lmeval_trio.fastrun",
+                "--index-cache",
+                str(index_cache),
             )
+            return cls(fastrun, warm=(*fastrun, "--warm"))
         return cls((sys.executable, "-m", "lm_eval"))
 
 

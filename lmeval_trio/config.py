@@ -79,6 +79,14 @@ class Settings(BaseModel):
     fast_start: bool = Field(
         default=True, description="Run the server's lm-eval through the cached task index."
     )
+    warm_runners: int = Field(
+        default=2,
+        ge=0,
+        le=32,
+        description="Idle pre-started lm-eval processes (lm-eval imported, task index loaded) "
+        "kept ready with fast start: one for jobs without env_vars and one per env_vars set "
+        "that recurs, up to this many. 0 turns warm starts off.",
+    )
     cache_dir: Path | None = Field(
         default=None,
         description="Caches shared by all jobs: lm-eval's task index and compiled bytecode "
@@ -256,6 +264,13 @@ def _config_file_values(path: str | None) -> dict[str, Any]:
     return data
 
 
+#: The environment as it was before the server imported anything that changes it (lm_eval
+#: sets HF_XET_HIGH_PERFORMANCE in its own process on import): jobs start from this, so a warm
+#: runner started before the server's first lm_eval import has the same environment as later
+#: jobs, and every job sees what the server was given, not what libraries made of it.
+_INITIAL_ENVIRON = dict(os.environ)
+
+
 def job_base_environment() -> dict[str, str]:
     """The server's environment minus its own settings (which may hold secrets).
 
@@ -265,7 +280,7 @@ def job_base_environment() -> dict[str, str]:
     """
     return {
         name: value
-        for name, value in os.environ.items()
+        for name, value in _INITIAL_ENVIRON.items()
         if (not name.startswith("LMEVAL_") or name == "LMEVAL_LOG_LEVEL")
         and name != "PYTHONDONTWRITEBYTECODE"
     }

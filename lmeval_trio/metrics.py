@@ -44,11 +44,37 @@ class Metrics:
         self.running = Gauge("lmeval_running_jobs", "Jobs running now.", registry=r)
         self.slots_free = Gauge("lmeval_free_slots", "Execution slots free now.", registry=r)
         self.slots_total = Gauge("lmeval_slots", "Execution slots in total.", registry=r)
+        self.warm_idle = Gauge(
+            "lmeval_warm_runners_idle", "Warm runners waiting for a job.", registry=r
+        )
+        self.warm_ready = Gauge(
+            "lmeval_warm_runners_ready", "Idle warm runners done importing lm-eval.", registry=r
+        )
+        self.warm_starts = Gauge(
+            "lmeval_warm_starts", "Jobs started in a warm runner since start.", registry=r
+        )
+        self.warm_misses = Gauge(
+            "lmeval_warm_misses",
+            "Fast-start jobs that no warm runner matched, since start.",
+            registry=r,
+        )
 
     def render(
-        self, counts: dict[JobStatus, int], *, queued: int, running: int, free: int, total: int
+        self,
+        counts: dict[JobStatus, int],
+        *,
+        queued: int,
+        running: int,
+        free: int,
+        total: int,
+        warm: tuple[int, int, int, int] = (0, 0, 0, 0),
     ) -> bytes:
-        """The exposition text, with the gauges set from a fresh snapshot."""
+        """The exposition text, with the gauges set from a fresh snapshot; ``warm`` is
+        (idle, ready, starts, misses) of the warm runners."""
+        for gauge, value in zip(
+            (self.warm_idle, self.warm_ready, self.warm_starts, self.warm_misses), warm, strict=True
+        ):
+            gauge.set(value)
         for status, count in counts.items():
             self.jobs.labels(status.value).set(count)
         self.queue_depth.set(queued)

@@ -24,7 +24,9 @@ import trio
 __all__ = [
     "ProcessInfo",
     "Sink",
+    "SpareLost",
     "SpawnError",
+    "adopt_process_group",
     "group_alive",
     "kill_group",
     "process_start_ticks",
@@ -141,12 +143,15 @@ async def _spawn(
     return proc
 
 
-async def _reap_group(proc: trio.Process, terminator: _Terminator) -> None:
-    """Waits for the leader, then kills what is left of its group.
+async def _reap_group(proc: trio.Process, terminator: _Terminator, *, stop: bool = False) -> None:
+    """Waits for the leader (stopping it first if ``stop``), then kills what is left of its
+    group.
 
     Needed because trio cancels deliver_cancel as soon as the leader exits, so a grandchild that
     ignores SIGTERM would otherwise survive. Sends nothing if the group is already gone.
     """
+    if stop and proc.poll() is None:
+        await terminator.stop_group(proc.pid)
     await proc.wait()
     if group_alive(proc.pid):
         await terminator.stop_group(proc.pid)
@@ -165,6 +170,65 @@ def _spawn_reason(err: OSError | ValueError, argv0: str, cwd: Path) -> str:
     if err.errno == errno.ENOTDIR:
         return f"not a directory: {path}"
     return f"cannot start {argv0}: {err.strerror or err}"
+
+
+class SpareLost(Exception):
+    """A pre-started process exited before it could be given its job."""
+
+
+async def hand_over(proc: trio.Process, spec: bytes) -> None:
+    """Tell a pre-started process (a warm runner) its job: ``spec`` on its stdin, then EOF.
+
+    ``spec`` must fit an empty pipe, since nothing reads the process's output yet.
+    Raises SpareLost if the process already exited.
+    """
+    assert proc.stdin is not None
+    try:
+        await proc.stdin.send_all(spec)
+        await proc.stdin.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+        raise SpareLost(f"warm runner {proc.pid} exited before its job started") from err
+
+
+async def adopt_process_group(
+    proc: trio.Process,
+    spec: bytes,
+    *,
+    on_stdout: Sink,
+    on_stderr: Sink,
+    grace_s: float,
+    task_status: trio.TaskStatus[ProcessInfo] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Like run_process_group, for a process started earlier in its own session with
+    stdin, stdout and stderr pipes (a warm runner): hands it its job (``hand_over``), then
+    follows it, stops it on cancellation and reaps its whole group as run_process_group does.
+
+    Raises SpareLost, before task_status.started, if the process exited before its job
+    reached it; whatever happens, the process's group is gone if this raises.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    terminator = _Terminator(grace_s)
+    try:
+        await hand_over(proc, spec)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _reap_group(proc, terminator, stop=True)
+            for stream in (proc.stdout, proc.stderr):
+                await stream.aclose()
+        raise
+    drain = _Drain()
+    async with trio.open_nursery() as nursery:
+        task_status.started(ProcessInfo(proc.pid, process_start_ticks(proc.pid) or 0))
+        nursery.start_soon(_pump, proc.stdout, on_stdout, drain)
+        nursery.start_soon(_pump, proc.stderr, on_stderr, drain)
+        try:
+            await proc.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _reap_group(proc, terminator, stop=proc.returncode is None)
+            drain.start(_DRAIN_IDLE_S)
+    assert proc.returncode is not None
+    return proc.returncode
 
 
 def _sole_spawn_error(exc: BaseException) -> SpawnError | None:

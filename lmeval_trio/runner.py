@@ -19,6 +19,7 @@ from lmeval_trio import process
 from lmeval_trio.config import job_base_environment
 from lmeval_trio.process import Sink
 from lmeval_trio.records import JobRecord
+from lmeval_trio.warm import WarmPool
 
 log = logging.getLogger("lmeval_trio.runner")
 
@@ -81,8 +82,9 @@ class LocalRunner:
 
     name = "local"
 
-    def __init__(self, grace_s: float) -> None:
+    def __init__(self, grace_s: float, warm: WarmPool | None = None) -> None:
         self.grace_s = grace_s
+        self.warm = warm
 
     async def run(
         self,
@@ -99,20 +101,44 @@ class LocalRunner:
 
             async def child(task_status: trio.TaskStatus[process.ProcessInfo]) -> None:
                 returncode.append(
-                    await process.run_process_group(
-                        record.argv,
-                        env=full_env,
-                        cwd=record.job_dir,
-                        on_stdout=on_stdout,
-                        on_stderr=on_stderr,
-                        grace_s=self.grace_s,
-                        task_status=task_status,
-                    )
+                    await self._start(record, full_env, on_stdout, on_stderr, task_status)
                 )
 
             info: process.ProcessInfo = await nursery.start(child)
             task_status.started(Started(pid=info.pid, start_ticks=info.start_ticks))
         return returncode[0]
+
+    async def _start(
+        self,
+        record: JobRecord,
+        env: dict[str, str],
+        on_stdout: Sink,
+        on_stderr: Sink,
+        task_status: trio.TaskStatus[process.ProcessInfo],
+    ) -> int:
+        """Run the job in a warm runner if one matches it (see ``warm.py``), else afresh."""
+        handover = self.warm.take(record.argv, env, record.job_dir) if self.warm else None
+        if handover is not None:
+            try:
+                return await process.adopt_process_group(
+                    handover.proc,
+                    handover.spec,
+                    on_stdout=on_stdout,
+                    on_stderr=on_stderr,
+                    grace_s=self.grace_s,
+                    task_status=task_status,
+                )
+            except process.SpareLost as err:
+                log.warning("job %s: %s; starting it afresh", record.id, err)
+        return await process.run_process_group(
+            record.argv,
+            env=env,
+            cwd=record.job_dir,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            grace_s=self.grace_s,
+            task_status=task_status,
+        )
 
     async def reattach(
         self,

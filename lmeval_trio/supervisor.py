@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from lmeval_trio import command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
-from lmeval_trio.config import Settings
+from lmeval_trio.config import Settings, job_base_environment
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Policy
@@ -42,6 +42,7 @@ from lmeval_trio.runner import LocalRunner, Runner, Started
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
 from lmeval_trio.store import Draft, JobStore
+from lmeval_trio.warm import WarmPool
 
 log = logging.getLogger("lmeval_trio.supervisor")
 
@@ -108,6 +109,10 @@ class SupervisorStatistics:
     running: int
     slots_total: int
     slots_free: int
+    warm_runners_idle: int = 0  # pre-started lm-eval processes waiting for a job
+    warm_runners_ready: int = 0  # … of which have finished importing
+    warm_starts: int = 0  # jobs started in a warm runner
+    warm_misses: int = 0  # fast-start jobs no warm runner matched (started afresh)
 
 
 class Supervisor:
@@ -121,12 +126,13 @@ class Supervisor:
         runner: Runner | None = None,
     ) -> None:
         self.settings = settings
-        self.runner = runner or default_runner(settings)
-        self.store = JobStore(settings.data_dir / "jobs.db")
         self.launcher = launcher or command.Launcher.default(
             fast_start=settings.fast_start,
             index_cache=settings.effective_cache_dir / "task-index",
         )
+        self.warm = None if runner is not None else warm_pool(settings, self.launcher)
+        self.runner = runner or default_runner(settings, self.warm)
+        self.store = JobStore(settings.data_dir / "jobs.db")
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
         self.metrics = Metrics()
@@ -135,6 +141,7 @@ class Supervisor:
         self._submitting = 0  # submissions past the queue-bound check, not yet queued
         self._nursery: trio.Nursery | None = None
         self._dispatch_scope = trio.CancelScope()
+        self._warm_scope = trio.CancelScope()
         self._accepting = False
         self._alive = False
         self._shutdown_requested = trio.Event()
@@ -153,9 +160,18 @@ class Supervisor:
         except BaseException as error:
             await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
             raise
+        if self.warm is not None:
+            self.warm.prime(job_base_environment() | self._environment({}, ()))
+            await self._nursery.start(self._run_warm_pool, self.warm)
         self._nursery.start_soon(self._dispatch)
         self._accepting = self._alive = True
         return self
+
+    async def _run_warm_pool(
+        self, pool: WarmPool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with self._warm_scope:
+            await pool.run(task_status=task_status)
 
     async def __aexit__(
         self,
@@ -208,13 +224,26 @@ class Supervisor:
             running=running,
             slots_total=self.slots.total,
             slots_free=self.slots.free,
+            **self._warm_statistics(),
         )
+
+    def _warm_statistics(self) -> dict[str, int]:
+        if self.warm is None:
+            return {}
+        stats = self.warm.statistics()
+        return {
+            "warm_runners_idle": stats.idle,
+            "warm_runners_ready": stats.ready,
+            "warm_starts": stats.taken,
+            "warm_misses": stats.missed,
+        }
 
     async def _stop_everything(self) -> None:
         """Shutdown: stop dispatching, interrupt running jobs (they go back to the queue),
         or, with a runner that detaches, leave them running for the next start to follow."""
         self._accepting = False
         self._dispatch_scope.cancel()
+        self._warm_scope.cancel()
         self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
         for live in started:
@@ -487,7 +516,8 @@ class Supervisor:
             if not live.reattach:
                 await self._mark_running(live, gpus)
             try:
-                returncode = await self._run_with_logs(live, self._environment(live.record, gpus))
+                env = self._environment(live.record.env, gpus)
+                returncode = await self._run_with_logs(live, env)
             except process.SpawnError as error:
                 return JobStatus.FAILED, {
                     "reason": f"could not start: {error}",
@@ -531,10 +561,10 @@ class Supervisor:
         finally:
             await stdout.aclose()
 
-    def _environment(self, record: JobRecord, gpus: tuple[str, ...]) -> dict[str, str]:
+    def _environment(self, env_vars: Mapping[str, str], gpus: tuple[str, ...]) -> dict[str, str]:
         """The job's own variables; the runner adds what its host needs (PATH, HOME, ...)."""
         env = {"PYTHONPYCACHEPREFIX": str(self.settings.effective_cache_dir / "pycache")}
-        env.update(record.env)
+        env.update(env_vars)
         env.update(self.policy.job_environment())
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -671,13 +701,26 @@ class Supervisor:
             await self._remove(doomed)
 
 
-def default_runner(settings: Settings) -> Runner:
+def warm_pool(settings: Settings, launcher: command.Launcher) -> WarmPool | None:
+    """Warm runners for local fast-start jobs, unless the settings turn them off."""
+    if settings.backend != "local" or launcher.warm is None or settings.warm_runners == 0:
+        return None
+    return WarmPool(
+        launcher.executable,
+        launcher.warm,
+        cwd=settings.data_dir,
+        max_idle=settings.warm_runners,
+        grace_s=settings.kill_grace_s,
+    )
+
+
+def default_runner(settings: Settings, warm: WarmPool | None = None) -> Runner:
     """The runner the settings select (local processes unless configured otherwise)."""
     if settings.backend == "ray":
         from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
 
         return RayRunner(settings)
-    return LocalRunner(settings.kill_grace_s)
+    return LocalRunner(settings.kill_grace_s, warm)
 
 
 def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:

@@ -47,6 +47,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "allowed_path_roots": (SUPPORT, tmp_path),
         "progress_flush_s": 0.05,
         "cache_dir": CACHE_DIR,  # task index and bytecode: built once per machine
+        "warm_runners": 0,  # pre-started lm-eval processes only where a test asks for them
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -48,16 +48,17 @@ async def test_startup_smoke() -> None:
 
 
 async def test_lm_eval_start_smoke() -> None:
-    """Warm fast start only (the tests' shared caches), one job: the cheapest real run."""
+    """Fast start from the index cache only (the tests' shared caches), one job: the cheapest
+    real run (warm runners are covered by tests/test_warm.py)."""
     report = await lm_eval_start.measure(
         reps=1,
-        modes=("warm",),
+        modes=("index",),
         cache_dir=CACHE_DIR,
         server_factory=inprocess_server,
         floor=False,
     )
     assert report.context["failures"] == []
-    assert _samples(report)["warm first_request_s"] == 1
+    assert _samples(report)["index first_request_s"] == 1
 
 
 def test_report_statistics() -> None:

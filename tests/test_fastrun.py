@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from lmeval_trio import fastrun
-from lmeval_trio.fastrun import _cache, _main, _patch
+from lmeval_trio.fastrun import _cache, _main, _patch, _warm
 
 FASTRUN_TASKS = Path(__file__).parent / "support" / "fastrun_tasks"
 PYTHON = sys.executable
@@ -768,3 +768,130 @@ def test_bad_cache_content_rebuilds_with_warning(
     assert any(expected in m and "rebuilding" in m for m in msgs), msgs
     assert any(m.startswith("task index: built") for m in msgs), msgs
     assert cache.read() is not None
+
+
+# ------------------------------------------------------------ warm runner
+
+
+def start_warm_runner(
+    e2e: Env, cache_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``fastrun --warm``, returned once it has said it finished preloading."""
+    ready_r, ready_w = os.pipe()
+    argv = [PYTHON, "-m", fastrun.MODULE, "--index-cache", str(cache_dir), "--warm"]
+    proc = subprocess.Popen(
+        [*argv, f"--ready-fd={ready_w}"],
+        cwd=e2e.root,
+        env=env or e2e.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=(ready_w,),
+    )
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready:
+        assert ready.read() == b"ready\n"  # blocks until the runner writes and closes it
+    return proc
+
+
+def give_job(e2e: Env, proc: subprocess.Popen[str], name: str, args: list[str]) -> Run:
+    """Send the job spec the server sends, then collect the run."""
+    out = e2e.root / "out" / name
+    spec = _warm.Spec(args=[*args, "--output_path", str(out)], cwd=str(e2e.root))
+    assert proc.stdin is not None
+    proc.stdin.write(spec.encode().decode())
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not flush the closed pipe
+    return e2e.finish((proc, out, time.monotonic()))
+
+
+def test_warm_runner_matches_stock(e2e: Env, slow_runs: SlowRuns, warm_run: Run) -> None:
+    proc = start_warm_runner(e2e, slow_runs.cache_dir)
+    run = give_job(e2e, proc, "warm-runner", LM_EVAL_ARGS)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "[fastrun] warm start: this runner started " in run.stderr
+    assert "[fastrun] task index: preloaded by the warm runner" in run.stderr
+    assert "WARNING  [fastrun]" not in run.stderr
+    assert_same_results(slow_runs.stock, run)
+    assert lm_eval_log_lines(run) == lm_eval_log_lines(slow_runs.stock)
+
+
+def test_stale_warm_runner_restarts_as_a_fresh_run(
+    e2e: Env, slow_runs: SlowRuns, warm_run: Run
+) -> None:
+    """A file the runner imported changes while it waits (an upgrade): it re-executes."""
+    site = e2e.root / "stale-site"
+    site.mkdir()
+    module = site / "sitecustomize.py"
+    module.write_text("VERSION = 1\n")
+    proc = start_warm_runner(e2e, slow_runs.cache_dir, {**e2e.env, "PYTHONPATH": str(site)})
+    module.write_text("VERSION = 22\n")
+    run = give_job(e2e, proc, "stale-runner", LM_EVAL_ARGS)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert re.search(
+        r"WARNING .*\[fastrun\] warm runner: .*sitecustomize\.py changed since it was imported; "
+        r"starting lm_eval afresh",
+        run.stderr,
+    )
+    assert "[fastrun] warm start" not in run.stderr
+    assert "[fastrun] task index: cache hit" in run.stderr  # the fresh run's own lookup
+    assert_same_results(slow_runs.stock, run)
+    assert lm_eval_log_lines(run) == lm_eval_log_lines(slow_runs.stock)
+
+
+def test_warm_runner_without_a_job_exits_quietly(e2e: Env, slow_runs: SlowRuns) -> None:
+    proc = start_warm_runner(e2e, slow_runs.cache_dir)
+    stdout, stderr = proc.communicate("", timeout=RUN_TIMEOUT)
+    assert (proc.returncode, stdout) == (0, "")
+    assert "Traceback" not in stderr
+
+
+def test_warm_runner_rejects_a_bad_spec(e2e: Env, slow_runs: SlowRuns) -> None:
+    proc = start_warm_runner(e2e, slow_runs.cache_dir)
+    _, stderr = proc.communicate('{"args": "run"}\n', timeout=RUN_TIMEOUT)
+    assert proc.returncode == _warm.EXIT_BAD_SPEC
+    assert "warm runner: invalid job spec: 'args' must be a list of strings" in stderr
+
+
+def test_import_snapshot_sees_changed_and_new_files(tmp_path: Path) -> None:
+    package = tmp_path / "snap_pkg"
+    package.mkdir()
+    module = package / "snapmod_xyz.py"
+    module.write_text("X = 1\n")
+    sys.path.insert(0, str(package))
+    try:
+        importlib.import_module("snapmod_xyz")
+        snapshot = _warm.ImportSnapshot()
+        assert snapshot.changed() is None
+        module.write_text("X = 22\n")
+        assert snapshot.changed() == str(module)
+        module.write_text("X = 1\n")
+        snapshot = _warm.ImportSnapshot()
+        (package / "newly_installed.pth").write_text("")  # the sys.path directory changes
+        assert snapshot.changed() in (str(package), str(module))
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop("snapmod_xyz", None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "warm", "ready_fd"),
+    [
+        (["--warm"], True, None),
+        (["--index-cache", "/c", "--warm", "--ready-fd", "7"], True, 7),
+        (["--ready-fd=9", "--warm"], True, 9),
+        (["run", "--warm"], False, None),
+    ],
+)
+def test_warm_options(argv: list[str], warm: bool, ready_fd: int | None) -> None:
+    opts = _main.parse_options(argv)
+    assert (opts.warm, opts.ready_fd) == (warm, ready_fd)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--warm", "run"], ["--ready-fd", "x"], ["--ready-fd="], ["--warm", "--", "run"]]
+)
+def test_warm_option_errors(argv: list[str]) -> None:
+    with pytest.raises(_main.UsageError):
+        _main.parse_options(argv)

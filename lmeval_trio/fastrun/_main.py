@@ -13,43 +13,76 @@ import os
 import sys
 import sysconfig
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmeval_trio.fastrun import ENV_DISABLE, default_cache_dir
 
-USAGE = "usage: python -m lmeval_trio.fastrun [--index-cache DIR] [--] <lm_eval arguments>"
+USAGE = (
+    "usage: python -m lmeval_trio.fastrun [--index-cache DIR] [--] <lm_eval arguments>\n"
+    "       python -m lmeval_trio.fastrun --warm [--ready-fd FD] [--index-cache DIR]"
+)
 
 
 class UsageError(Exception):
     """Bad fastrun option (exit 2, like argparse)."""
 
 
-def split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Return (index cache dir or None, lm_eval argv).
+@dataclass
+class Options:
+    """fastrun's own options; ``lm_eval_args`` is everything after them."""
 
-    Options are recognised only before the first non-fastrun word, so an
-    lm_eval argument is never consumed by fastrun.
-    """
     cache_dir: str | None = None
+    warm: bool = False
+    ready_fd: int | None = None
+    lm_eval_args: list[str] = field(default_factory=list)
+
+
+def _value(args: Sequence[str], i: int, name: str, what: str) -> tuple[str, int]:
+    """The value of the option at args[i] (``--name value`` or ``--name=value``), next index."""
+    arg = args[i]
+    if arg == name:
+        if i + 1 >= len(args) or not args[i + 1]:
+            raise UsageError(f"{name} needs {what}")
+        return args[i + 1], i + 2
+    value = arg.split("=", 1)[1]
+    if not value:
+        raise UsageError(f"{name} needs {what}")
+    return value, i + 1
+
+
+def parse_options(args: Sequence[str]) -> Options:
+    """Options are recognised only before the first non-fastrun word, so an
+    lm_eval argument is never consumed by fastrun."""
+    opts = Options()
     i = 0
     while i < len(args):
         arg = args[i]
+        name = arg.split("=", 1)[0]
         if arg == "--":
             i += 1
             break
-        if arg == "--index-cache":
-            if i + 1 >= len(args) or not args[i + 1]:
-                raise UsageError("--index-cache needs a directory")
-            cache_dir = args[i + 1]
-            i += 2
-        elif arg.startswith("--index-cache="):
-            cache_dir = arg.split("=", 1)[1]
-            if not cache_dir:
-                raise UsageError("--index-cache needs a directory")
-            i += 1
+        if arg == "--warm":
+            opts.warm, i = True, i + 1
+        elif name == "--index-cache":
+            opts.cache_dir, i = _value(args, i, name, "a directory")
+        elif name == "--ready-fd":
+            raw, i = _value(args, i, name, "a file descriptor number")
+            if not raw.isdigit():
+                raise UsageError("--ready-fd needs a file descriptor number")
+            opts.ready_fd = int(raw)
         else:
             break
-    return cache_dir, list(args[i:])
+    opts.lm_eval_args = list(args[i:])
+    if opts.warm and opts.lm_eval_args:
+        raise UsageError("--warm takes its lm_eval arguments on stdin")
+    return opts
+
+
+def split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Return (index cache dir or None, lm_eval argv)."""
+    opts = parse_options(args)
+    return opts.cache_dir, opts.lm_eval_args
 
 
 def _match_console_script_sys_path() -> None:
@@ -69,25 +102,30 @@ def _match_console_script_sys_path() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``lm_eval`` with the built-in task index served from the cache."""
     try:
-        cache_arg, lm_eval_args = split_args(sys.argv[1:] if argv is None else argv)
+        opts = parse_options(sys.argv[1:] if argv is None else argv)
     except UsageError as err:
         print(f"{USAGE}\nfastrun: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
     _match_console_script_sys_path()
-    sys.argv = [sys.argv[0], *lm_eval_args]
+    sys.argv = [sys.argv[0], *opts.lm_eval_args]
+    cache_dir = Path(opts.cache_dir or default_cache_dir()).expanduser().absolute()
+
+    from lmeval_trio.fastrun._log import get_logger
 
     disabled = os.environ.get(ENV_DISABLE, "")
     if disabled and disabled != "0":
-        from lmeval_trio.fastrun._log import get_logger
-
         get_logger().info("fastrun: disabled by %s; running stock lm_eval", ENV_DISABLE)
     else:
         from lmeval_trio.fastrun import _patch
-        from lmeval_trio.fastrun._log import get_logger
 
-        cache_dir = Path(cache_arg or default_cache_dir()).expanduser().absolute()
         _patch.install(cache_dir, get_logger())
+
+    if opts.warm:
+        from lmeval_trio.fastrun import _warm
+
+        _warm.run(cache_dir, opts.ready_fd, get_logger())
+        return
 
     from lm_eval.__main__ import cli_evaluate
 

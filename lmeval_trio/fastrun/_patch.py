@@ -284,6 +284,7 @@ class Patcher:
         self._pending: tuple[dict[str, Any], list[LogRecordTuple]] | None = None
         self._payload: bytes | None = None
         self._records: list[LogRecordTuple] = []
+        self._preloaded: tuple[CacheKey, dict[str, Any], list[LogRecordTuple]] | None = None
 
     def install(self) -> None:
         t = self._t
@@ -324,6 +325,43 @@ class Patcher:
             return None
         return self._t.orig_process(cfg, path, index_)  # type: ignore[no-any-return]
 
+    # ---------------------------------------------------------- warm runner
+    def preload(self) -> None:
+        """Load (or build) the built-in index now, ahead of the job (warm runner).
+
+        The first index build then takes these entries, after checking that the
+        key, which fingerprints every task file, is still the one they were loaded under.
+        """
+        root = self._t.default_root
+        try:
+            key = self._key(root)
+            entries, records = self._load_or_build(root, key)
+        except Exception as err:  # the job will index the stock way, and say why
+            self._log.warning("task index: cannot preload (%s: %s)", type(err).__name__, err)
+            return
+        self._preloaded = (key, entries, records)
+
+    def _take_preloaded(self, root: Path) -> tuple[dict[str, Any], list[LogRecordTuple]] | None:
+        """The preloaded entries, if the task files are unchanged since they were loaded."""
+        if self._preloaded is None:
+            return None
+        key, entries, records = self._preloaded
+        self._preloaded = None
+        started = time.perf_counter()
+        if self._key(root) != key:
+            self._log.warning("task index: task files changed since the warm runner loaded them")
+            return None
+        self._log.info(
+            "task index: preloaded by the warm runner (%d entries; files unchanged, checked in "
+            "%.2f s)",
+            len(entries),
+            time.perf_counter() - started,
+        )
+        return entries, records
+
+    def _key(self, root: Path) -> CacheKey:
+        return build_key(root, lm_eval_version=self._t.version, source_files=self._t.source_files)
+
     # ---------------------------------------------------------- index source
     def _defaults(self, root: Path) -> tuple[dict[str, Any], list[LogRecordTuple]] | None:
         """Entries (fresh objects) and log records to replay for the built-in root.
@@ -332,10 +370,13 @@ class Patcher:
         the root the stock way instead.
         """
         try:
+            preloaded = self._take_preloaded(root)
+            if preloaded is not None:
+                return preloaded
             if self._payload is not None:  # a second TaskManager in this process
                 entries, _ = self._unpickle(self._payload)
                 return entries, list(self._records)
-            return self._load_or_build(root)
+            return self._load_or_build(root, None)
         except Exception as err:
             self._log.warning(
                 "task index: unexpected %s (%s); indexing built-in tasks the stock way",
@@ -344,14 +385,13 @@ class Patcher:
             )
             return None
 
-    def _load_or_build(self, root: Path) -> tuple[dict[str, Any], list[LogRecordTuple]]:
+    def _load_or_build(
+        self, root: Path, key: CacheKey | None
+    ) -> tuple[dict[str, Any], list[LogRecordTuple]]:
         started = time.perf_counter()
         cache: IndexCache | None = None
         try:
-            key: CacheKey = build_key(
-                root, lm_eval_version=self._t.version, source_files=self._t.source_files
-            )
-            cache = IndexCache(self._cache_dir, key, self._log)
+            cache = IndexCache(self._cache_dir, key or self._key(root), self._log)
         except OSError as err:
             self._log.warning("task index: cannot fingerprint %s (%s); not caching", root, err)
 
@@ -450,11 +490,21 @@ class Patcher:
         return entries, records
 
 
+_installed: list[Patcher] = []
+
+
+def active() -> Patcher | None:
+    """The patcher installed in this process, if lm_eval's index module was patched."""
+    return _installed[-1] if _installed else None
+
+
 def on_index_module_loaded(module: ModuleType, cache_dir: Path, log: logging.Logger) -> None:
     """Validate and patch; never raise (that would break lm_eval's own import)."""
     try:
         targets = inspect_targets(module)
-        Patcher(targets, cache_dir, log).install()
+        patcher = Patcher(targets, cache_dir, log)
+        patcher.install()
+        _installed.append(patcher)
     except Unsupported as err:
         log.warning(
             "fastrun disabled: %s; falling back to stock lm_eval task indexing "

@@ -62,6 +62,12 @@ def blueprint() -> Blueprint:
             running=stats.running,
             free=stats.slots_free,
             total=stats.slots_total,
+            warm=(
+                stats.warm_runners_idle,
+                stats.warm_runners_ready,
+                stats.warm_starts,
+                stats.warm_misses,
+            ),
         )
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
 

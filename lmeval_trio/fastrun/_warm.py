@@ -1,0 +1,185 @@
+"""A warm runner: a fastrun process that imports lm_eval and loads the task index before
+its job exists, then becomes that job.
+
+The server starts it with exactly the environment its job will have, so everything lm_eval
+and its dependencies read from the environment at import time is the job's own. It then
+waits for one JSON line on stdin, ``{"args": [...], "cwd": "..."}``: the job's lm_eval
+arguments and working directory. Nothing job-specific happens before that line; after it the
+process is an ordinary fastrun run of the job (same argv, logging, outputs, exit code).
+
+If a file it imported has changed since (an upgrade while it waited), it re-executes itself as
+a fresh fastrun in place (same pid, process group and pipes), so a job never runs stale code.
+EOF on stdin (the server stopped or dropped it) ends it quietly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmeval_trio.fastrun import MODULE
+
+#: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
+#: API-model classes a server mostly runs. A module whose import fails is skipped: the job
+#: imports it itself when it needs it, and fails exactly as stock lm_eval would.
+PRELOAD = (
+    "lm_eval.__main__",
+    "lm_eval.evaluator",
+    "lm_eval.tasks",
+    "lm_eval.tasks._index",
+    "lm_eval.api.registry",
+    "lm_eval.models",
+    "lm_eval.models.dummy",
+    "lm_eval.models.api_models",
+    "lm_eval.models.openai_completions",
+)
+#: A job spec is a few KB; anything longer is not one.
+MAX_SPEC_BYTES = 1 << 20
+#: Exit code for a malformed spec (the server's bug, never a job's).
+EXIT_BAD_SPEC = 2
+
+FileStamp = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The job a warm runner becomes."""
+
+    args: list[str]
+    cwd: str
+
+    @classmethod
+    def parse(cls, line: bytes) -> Spec:
+        data = json.loads(line)
+        args, cwd = data.get("args"), data.get("cwd")
+        if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+            raise ValueError("'args' must be a list of strings")
+        if not isinstance(cwd, str) or not cwd:
+            raise ValueError("'cwd' must be a non-empty string")
+        return cls(args=args, cwd=cwd)
+
+    def encode(self) -> bytes:
+        return json.dumps({"args": self.args, "cwd": self.cwd}).encode() + b"\n"
+
+
+class ImportSnapshot:
+    """Stat stamps of every imported source file and every sys.path directory.
+
+    An import that ran from a file which has since changed, or a sys.path directory whose
+    entries changed (a package installed, removed or upgraded, a new ``.pth``), makes the
+    process differ from a fresh one; ``changed`` names the first such path.
+    """
+
+    def __init__(self) -> None:
+        self._stamps = dict(_stamps(_watched_paths()))
+
+    def changed(self) -> str | None:
+        for path, stamp in self._stamps.items():
+            if _stamp(path) != stamp:
+                return path
+        return None
+
+
+def _watched_paths() -> Iterator[str]:
+    for entry in list(sys.path):
+        if entry and os.path.isdir(entry):
+            yield entry
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            yield path
+
+
+def _stamp(path: str) -> FileStamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, FileStamp | None]]:
+    for path in paths:
+        yield path, _stamp(path)
+
+
+def preload(log: logging.Logger) -> None:
+    """Import what every job needs and load the built-in task index."""
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # the job meets the same error in the same place, if at all
+            log.debug("warm runner: not preloading %s (%s: %s)", name, type(err).__name__, err)
+    from lmeval_trio.fastrun import _patch
+
+    patcher = _patch.active()
+    if patcher is not None:
+        patcher.preload()
+
+
+def signal_ready(fd: int | None) -> None:
+    """Tell the server this runner has finished preloading (it may be gone: ignore)."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"ready\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_spec(log: logging.Logger) -> Spec | None:
+    """The job, or None on EOF (not needed after all)."""
+    line = sys.stdin.buffer.readline(MAX_SPEC_BYTES)
+    if not line:
+        return None
+    try:
+        return Spec.parse(line)
+    except ValueError as err:  # JSONDecodeError is a ValueError
+        log.error("warm runner: invalid job spec: %s", err)
+        raise SystemExit(EXIT_BAD_SPEC) from None
+
+
+def become(spec: Spec) -> None:
+    """Detach from the server's stdin and take on the job's working directory."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.chdir(spec.cwd)
+    sys.argv = [sys.argv[0], *spec.args]
+
+
+def restart_fresh(spec: Spec, cache_dir: Path, why: str, log: logging.Logger) -> None:
+    """Replace this process with a fresh fastrun of the same job (never returns)."""
+    log.warning("warm runner: %s changed since it was imported; starting lm_eval afresh", why)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    argv = [sys.executable, "-m", MODULE, "--index-cache", os.fspath(cache_dir), "--", *spec.args]
+    os.execv(sys.executable, argv)
+
+
+def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
+    """Preload, wait for the job, then run it with lm_eval's own CLI."""
+    started = time.monotonic()
+    preload(log)
+    snapshot = ImportSnapshot()
+    signal_ready(ready_fd)
+    spec = read_spec(log)
+    if spec is None:
+        return
+    become(spec)
+    stale = snapshot.changed()
+    if stale is not None:
+        restart_fresh(spec, cache_dir, stale, log)
+    log.info("warm start: this runner started %.1f s before its job", time.monotonic() - started)
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
