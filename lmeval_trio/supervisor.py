@@ -609,6 +609,8 @@ class Supervisor:
                 pid_start_ticks=started.start_ticks,
                 external_id=started.external_id,
             )
+            live.changed.fire()  # the record now names its process
+            self.changed.fire()
             nursery.start_soon(self._flush_progress, live)
 
     async def _flush_progress(self, live: LiveJob) -> None:

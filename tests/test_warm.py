@@ -21,11 +21,13 @@ import trio.testing
 from lmeval_trio import process
 from lmeval_trio.config import job_base_environment
 from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.records import JobRecord
 from lmeval_trio.status import JobStatus
 from lmeval_trio.supervisor import Supervisor
 from lmeval_trio.warm import MAX_SPEC_BYTES, WarmPool, environment_key
 from tests.conftest import SUPPORT, Server, fake_job, make_settings, start_server
 from tests.support.stub_openai import StubHandle
+from tests.test_real_lm_eval import completions_job
 
 FAKE_WARM = SUPPORT / "fake_warm.py"
 PREFIX = ("python", "-m", "lmeval_trio.fastrun", "--index-cache", "/c")
@@ -192,17 +194,8 @@ def test_environment_key_is_exact() -> None:
 
 
 def probe_job(stub: StubHandle, **env_vars: str) -> dict[str, Any]:
-    return {
-        "model": "local-completions",
-        "model_args": {
-            "model": "stub-model",
-            "base_url": stub.completions_url,
-            "tokenizer_backend": "remote",
-        },
-        "tasks": "env_probe",
-        "include_path": str(SUPPORT / "env_probe"),
-        **({"env_vars": env_vars} if env_vars else {}),
-    }
+    probe = {"tasks": "env_probe", "include_path": str(SUPPORT / "env_probe")}
+    return completions_job(stub, **probe, **({"env_vars": env_vars} if env_vars else {}))
 
 
 @pytest.fixture
@@ -230,6 +223,17 @@ async def run_probe(server: Server, job: dict[str, Any]) -> tuple[dict[str, Any]
     record = await supervisor_of(server).get(job_id)
     seen: dict[str, Any] = json.loads((record.job_dir / "import_env.json").read_text())
     return seen, record.stderr_path.read_text()
+
+
+async def wait_for_pid(supervisor: Supervisor, job_id: int) -> JobRecord:
+    """The job's record once it names its process (recorded just after the start)."""
+    with trio.fail_after(GUARD_S):
+        while True:
+            version = supervisor.changed.version
+            record = await supervisor.get(job_id)
+            if record.pid is not None:
+                return record
+            await supervisor.changed.wait_past(version)
 
 
 async def wait_warm(server: Server, env_vars: dict[str, str]) -> None:
@@ -272,7 +276,7 @@ async def test_stopping_a_warm_job_stops_its_process_group(
     await wait_warm(warm_server, {})
     job_id = await warm_server.submit(probe_job(stub))
     await warm_server.wait_status(job_id, JobStatus.RUNNING)
-    record = await supervisor_of(warm_server).get(job_id)
+    record = await wait_for_pid(supervisor_of(warm_server), job_id)
     assert record.pid is not None
     response = await warm_server.client.post(f"/job/{job_id}/stop")
     assert response.status_code == 200, response.text
