@@ -9,6 +9,12 @@ full unpaged ``GET /jobs``, each timed from the request to the last body byte; t
 CPU time per request (user + system, ``/proc``) is reported beside each. Target: p50 <= 50
 ms (for ``GET /jobs`` and ``GET /job/{id}``; the unpaged listing is reported against it too).
 
+The client is httpx as it comes, so it asks for ``gzip, deflate`` and gets the large unpaged
+listing deflated. Reported beside it (in ``unpaged``): the very first unpaged listing (which
+renders every job), the listing for a client that accepts only ``identity``, the listing
+with one job changed before each request (a write by another connection: one row rendered
+and one group compressed again), and the worker's RSS at the end.
+
     uv run python -m benchmarks.api [--jobs 10000] [--runs 100] [--full-runs 10]
 """
 
@@ -17,9 +23,11 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ import httpx
 import trio
 
 from benchmarks._report import Metric, Report, Target, run
-from benchmarks._server import SUPPORT, ServerFactory, cpu_seconds, hypercorn_server
+from benchmarks._server import MB, SUPPORT, ServerFactory, cpu_seconds, hypercorn_server, rss_bytes
 from lmeval_trio import command
 from lmeval_trio.progress import ProgressTracker
 from lmeval_trio.records import utc_now
@@ -130,14 +138,17 @@ async def sample(
     """Time each url (after one untimed warm-up request): the last body's size and the
     server's mean CPU time per request."""
     await timed_get(client, urls[0])
-    size = 0
     cpu_before = cpu_seconds(pid)
     for url in urls:
         elapsed, response = await timed_get(client, url)
         metric.add(elapsed * 1000)
-        size = len(response.content)
     cpu_ms = 1000 * (cpu_seconds(pid) - cpu_before) / len(urls)
-    return {"body_bytes": size, "server_cpu_ms": round(cpu_ms, 1)}
+    return {
+        "body_bytes": len(response.content),
+        "wire_bytes": int(response.headers["content-length"]),
+        "encoding": response.headers.get("content-encoding", "identity"),
+        "server_cpu_ms": round(cpu_ms, 1),
+    }
 
 
 async def measure(
@@ -159,7 +170,10 @@ async def measure(
             server_factory(data_dir) as server,
             httpx.AsyncClient(base_url=server.url, timeout=300) as client,
         ):
+            first_ms = 1000 * (await timed_get(client, "/jobs"))[0]
             report = await measure_routes(client, server.worker_pid, jobs, ids, runs, full_runs)
+            unpaged = await unpaged_variants(client, server.worker_pid, data_dir, full_runs)
+            report.context["unpaged"] = {"first_ms": round(first_ms, 1), **unpaged}
     report.context.update(fill_s=round(fill_s, 1), stderr_log_bytes=len(stderr.encode()))
     return report
 
@@ -190,6 +204,33 @@ async def measure_routes(
         [Target(m.name, "median", 50) for m in (paged, last, one, full)],
         {"jobs": total, "runs": runs, "full_runs": full_runs, "per_route": per_route},
     )
+
+
+async def unpaged_variants(
+    client: httpx.AsyncClient, pid: int, data_dir: Path, runs: int
+) -> dict[str, Any]:
+    """The unpaged listing uncompressed, and with one job changed before each request."""
+    identity = Metric("identity", "ms")
+    headers = {"Accept-Encoding": "identity"}
+    async with httpx.AsyncClient(base_url=client.base_url, headers=headers, timeout=300) as plain:
+        identity_route = await sample(plain, pid, identity, ["/jobs"] * runs)
+    changed = Metric("one job changed", "ms")
+    total = (await client.get("/jobs?limit=1")).json()["total"]
+    for index, job_id in enumerate(random.Random(7).sample(range(1, total + 1), runs)):
+        await trio.to_thread.run_sync(_touch, data_dir / "jobs.db", job_id, f"touched {index}")
+        changed.add(1000 * (await timed_get(client, "/jobs"))[0])
+    return {
+        "identity_ms": identity.stats(),
+        "identity_server_cpu_ms": identity_route["server_cpu_ms"],
+        "one_changed_ms": changed.stats(),
+        "worker_rss_MB": round(rss_bytes(pid) / MB, 1),
+    }
+
+
+def _touch(db: Path, job_id: int, reason: str) -> None:
+    """Change one job as another connection would (the server notices: data_version)."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE jobs SET reason = ? WHERE id = ?", (reason, job_id))
 
 
 def main(argv: list[str] | None = None) -> Report:

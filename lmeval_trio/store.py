@@ -2,7 +2,9 @@
 
 stdlib sqlite3 with one connection (WAL, synchronous=NORMAL) behind a CapacityLimiter(1):
 serialising calls is what SQLite wants anyway, and a thread hop keeps disk latency off the
-event loop. Ids come from AUTOINCREMENT so they never repeat, even after deletes.
+event loop. Ids come from AUTOINCREMENT so they never repeat, even after deletes, and a
+trigger bumps a row's ``version`` on every UPDATE, so (id, version) names one state of a job:
+readers may cache what they derive from a row under it (the job listing does).
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local';
     ALTER TABLE jobs ADD COLUMN external_id TEXT;
     """,
+    # A row's version changes on every UPDATE, whoever writes it, so readers that keep
+    # something derived from a row (the listing's rendered JSON) can tell it is stale.
+    # The indexes let a listing read (id, version) pairs without touching the rows.
+    """
+    ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER jobs_bump_version AFTER UPDATE ON jobs WHEN NEW.version = OLD.version
+    BEGIN
+        UPDATE jobs SET version = OLD.version + 1 WHERE id = OLD.id;
+    END;
+    DROP INDEX jobs_status;
+    CREATE INDEX jobs_status ON jobs (status, id, version);
+    CREATE INDEX jobs_id_version ON jobs (id, version);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ORDER_BY = {
@@ -59,12 +74,21 @@ _ORDER_BY = {
     "newest": " ORDER BY id DESC",
     "queue": " ORDER BY queued_at, id",
 }
+_ID_CHUNK = 500  # ids per "WHERE id IN (...)", well below SQLite's variable limit
 _JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
 _PATH_COLUMNS = frozenset({"job_dir", "output_dir"})
 
 
 class StoreError(RuntimeError):
     """The database cannot be used (newer schema, unreadable file, ...)."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A record and the row version it was read at."""
+
+    version: int
+    record: JobRecord
 
 
 @dataclass(frozen=True)
@@ -234,16 +258,52 @@ class JobStore:
     def _list(
         self, statuses: list[str] | None, limit: int | None, offset: int, order: str
     ) -> list[JobRecord]:
-        sql = "SELECT * FROM jobs"
-        params: list[Any] = []
-        if statuses is not None:
-            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
-            params.extend(statuses)
-        sql += _ORDER_BY[order]
-        if limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            params.extend([limit, offset])
+        sql, params = _select_sql("*", statuses, limit, offset, order)
         return [_record(row) for row in self.conn.execute(sql, params)]
+
+    async def versions(
+        self,
+        statuses: Iterable[JobStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "id",
+    ) -> list[tuple[int, int]]:
+        """(id, version) of the jobs select() would return: read from an index, no rows
+        decoded, so a caller can tell which of its cached renderings are still current."""
+        wanted = None if statuses is None else [s.value for s in statuses]
+        return await self._run(self._versions, wanted, limit, offset, order)
+
+    def _versions(
+        self, statuses: list[str] | None, limit: int | None, offset: int, order: str
+    ) -> list[tuple[int, int]]:
+        sql, params = _select_sql("id, version", statuses, limit, offset, order)
+        cursor = self.conn.cursor()
+        cursor.row_factory = None  # plain tuples: several times cheaper than Rows
+        return cursor.execute(sql, params).fetchall()
+
+    async def get_many(self, job_ids: Sequence[int]) -> list[Versioned]:
+        """The given jobs that still exist, each with its row version (in no set order)."""
+        return await self._run(self._get_many, list(job_ids))
+
+    def _get_many(self, job_ids: list[int]) -> list[Versioned]:
+        found: list[Versioned] = []
+        for start in range(0, len(job_ids), _ID_CHUNK):
+            chunk = job_ids[start : start + _ID_CHUNK]
+            sql = f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})"
+            found.extend(
+                Versioned(row["version"], _record(row)) for row in self.conn.execute(sql, chunk)
+            )
+        return found
+
+    async def stamp(self) -> tuple[int, int]:
+        """A value that changes whenever any row changes: our own writes (trigger work
+        included) and commits by other connections. Equal stamps: nothing changed."""
+        return await self._run(self._stamp)
+
+    def _stamp(self) -> tuple[int, int]:
+        others = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        return others, self.conn.total_changes
 
     async def counts(self) -> dict[JobStatus, int]:
         return await self._run(self._counts)
@@ -289,6 +349,21 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.executescript(
             f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; PRAGMA user_version={number + 1}; COMMIT;"
         )
+
+
+def _select_sql(
+    columns: str, statuses: list[str] | None, limit: int | None, offset: int, order: str
+) -> tuple[str, list[Any]]:
+    sql = f"SELECT {columns} FROM jobs"
+    params: list[Any] = []
+    if statuses is not None:
+        sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+        params.extend(statuses)
+    sql += _ORDER_BY[order]
+    if limit is not None:
+        sql += " LIMIT ? OFFSET ?"
+        params.extend([limit, offset])
+    return sql, params
 
 
 def _encode(column: str, value: Any) -> Any:

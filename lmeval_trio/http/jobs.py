@@ -10,6 +10,8 @@ from quart_schema import document_querystring, document_request, document_respon
 from lmeval_trio.cli_schema import request_model
 from lmeval_trio.http import schemas
 from lmeval_trio.http.errors import InvalidParameter
+from lmeval_trio.http.listing import JobListing
+from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import ACTIVE, JobStatus
@@ -31,6 +33,7 @@ def blueprint() -> Blueprint:
     """Build the routes (the request model comes from the installed lm-eval)."""
     bp = Blueprint("jobs", __name__)
     job_request = request_model()
+    listing, encoder = JobListing(), ListingEncoder()
 
     @bp.post("/job")
     @tag(["jobs"])
@@ -62,19 +65,16 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Error, 422)
     async def list_jobs() -> Response:
         """List jobs. include_completed=false (or include_finished=false) keeps Queued and
-        Running ones; status filters by status; limit/offset page; order=desc: newest first."""
+        Running ones; status filters by status; limit/offset page; order=desc: newest first.
+        Answers of 256 KiB and more are deflated for clients that accept it."""
         statuses = _status_filter()
         limit = int_arg("limit", None, minimum=1, maximum=MAX_PAGE)
         offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
         newest_first = choice_arg("order", "asc", ("asc", "desc")) == "desc"
-        sup = supervisor()
-        records = await sup.list_jobs(
-            statuses, limit=limit, offset=offset, newest_first=newest_first
+        body = await listing.render(
+            supervisor(), statuses, limit=limit, offset=offset, newest_first=newest_first
         )
-        counts = await sup.store.counts()
-        total = sum(counts[s] for s in statuses) if statuses else sum(counts.values())
-        jobs = [schemas.summary(r, sup.progress_dict(r)) for r in records]
-        return jsonify({"jobs": jobs, "total": total})
+        return await encoder.response(body, request.accept_encodings)
 
     @bp.get("/job/<int:job_id>")
     @tag(["jobs"])
