@@ -151,6 +151,9 @@ async def _populate(server: Server, sup: Supervisor, fifo: Path) -> dict[str, in
     ids["resumed"] = resumed.json()["job_id"]
     await server.wait_status(ids["resumed"], F)
     ids["bars"] = await server.submit(fake_job("bars", FAKE_TOTAL="4", FAKE_GATE=str(fifo)))
+    # Its first bar (0/4) comes before the gate: wait for it, or a listing could be rendered
+    # just before it and the model rendering that follows just after.
+    await wait_until(sup, ids["bars"], lambda _r, p: p["total"] == 4)
     ids["running"] = await server.submit(fake_job("block"))
     await server.wait_status(ids["running"], R)
     ids["queued"] = await server.submit(fake_job("env"))  # both slots are taken
