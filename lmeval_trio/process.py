@@ -99,11 +99,7 @@ async def _run(
     async with trio.open_nursery() as nursery:
         proc = await _spawn(nursery, argv, env, cwd, terminator)
         try:
-            # None only if the leader exited within microseconds and trio already reaped it.
-            task_status.started(ProcessInfo(proc.pid, process_start_ticks(proc.pid) or 0))
-            assert proc.stdout is not None and proc.stderr is not None
-            nursery.start_soon(_pump, proc.stdout, on_stdout, drain)
-            nursery.start_soon(_pump, proc.stderr, on_stderr, drain)
+            _follow(nursery, proc, on_stdout, on_stderr, drain, task_status)
             await proc.wait()
         except BaseException:
             nursery.cancel_scope.cancel()  # so run_process stops the leader via deliver_cancel
@@ -218,9 +214,7 @@ async def adopt_process_group(
         raise
     drain = _Drain()
     async with trio.open_nursery() as nursery:
-        task_status.started(ProcessInfo(proc.pid, process_start_ticks(proc.pid) or 0))
-        nursery.start_soon(_pump, proc.stdout, on_stdout, drain)
-        nursery.start_soon(_pump, proc.stderr, on_stderr, drain)
+        _follow(nursery, proc, on_stdout, on_stderr, drain, task_status)
         try:
             await proc.wait()
         finally:
@@ -229,6 +223,22 @@ async def adopt_process_group(
             drain.start(_DRAIN_IDLE_S)
     assert proc.returncode is not None
     return proc.returncode
+
+
+def _follow(
+    nursery: trio.Nursery,
+    proc: trio.Process,
+    on_stdout: Sink,
+    on_stderr: Sink,
+    drain: _Drain,
+    task_status: trio.TaskStatus[ProcessInfo],
+) -> None:
+    """Report the started process and pump its output to the sinks."""
+    # start_ticks is 0 only if the leader exited within microseconds and was already reaped.
+    task_status.started(ProcessInfo(proc.pid, process_start_ticks(proc.pid) or 0))
+    assert proc.stdout is not None and proc.stderr is not None
+    nursery.start_soon(_pump, proc.stdout, on_stdout, drain)
+    nursery.start_soon(_pump, proc.stderr, on_stderr, drain)
 
 
 def _sole_spawn_error(exc: BaseException) -> SpawnError | None:

@@ -77,6 +77,11 @@ class Runner(Protocol):
         ...
 
 
+def local_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What a local job's process gets: the server's base environment, then the job's own."""
+    return {**job_base_environment(), **env}
+
+
 class LocalRunner:
     """Each job is a child process in its own process group on this machine."""
 
@@ -95,7 +100,7 @@ class LocalRunner:
         *,
         task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
     ) -> int:
-        full_env = {**job_base_environment(), **env}
+        full_env = local_environment(env)
         async with trio.open_nursery() as nursery:
             returncode: list[int] = []
 

@@ -31,14 +31,14 @@ from pydantic import BaseModel
 
 from lmeval_trio import command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
-from lmeval_trio.config import Settings, job_base_environment
+from lmeval_trio.config import Settings
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
-from lmeval_trio.runner import LocalRunner, Runner, Started
+from lmeval_trio.runner import LocalRunner, Runner, Started, local_environment
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
 from lmeval_trio.store import Draft, JobStore
@@ -161,7 +161,7 @@ class Supervisor:
             await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
             raise
         if self.warm is not None:
-            self.warm.prime(job_base_environment() | self._environment({}, ()))
+            self.warm.prime(local_environment(self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
         self._nursery.start_soon(self._dispatch)
         self._accepting = self._alive = True
@@ -516,7 +516,7 @@ class Supervisor:
             if not live.reattach:
                 await self._mark_running(live, gpus)
             try:
-                env = self._environment(live.record.env, gpus)
+                env = self.job_environment(live.record.env, gpus)
                 returncode = await self._run_with_logs(live, env)
             except process.SpawnError as error:
                 return JobStatus.FAILED, {
@@ -561,7 +561,9 @@ class Supervisor:
         finally:
             await stdout.aclose()
 
-    def _environment(self, env_vars: Mapping[str, str], gpus: tuple[str, ...]) -> dict[str, str]:
+    def job_environment(
+        self, env_vars: Mapping[str, str], gpus: tuple[str, ...] = ()
+    ) -> dict[str, str]:
         """The job's own variables; the runner adds what its host needs (PATH, HOME, ...)."""
         env = {"PYTHONPYCACHEPREFIX": str(self.settings.effective_cache_dir / "pycache")}
         env.update(env_vars)
