@@ -48,7 +48,9 @@ class SettingsError(ValueError):
 class Settings(BaseModel):
     """Effective configuration of one server (or one embedded supervisor)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # validate_default: pydantic skips validators on defaults otherwise, and a default path
+    # left relative would be read against whatever folder a process happens to run in.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     data_dir: Path = Field(
         default=Path("lmeval-data"),
@@ -169,7 +171,7 @@ class Settings(BaseModel):
     @field_validator("data_dir", "api_keys_file", "cache_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser().absolute()
+        return None if value is None else _absolute_path(value)
 
     @field_validator("ray_address", mode="after")
     @classmethod
@@ -195,7 +197,7 @@ class Settings(BaseModel):
     @field_validator("allowed_path_roots", mode="after")
     @classmethod
     def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
-        return tuple(p.expanduser().absolute() for p in value)
+        return tuple(_absolute_path(p) for p in value)
 
     @field_validator("allowed_lm_eval_paths", mode="after")
     @classmethod
@@ -245,6 +247,12 @@ class Settings(BaseModel):
 
 
 CONFIG_FILE_VARIABLE = "LMEVAL_CONFIG_FILE"
+
+
+def _absolute_path(path: Path) -> Path:
+    """``path`` made absolute against the start-up folder, once: jobs run in their own
+    folders and warm runners elsewhere, so a relative path would mean something else there."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def _config_file_values(path: str | None) -> dict[str, Any]:

@@ -177,3 +177,36 @@ def test_json_log_lines_carry_the_job_id() -> None:
     line = json.loads(JsonLineFormatter().format(record))
     assert line["message"] == "job 7 queued" and line["job_id"] == 7
     assert line["level"] == "INFO" and line["ts"].endswith("+00:00")
+
+
+def test_every_path_setting_is_absolute_whatever_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs and warm runners run in other folders: a path left relative would double there."""
+    start = tmp_path / "start"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    config = tmp_path / "lmeval.toml"
+    config.write_text('cache_dir = "file-cache"\nallowed_path_roots = ["file-root"]\n')
+    (start / "keys").write_text("k\n")
+    sources = {
+        "default": Settings(),
+        "from_env default": Settings.from_env({}),
+        "environment": Settings.from_env(
+            {"LMEVAL_DATA_DIR": "env-data", "LMEVAL_API_KEYS_FILE": "keys"}
+        ),
+        "file": Settings.from_env({"LMEVAL_CONFIG_FILE": str(config)}),
+        "override": Settings.from_env({}, data_dir="cli-data/../cli", cache_dir=Path("c")),
+    }
+    for source, settings in sources.items():
+        paths = [settings.data_dir, settings.effective_cache_dir, *settings.allowed_path_roots]
+        if settings.api_keys_file is not None:
+            paths.append(settings.api_keys_file)
+        for path in paths:
+            assert path.is_absolute() and ".." not in path.parts, (source, path)
+            assert path.is_relative_to(start), (source, path)
+    assert sources["default"].data_dir == start / "lmeval-data"
+    assert sources["override"].data_dir == start / "cli"
+    assert sources["file"].allowed_path_roots == (start / "file-root",)
+    monkeypatch.chdir(tmp_path)  # settings built earlier keep meaning what they meant
+    assert sources["default"].data_dir == start / "lmeval-data"
