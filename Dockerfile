@@ -15,6 +15,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini \
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md hypercorn.toml example.json ./
 COPY lmeval_trio ./lmeval_trio
+COPY examples/tasks ./examples/tasks
 RUN uv sync --frozen --no-dev \
     && useradd --create-home --uid 10001 lmeval \
     && mkdir -p /data && chown lmeval /data

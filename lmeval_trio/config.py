@@ -227,6 +227,12 @@ class Settings(BaseModel):
     def effective_cache_dir(self) -> Path:
         return self.cache_dir or self.data_dir / "cache"
 
+    @property
+    def builtin_read_roots(self) -> tuple[Path, ...]:
+        """Folders the server ships that jobs may read but never write: the example tasks,
+        so the README's first job works without configuring any root."""
+        return tuple(p for p in (SHIPPED_EXAMPLE_TASKS,) if p.is_dir())
+
     def all_api_keys(self) -> frozenset[str]:
         """Keys from the setting and the key file (read at start, so rotation = restart)."""
         keys = set(self.api_keys)
@@ -247,6 +253,8 @@ class Settings(BaseModel):
 
 
 CONFIG_FILE_VARIABLE = "LMEVAL_CONFIG_FILE"
+#: ``examples/tasks`` of a source checkout (or the Docker image): read-only for jobs.
+SHIPPED_EXAMPLE_TASKS = Path(__file__).resolve().parent.parent / "examples" / "tasks"
 
 
 def _absolute_path(path: Path) -> Path:

@@ -78,6 +78,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 ONLINE_FLAGS = ("wandb_args", "wandb_config_args", "trackio_args", "hf_hub_log_args")
 # Folders lm-eval scans for task YAMLs: symlinks inside them must stay inside the roots too.
 SCANNED_FLAGS = ("include_path",)
+WRITTEN_FLAGS = ("output_path", "use_cache")  # never into the built-in read-only roots
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_GLOB_MATCHES = 1_000
 MAX_SCANNED_ENTRIES = 100_000
@@ -102,6 +103,12 @@ class Policy:
 
     @property
     def roots(self) -> tuple[Path, ...]:
+        builtin = (r.resolve() for r in self.settings.builtin_read_roots)
+        return (*self.write_roots, *builtin)
+
+    @property
+    def write_roots(self) -> tuple[Path, ...]:
+        """Where jobs may write: the built-in read roots are not among them."""
         data = self.settings.data_dir.resolve()
         return (data, *(r.resolve() for r in self.settings.allowed_path_roots))
 
@@ -192,6 +199,8 @@ class Policy:
             value = values.get(name)
             if isinstance(value, str):
                 self.check_path(name, value, scan=name in SCANNED_FLAGS)
+                if name in WRITTEN_FLAGS:
+                    self._inside_roots(name, self.resolve(name, value), self.write_roots)
         for task in _task_paths(values.get("tasks")):
             self.check_path("tasks", task, scan=True)
             for match in self._glob(task):
@@ -217,10 +226,13 @@ class Policy:
             for link in _symlinks_under(field, resolved):
                 self._inside_roots(field, self.resolve(field, str(link)))
 
-    def _inside_roots(self, field: str, resolved: Path) -> None:
-        if not any(resolved == root or root in resolved.parents for root in self.roots):
-            roots = ", ".join(str(r) for r in self.roots)
-            raise PolicyViolation(field, f"path must lie under an allowed root ({roots})")
+    def _inside_roots(
+        self, field: str, resolved: Path, roots: tuple[Path, ...] | None = None
+    ) -> None:
+        roots = self.roots if roots is None else roots
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            names = ", ".join(str(r) for r in roots)
+            raise PolicyViolation(field, f"path must lie under an allowed root ({names})")
 
     def _glob(self, pattern: str) -> list[str]:
         """lm-eval expands task YAML globs itself; check what they match, too."""

@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from lmeval_trio.cli_schema import MAX_ENV_VARS, MAX_LIST_ITEMS, MAX_STRING_CHARS
-from lmeval_trio.config import Settings, SettingsError
+from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS, Settings, SettingsError
 from lmeval_trio.http.security import OPEN_PATHS
 from lmeval_trio.policy import OFFLINE_ENV
 from lmeval_trio.status import JobStatus
@@ -225,6 +225,18 @@ async def test_paths_inside_the_roots_are_accepted(tmp_path: Path, data_dir: Pat
         await accepted(client, {"include_path": str(TASKS_DIR), "tasks": "tiny_mc"})
         await accepted(client, {"output_path": str(data_dir / "results"), "use_cache": "c"})
         await accepted(client, {"samples": '{"tiny_mc": [0, 1]}'})  # JSON, not a path
+
+
+async def test_shipped_examples_are_readable_never_writable(judge: httpx.AsyncClient) -> None:
+    """The README's first job reads examples/tasks with no root configured; no job may write
+    there (a task YAML in a readable root can import Python)."""
+    examples = SHIPPED_EXAMPLE_TASKS
+    await accepted(judge, {"include_path": str(examples), "tasks": "example_arith"})
+    await accepted(judge, {"tasks": str(examples / "example_arith.yaml")})
+    await refused(judge, {"output_path": str(examples / "out")}, "output_path")
+    await refused(judge, {"output_path": str(examples)}, "output_path")
+    await refused(judge, {"use_cache": str(examples / "c")}, "use_cache")
+    await refused(judge, {"include_path": str(examples.parent)}, "include_path")
 
 
 async def test_unusable_paths_are_refused_not_crashed(judge: httpx.AsyncClient) -> None:
