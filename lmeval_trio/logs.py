@@ -124,20 +124,19 @@ def read_segments(path: Path, max_bytes: int) -> list[str]:
 
 
 def collapse_redraws(text: str) -> list[str]:
-    """Lines of ``text`` with each tqdm redraw sequence reduced to its last state.
+    """Lines of ``text`` as a terminal would show them: each line (ended by ``\n`` only)
+    reduced to the state after its last ``\r``, so a tqdm bar is one line, not one per redraw.
 
-    Complete lines keep their ``\\n`` (as the original server's lists did); a trailing line
-    still being redrawn is returned without one.
+    Complete lines keep their ``\n`` (as the original server's lists did); a trailing line
+    still being redrawn is returned without one. Only ``\n`` ends a line: ``str.splitlines``
+    would also split on ``\r`` (and on form feeds, ``\x1c``, ``\u2028``, ...), turning every
+    redraw into a line of its own.
     """
-    lines = []
-    for raw in text.splitlines(keepends=True):
-        ending = "\n" if raw.endswith("\n") else ""
-        body = raw.rstrip("\r\n")
-        states = [s for s in body.split("\r") if s]
-        if states:
-            lines.append(states[-1] + ending)
-        elif ending and not body:
-            lines.append(ending)
+    *complete, rest = text.split("\n")
+    lines = [_last_state(line) + "\n" for line in complete]
+    last = _last_state(rest)
+    if last:
+        lines.append(last)
     return lines
 
 

@@ -135,3 +135,48 @@ async def test_chat_model_through_the_stub(server: Server, stub: StubHandle) -> 
     results = (await server.client.get(f"/job/{job['job_id']}/results")).json()
     assert [(m["task"], m["value"]) for m in results["metrics"]] == [("tiny_gen", 1.0)]
     assert stub.stats()["chat_requests"] == 6
+
+
+async def _event_log_lines(server: Server, job_id: int, stream: str) -> list[str]:
+    lines: list[str] = []
+    async with server.client.stream("GET", f"/job/{job_id}/events") as events:
+        kind = ""
+        async for line in events.aiter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "log":
+                frame = json.loads(line[6:])
+                if frame["stream"] == stream:
+                    lines.extend(frame["lines"])
+    return lines
+
+
+async def test_every_log_view_shows_each_bar_once_in_its_last_state(
+    server: Server, stub: StubHandle
+) -> None:
+    """A terminal shows one line per tqdm bar; so do GET /job, /logs (range and tail) and the
+    event stream, fed by a real lm-eval run whose bars redraw many times."""
+    stub.set_delay(0.05)
+    job_id = await server.submit(completions_job(stub))
+    streamed = await _event_log_lines(server, job_id, "stderr")  # live, from the start
+    job = await server.wait_status(job_id, JobStatus.COMPLETED, JobStatus.FAILED)
+    assert job["status"] == "Completed", job["reason"]
+    raw = (await server.client.get(f"/job/{job_id}/logs?stream=stderr&limit=1048576")).json()
+    text: str = raw["text"]
+    bars = [line for line in text.split("\n") if "Requesting API" in line]
+    redraws = [line.count("\rRequesting API") for line in bars]
+    assert len(bars) == 2 and min(redraws) >= 2 and sum(redraws) > 10, redraws
+    tail = (await server.client.get(f"/job/{job_id}/logs?stream=stderr&tail=1048576")).json()
+    views = {
+        "GET /job stderr": job["stderr"],
+        "logs range": raw["lines"],
+        "logs tail": tail["lines"],
+        "events": streamed,
+    }
+    for view, lines in views.items():
+        shown = [line for line in lines if "Requesting API" in line]
+        assert len(shown) == len(bars), (view, shown)
+        for line in shown:
+            assert "\r" not in line and "100%|" in line and line.endswith("\n"), (view, line)
+    assert views["logs range"] == views["events"]
+    assert views["logs tail"] == views["logs range"]

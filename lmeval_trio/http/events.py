@@ -56,7 +56,7 @@ async def event_stream(
         more = False
         for stream in STREAMS if logs else ():
             frame, offsets[stream], full = await _log_frame(
-                record.log_path(stream), stream, offsets[stream]
+                record.log_path(stream), stream, offsets[stream], ended=pulse is None
             )
             more = more or full
             if frame is not None:
@@ -82,14 +82,19 @@ async def event_stream(
 
 
 async def _log_frame(
-    path: Path, stream: str, offset: int
+    path: Path, stream: str, offset: int, *, ended: bool
 ) -> tuple[dict[str, Any] | None, int, bool]:
-    """New complete lines of one log from ``offset``: (frame or None, new offset, more?)."""
+    """New complete lines of one log from ``offset`` (and, once the job ``ended``, its
+    unfinished last line): (frame or None, new offset, more?)."""
     chunk = await trio.to_thread.run_sync(read_range, path, offset, CHUNK_BYTES)
     data = chunk.data
     full = len(data) >= CHUNK_BYTES - 4
-    if not full:
-        data = data[: max(data.rfind(b"\n"), data.rfind(b"\r")) + 1]  # finish lines first
+    end_of_line = data.rfind(b"\n")
+    if (full and end_of_line >= 0) or not (full or ended):
+        # Whole lines only: a bar still being redrawn arrives once, in its last state, when
+        # its line ends (the progress events carry it live meanwhile). A line longer than a
+        # whole chunk goes out in pieces.
+        data = data[: end_of_line + 1]
     if not data:
         return None, offset, False
     text = data.decode("utf-8", errors="replace")
