@@ -52,6 +52,18 @@ _DESC_NOT_INFERENCE = re.compile(
     re.IGNORECASE,
 )
 _BUILDING_LOG = "Building contexts for "
+# lm-eval's response cache (--use_cache: resumed and requeued jobs) answers these requests
+# before the model's bar starts, whose total is then only the remainder.
+# Models whose loglikelihood_rolling first windows every document under an unlabeled bar
+# (instant, not inference) and then scores batches of windows under per-batch "Running
+# loglikelihood requests" bars (lm-eval 0.4.13: HFLM and its subclasses, VLLM, SGLang,
+# NeMo). Other models (API, dummy, gguf, ...) score inside that unlabeled bar's loop.
+_WINDOWING_MODELS = frozenset(
+    {"hf", "hf-auto", "huggingface", "steered", "hf-mistral3", "mamba_ssm", "habana", "ipex"}
+    | {"openvino", "vllm", "sglang", "nemo_lm"}
+)
+_MODEL_LOG = re.compile(r"Initializing (\S{1,64}) model, with arguments")
+_CACHED_LOG = re.compile(r"Cached requests: (\d{1,15}), Requests remaining: (\d{1,15})")
 # Real runs have a handful of phases and 1-2 live bars each. The caps only bound
 # time, memory and the stored snapshot when stderr is pathological: past them, new
 # phases merge into the last one and the oldest live bar is folded into the sums.
@@ -113,11 +125,12 @@ class ProgressSnapshot:
     def to_dict(self) -> dict[str, object]:
         """JSON-able; repeats the current phase's fields flat for simple clients."""
         cur = self.phase
+        counted = cur is not None and (cur.total > 0 or cur.n > 0)  # no "0/0" before a bar
         return {
             "percent": self.percent,
             "phase": cur.name if cur else None,
-            "n": cur.n if cur else None,
-            "total": cur.total if cur else None,
+            "n": cur.n if cur and counted else None,
+            "total": cur.total if cur and cur.total > 0 else None,
             "rate_per_s": cur.rate_per_s if cur else None,
             "elapsed_s": cur.elapsed_s if cur else None,
             "eta_s": cur.eta_s if cur else None,
@@ -166,7 +179,14 @@ class _Phase:
     folded_total: int = 0
     latest: _Bar | None = None
     any_done: bool = False
+    batched: bool = False  # hf *_rolling: per-batch window bars; the request count is unknown
     cached: PhaseProgress | None = None  # only the current phase ever changes
+
+    def add_cached(self, count: int) -> None:
+        """Requests answered from the response cache are done before the model's bar."""
+        self.folded_n += count
+        self.folded_total += count
+        self.cached = None
 
     def progress(self) -> PhaseProgress:
         if self.cached is None:
@@ -176,10 +196,13 @@ class _Phase:
     def _compute(self) -> PhaseProgress:
         bars = self.active.values()
         last = self.latest
+        n = self.folded_n + sum(min(b.n, b.total) for b in bars)
         return PhaseProgress(
             name=self.name,
-            n=self.folded_n + sum(min(b.n, b.total) for b in bars),
-            total=self.folded_total + sum(b.total for b in bars),
+            n=n,
+            # Batched windows: how many there will be is known only at the end, so the
+            # total stays unknown (0) rather than a sum that is always one batch ahead.
+            total=0 if self.batched else self.folded_total + sum(b.total for b in bars),
             rate_per_s=last.rate_per_s if last else None,
             elapsed_s=last.elapsed_s if last else None,
             eta_s=last.eta_s if last else None,
@@ -195,6 +218,10 @@ class _Phase:
         post-processing, not inference (bootstrap stderr draws one with no log
         line before it), and is ignored.
         """
+        if self.name.endswith("_rolling") and (bar.desc or self.batched):
+            if not bar.desc:
+                return False  # hf windows the next requests: preparation
+            self._start_batches()
         prev = self.active.get(bar.desc)
         if prev is not None and prev.total == bar.total and bar.n >= prev.n:
             if prev == bar:
@@ -211,6 +238,16 @@ class _Phase:
         self.any_done = self.any_done or bar.done
         return True
 
+    def _start_batches(self) -> None:
+        """hf's loglikelihood_rolling: the unlabeled bar before was only windowing the
+        requests (instant); the model runs in per-batch ``Running loglikelihood requests``
+        bars, so only those count, and the phase's total is unknown."""
+        if not self.batched:
+            self.batched = True
+            self.active.pop("", None)
+            self.folded_n = self.folded_total = 0
+            self.any_done = False
+
     def _fold(self, desc: str) -> None:
         old = self.active.pop(desc)
         self.folded_n += min(old.n, old.total)
@@ -224,6 +261,7 @@ class ProgressTracker:
         self._phases: list[_Phase] = []
         self._current: _Phase | None = None
         self._complete = False
+        self._windowing = False  # the model windows rolling requests first (see above)
         self._snapshot = ProgressSnapshot()
 
     def feed(self, segment: str) -> bool:
@@ -260,6 +298,13 @@ class ProgressTracker:
         if "Running" in text and (m := _RUNNING_LOG.search(text.rstrip()[-_RUNNING_TAIL:])):
             self._start_phase(m.group(1), from_log=True)
             return True
+        if "Initializing" in text and (m := _MODEL_LOG.search(text)):
+            self._windowing = m.group(1) in _WINDOWING_MODELS
+            return False
+        cur = self._current
+        if cur is not None and "Cached requests" in text and (m := _CACHED_LOG.search(text)):
+            cur.add_cached(int(m.group(1)))
+            return True
         if self._current is not None and _BUILDING_LOG in text:
             self._current = None
             return True
@@ -284,6 +329,8 @@ class ProgressTracker:
             self._current = self._phases[-1]
             return self._current
         phase = _Phase(name=name, from_log=from_log)
+        if self._windowing and name.endswith("_rolling"):
+            phase.batched = True
         self._phases.append(phase)
         self._current = phase
         return phase
@@ -312,12 +359,15 @@ def _classify(desc: str) -> tuple[bool, str | None]:
 
 
 def _percent(phases: tuple[PhaseProgress, ...], complete: bool) -> int:
+    """tqdm's own figure (``f"{100 * n / total:3.0f}%"``: rounded, so 84/228 shows 37%),
+    over the phases whose totals are known; never 100 before the job succeeded."""
     if complete:
         return 100
-    total = sum(p.total for p in phases)
+    counted = [p for p in phases if p.total > 0]
+    total = sum(p.total for p in counted)
     if total <= 0:
         return 0
-    return min(99, 100 * sum(p.n for p in phases) // total)
+    return min(99, int(f"{100 * sum(min(p.n, p.total) for p in counted) / total:.0f}"))
 
 
 def _parse_bar(segment: str) -> tuple[_Bar, str] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import shutil
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -513,8 +514,10 @@ class Supervisor:
         returncode: int | None = None
         with live.scope:
             await trio.to_thread.run_sync(_prepare_dirs, live.record)
+            previous_reason = live.record.reason
             if not live.reattach:
                 await self._mark_running(live, gpus)
+                await trio.to_thread.run_sync(_mark_attempt, live.record, previous_reason)
             try:
                 env = self.job_environment(live.record.env, gpus)
                 returncode = await self._run_with_logs(live, env)
@@ -533,6 +536,7 @@ class Supervisor:
             started_at=utc_now(),
             finished_at=None,
             exit_code=None,
+            reason=None,  # a requeue's reason belongs to the attempt before (and to its log)
             attempts=live.record.attempts + 1,
             gpus=list(gpus),
         )
@@ -753,6 +757,22 @@ def _unwrap_spawn_error() -> Iterator[None]:
 def _prepare_dirs(record: JobRecord) -> None:
     record.job_dir.mkdir(parents=True, exist_ok=True)
     (record.job_dir / "cache").mkdir(exist_ok=True)
+
+
+def _mark_attempt(record: JobRecord, previous_reason: str | None) -> None:
+    """A requeued job's logs go on in the same files: its new attempt starts on a line of
+    its own (the last one may be a bar cut mid-redraw) under a marker naming the attempt."""
+    if record.attempts <= 1:
+        return
+    why = f" after: {previous_reason}" if previous_reason else ""
+    marker = f"[lmeval-trio] attempt {record.attempts} started at {record.started_at}{why}\n"
+    for path in (record.stdout_path, record.stderr_path):
+        with open(path, "a+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            if size:
+                file.seek(size - 1)
+                glued = file.read(1) != b"\n"
+            file.write((("\n" if size and glued else "") + marker).encode())
 
 
 def _copy_cache(old_dir: Path, new_dir: Path) -> None:

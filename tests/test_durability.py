@@ -173,3 +173,33 @@ async def test_retention_by_age(tmp_path: Path) -> None:
         new = await supervisor.submit(fake_job("env"))
         await supervisor.wait(new.id)
         assert [r.id for r in await supervisor.list_jobs()] == [new.id]
+
+
+async def test_a_requeued_job_goes_on_honestly(tmp_path: Path, stub: StubHandle) -> None:
+    """Interrupted by a shutdown mid-phase, then completed by the next supervisor: its new
+    attempt starts on a line of its own under a marker, the cached answers count as done
+    (the phase is not restarted at 0 over the remainder) and the old reason is gone."""
+    settings = make_settings(tmp_path, max_concurrency=1)
+    stub.set_delay(0.1)
+    async with Supervisor(settings) as supervisor:
+        record = await supervisor.submit(completions_job(stub))
+        with trio.fail_after(120):
+            while supervisor.progress_dict(await supervisor.get(record.id))["percent"] < 40:
+                pulse = supervisor.live_changes(record.id)
+                assert pulse is not None, "the job ended early"
+                await pulse.wait_past(pulse.version)
+    first_run = stub.stats()["v1_requests"]
+    stub.set_delay(0)
+    async with Supervisor(settings) as supervisor:
+        requeued = await supervisor.get(record.id)
+        assert requeued.status is JobStatus.QUEUED and "requeued" in (requeued.reason or "")
+        final = await supervisor.wait(record.id)
+    assert final.status is JobStatus.COMPLETED and final.reason is None and final.attempts == 2
+    assert stub.stats()["v1_requests"] <= 38 + 2  # the first attempt's answers were reused
+    assert first_run >= 10
+    phases = {p["name"]: (p["n"], p["total"]) for p in (final.progress or {})["phases"]}
+    assert phases == {"loglikelihood": (32, 32), "generate_until": (6, 6)}
+    log = final.stderr_path.read_text(encoding="utf-8")
+    marker = next(line for line in log.split("\n") if "[lmeval-trio] attempt 2" in line)
+    assert marker.startswith("[lmeval-trio] attempt 2 started at ")
+    assert "after: interrupted: the server" in marker

@@ -178,18 +178,81 @@ def test_redraw_of_same_state_reports_no_change() -> None:
 
 
 def test_sub_bars_of_one_phase_are_summed() -> None:
-    # hf loglikelihood_rolling: an unlabeled bar over docs, then one labeled bar per batch.
+    # A labeled bar that starts over (hf re-batching): each sub-bar adds to the phase.
     tracker = feed_all(
-        [LOG.format("loglikelihood_rolling"), bar("", 0, 3), bar("", 3, 3), bar("", 3, 3)]
+        [LOG.format("loglikelihood")]
         + [bar("Running loglikelihood requests", n, 8) for n in (0, 4, 8, 8)]
-        + [bar("Running loglikelihood requests", 0, 8)]
+        + [bar("Running loglikelihood requests", 0, 4), bar("Running loglikelihood requests", 2, 4)]
     )
-    assert phase_totals(tracker.snapshot()) == [("loglikelihood_rolling", 11, 19)]
-    feed_all([bar("Running loglikelihood requests", n, 8) for n in (5, 8)], tracker)
-    feed_all([bar("Running loglikelihood requests", n, 4) for n in (0, 4, 4)], tracker)
     snap = tracker.snapshot()
-    assert phase_totals(snap) == [("loglikelihood_rolling", 23, 23)]
-    assert snap.percent == 99
+    assert phase_totals(snap) == [("loglikelihood", 10, 12)]
+    assert snap.percent == 83
+
+
+def test_hf_rolling_windows_are_not_inference_and_batches_do_not_jump_to_99() -> None:
+    """hf loglikelihood_rolling: an unlabeled bar windows every document in a blink, then
+    one ``Running loglikelihood requests 1/1`` bar per batch of windows (lm-eval 0.4.13,
+    HFLM.loglikelihood_rolling). Neither says how much is left: the percent must not
+    claim 99 after the first batch."""
+    model = "2026-11-27:18:51:20 INFO     [evaluator:239] Initializing hf model, with arguments: {}"
+    windowing = [bar("", 0, 50), bar("", 50, 50), bar("", 50, 50)]
+    tracker = feed_all([model, LOG.format("loglikelihood_rolling"), *windowing])
+    assert tracker.snapshot().percent == 0  # windowing only: nothing evaluated yet
+    for _ in range(3):
+        feed_all([bar("Running loglikelihood requests", n, 1) for n in (0, 1, 1)], tracker)
+    snap = tracker.snapshot()
+    assert phase_totals(snap) == [("loglikelihood_rolling", 3, 0)]  # 3 windows scored
+    assert snap.percent == 0
+    assert snap.to_dict()["n"] == 3 and snap.to_dict()["total"] is None
+    tracker.complete()
+    assert tracker.snapshot().percent == 100
+
+
+def test_rolling_batches_of_an_unknown_model_drop_the_windowing_bar() -> None:
+    tracker = feed_all([LOG.format("loglikelihood_rolling"), bar("", 0, 5), bar("", 5, 5)])
+    feed_all([bar("Running loglikelihood requests", n, 1) for n in (0, 1)], tracker)
+    assert phase_totals(tracker.snapshot()) == [("loglikelihood_rolling", 1, 0)]
+    assert tracker.snapshot().percent == 0
+
+
+def test_api_rolling_requests_bar_is_inference() -> None:
+    # API models score each document inside the unlabeled loop: that bar is the progress.
+    tracker = feed_all([LOG.format("loglikelihood_rolling"), bar("", 0, 10), bar("", 4, 10)])
+    assert phase_totals(tracker.snapshot()) == [("loglikelihood_rolling", 4, 10)]
+    assert tracker.snapshot().percent == 40
+
+
+def test_percent_is_what_tqdm_displays() -> None:
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    for n, total in [(84, 228), (1, 3), (2, 3), (1, 8), (5, 8), (199, 1000), (7, 9)]:
+        shown = tqdm.format_meter(n, total, 1.0)
+        tracker = feed_all([LOG.format("loglikelihood"), shown])
+        assert f"{tracker.snapshot().percent:3d}%|" in shown, shown
+    assert feed_all([LOG.format("x"), tqdm.format_meter(227, 228, 1.0)]).snapshot().percent == 99
+
+
+def test_cached_requests_count_as_done() -> None:
+    """A resumed or requeued job answers part of a phase from its response cache; the
+    model's bar then covers only the remainder."""
+    tracker = feed_all(
+        [
+            LOG.format("loglikelihood"),
+            "2026-11-27:18:51:21 INFO     [api.model:329] Cached requests: 24, "
+            "Requests remaining: 8",
+            bar("Requesting API", 0, 8),
+        ]
+    )
+    assert phase_totals(tracker.snapshot()) == [("loglikelihood", 24, 32)]
+    assert tracker.snapshot().percent == 75
+    tracker.feed(bar("Requesting API", 4, 8))
+    assert tracker.snapshot().percent == 88
+
+
+def test_a_phase_without_a_bar_shows_no_counts() -> None:
+    snap = feed_all([LOG.format("generate_until")]).snapshot()
+    data = snap.to_dict()
+    assert data["phase"] == "generate_until" and data["n"] is None and data["total"] is None
 
 
 def test_unlabeled_bar_after_finished_phase_is_ignored() -> None:

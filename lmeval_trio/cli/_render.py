@@ -64,11 +64,18 @@ def _rate(rate: float | None) -> str:
 
 def phase_line(phase: Phase, name_width: int = 16) -> str:
     """``loglikelihood  [######----]  60%  12/20  3.40 it/s  0:03<0:02``"""
-    fraction = phase.n / phase.total if phase.total else 0.0
+    if not phase.total:  # no bar yet, or a count whose end lm-eval does not say: no "0/0"
+        done = f"{phase.n} done" if phase.n else "starting"
+        return (
+            f"{phase.name:<{name_width}} [{'-' * BAR_WIDTH}]    ?  {done}"
+            f"  {_rate(phase.rate_per_s)}  {clock(phase.elapsed_s)}"
+        )
+    fraction = phase.n / phase.total
     filled = int(BAR_WIDTH * min(fraction, 1.0))
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    percent = int(f"{100 * min(fraction, 1.0):.0f}")  # as tqdm shows it
     return (
-        f"{phase.name:<{name_width}} [{bar}] {int(100 * fraction):3d}%  {phase.n}/{phase.total}"
+        f"{phase.name:<{name_width}} [{bar}] {percent:3d}%  {phase.n}/{phase.total}"
         f"  {_rate(phase.rate_per_s)}  {clock(phase.elapsed_s)}<{clock(phase.eta_s)}"
     )
 

@@ -68,7 +68,9 @@ export function setPhaseProgress(el, phase, status) {
   el.setAttribute("aria-valuenow", String(percent));
   el.querySelector(".progress-fill").style.width = `${percent}%`;
   text(el.querySelector(".pct"), `${percent}%`);
-  const parts = [`${(phase.n ?? 0).toLocaleString()}/${total.toLocaleString()}`];
+  // No "0/0": a phase without a bar yet is starting; without a known total, a count.
+  const counted = total ? `${(phase.n ?? 0).toLocaleString()}/${total.toLocaleString()}` : "";
+  const parts = [counted || (phase.n ? `${phase.n.toLocaleString()} done` : "starting")];
   const rate = fmtRate(phase.rate_per_s);
   if (rate) parts.push(rate);
   if (Number.isFinite(phase.elapsed_s)) parts.push(`${fmtDuration(phase.elapsed_s)} elapsed`);
