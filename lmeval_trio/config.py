@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,8 @@ _LIST_FIELDS = frozenset(
     }
 )
 _SECRET_FIELDS = frozenset({"api_keys"})
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -173,6 +176,49 @@ class Settings(BaseModel):
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else _absolute_path(value)
 
+    @field_validator("data_dir", "cache_dir", mode="after")
+    @classmethod
+    def _folder_or_missing(cls, value: Path | None) -> Path | None:
+        """Created at start when missing; anything else than a folder cannot hold jobs."""
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a folder")
+        return value
+
+    @field_validator("api_keys_file", mode="after")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        """A key file that is not there would leave the server open without a word."""
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @field_validator("allowed_path_roots", "allowed_lm_eval_paths", mode="before")
+    @classmethod
+    def _no_colon_lists(cls, value: Any) -> Any:
+        """``/a:/b`` (PATH style) would be taken as one path that does not exist."""
+        for item in value if isinstance(value, list | tuple) else ():
+            text = str(item)
+            if ":" in text and any(part.startswith(("/", "~")) for part in text.split(":")[1:]):
+                raise ValueError(f"{text!r}: separate entries with commas, not ':'")
+        return value
+
+    @field_validator("env_allowlist", mode="after")
+    @classmethod
+    def _variable_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not _VARIABLE_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not environment variable names: {bad}")
+        return value
+
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Browsers send ``scheme://host[:port]``; anything else would never match."""
+        bad = [o for o in value if o != "*" and not _ORIGIN.fullmatch(o)]
+        if bad:
+            raise ValueError(f"origins look like https://host[:port] (or *), got {bad}")
+        return value
+
     @field_validator("ray_address", mode="after")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -197,7 +243,11 @@ class Settings(BaseModel):
     @field_validator("allowed_path_roots", mode="after")
     @classmethod
     def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
-        return tuple(_absolute_path(p) for p in value)
+        roots = tuple(_absolute_path(p) for p in value)
+        missing = [str(p) for p in roots if not p.is_dir()]
+        if missing:
+            raise ValueError(f"not existing folders: {missing}")
+        return roots
 
     @field_validator("allowed_lm_eval_paths", mode="after")
     @classmethod
@@ -206,6 +256,9 @@ class Settings(BaseModel):
         relative = [p for p in paths if not os.path.isabs(p)]
         if relative:
             raise ValueError(f"entries must be absolute paths, got {relative}")
+        unusable = [p for p in paths if not (os.path.isfile(p) and os.access(p, os.X_OK))]
+        if unusable:
+            raise ValueError(f"not executable files: {unusable}")
         return paths
 
     @classmethod
@@ -325,5 +378,5 @@ def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         name = env_name(str(item["loc"][0])) if item["loc"] else "settings"
-        parts.append(f"{name}: {item['msg']}")
+        parts.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
     return "invalid settings: " + "; ".join(parts)

@@ -104,7 +104,10 @@ async def test_a_stopped_queued_job_never_runs(server: Server) -> None:
 
 async def test_missing_executable_fails_the_job_not_the_server(tmp_path: Path) -> None:
     missing = tmp_path / "missing-lm-eval"
+    missing.write_text("#!/bin/sh\n")
+    missing.chmod(0o755)
     settings = make_settings(tmp_path, allowed_lm_eval_paths=(str(FAKE_LM_EVAL), str(missing)))
+    missing.unlink()  # allowed at start (settings refuse a missing one), gone since
     async with trio.open_nursery() as nursery:
         url, shutdown, app = await start_server(nursery, settings)
         async with httpx.AsyncClient(base_url=url) as client:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,6 +193,7 @@ def test_every_path_setting_is_absolute_whatever_its_source(
     config = tmp_path / "lmeval.toml"
     config.write_text('cache_dir = "file-cache"\nallowed_path_roots = ["file-root"]\n')
     (start / "keys").write_text("k\n")
+    (start / "file-root").mkdir()
     sources = {
         "default": Settings(),
         "from_env default": Settings.from_env({}),
@@ -210,3 +215,46 @@ def test_every_path_setting_is_absolute_whatever_its_source(
     assert sources["file"].allowed_path_roots == (start / "file-root",)
     monkeypatch.chdir(tmp_path)  # settings built earlier keep meaning what they meant
     assert sources["default"].data_dir == start / "lmeval-data"
+
+
+def test_settings_refuse_what_they_cannot_mean(tmp_path: Path) -> None:
+    """Mistakes that would otherwise surface later, as refusals or an open server, stop the
+    start with a message naming the variable."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b, file = tmp_path / "a", tmp_path / "b", tmp_path / "file"
+    file.write_text("x")
+    cases = [
+        ("LMEVAL_ALLOWED_PATH_ROOTS", f"{a}:{b}", "separate entries with commas, not ':'"),
+        ("LMEVAL_ALLOWED_LM_EVAL_PATHS", f"{file}:/bin/sh", "with commas, not ':'"),
+        ("LMEVAL_ALLOWED_PATH_ROOTS", str(tmp_path / "nope"), "not existing folders"),
+        ("LMEVAL_ALLOWED_PATH_ROOTS", str(file), "not existing folders"),
+        ("LMEVAL_ALLOWED_LM_EVAL_PATHS", str(file), "not executable files"),
+        ("LMEVAL_API_KEYS_FILE", str(tmp_path / "no-keys"), "is not a file"),
+        ("LMEVAL_DATA_DIR", str(file), "exists and is not a folder"),
+        ("LMEVAL_CACHE_DIR", str(file), "exists and is not a folder"),
+        ("LMEVAL_ENV_ALLOWLIST", "HF_TOKEN,OPENAI API KEY", "not environment variable names"),
+        ("LMEVAL_CORS_ORIGINS", "dashboard.example", "https://host"),
+    ]
+    for variable, value, message in cases:
+        with pytest.raises(SettingsError, match=re.escape(message)) as refused:
+            Settings.from_env({variable: value})
+        assert str(refused.value).startswith(f"invalid settings: {variable}: "), refused.value
+    fine = Settings.from_env(
+        {"LMEVAL_ALLOWED_PATH_ROOTS": f"{a},{b}", "LMEVAL_CORS_ORIGINS": "http://h:8080,*"}
+    )
+    assert fine.allowed_path_roots == (a, b)
+
+
+def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
+    env = {**os.environ, "LMEVAL_ALLOWED_PATH_ROOTS": "/nonexistent-a:/nonexistent-b"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import lmeval_trio.asgi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_ALLOWED_PATH_ROOTS:")
+    assert "Traceback" not in result.stderr
