@@ -247,24 +247,51 @@ class Supervisor:
         self._warm_scope.cancel()
         self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
+        ids = [live.id for live in started]
+        waiting = len(self._live) - len(started)
+        if self._detached:
+            log.info(
+                "shutdown: detaching %d running jobs %s (followed again at the next start); "
+                "%d stay queued",
+                len(ids),
+                ids,
+                waiting,
+            )
+        else:
+            log.info(
+                "shutdown: stopping %d running jobs %s; %d stay queued", len(ids), ids, waiting
+            )
         for live in started:
             self._cancel(live, StopReason.SHUTDOWN)
         for live in started:
             await live.done.wait()
+        if self.warm is not None:
+            log.info("shutdown: idle warm runners terminated")
+        log.info("shutdown: done; no job process left")
 
     # -- recovery -------------------------------------------------------------------------
 
     async def _recover(self) -> None:
         """Re-attach or requeue what the previous run left, then queue the rest in order."""
+        attached: list[int] = []
         for record in await self.store.select([JobStatus.RUNNING]):
             if record.backend == self.runner.name and await self.runner.recover(record):
                 log.info("job %s: re-attaching to %s", record.id, record.external_id)
                 self._enqueue(record, reattach=True)
+                attached.append(record.id)
                 continue
             reason = f"interrupted: the server stopped while this job ran (pid {record.pid})"
-            await self._finish_interrupted(record, reason)
-        for record in await self.store.select([JobStatus.QUEUED], order="queue"):
+            _log_transition(await self._finish_interrupted(record, reason), JobStatus.RUNNING)
+        queued = await self.store.select([JobStatus.QUEUED], order="queue")
+        for record in queued:
             self._enqueue(record)
+        log.info(
+            "start-up: data in %s; %d jobs re-attached %s, %d queued (interrupted ones first)",
+            self.settings.data_dir,
+            len(attached),
+            attached,
+            len(queued),
+        )
         await self._prune()
 
     async def _finish_interrupted(self, record: JobRecord, reason: str) -> JobRecord:
@@ -673,13 +700,7 @@ class Supervisor:
             live.record = await self._finish_interrupted(live.record, str(fields.get("reason")))
         else:
             live.record = await self.store.transition(live.id, old, status, **fields)
-        log.info(
-            "job %s: %s -> %s",
-            live.id,
-            old.value,
-            live.record.status.value,
-            extra={"job_id": live.id},
-        )
+        _log_transition(live.record, old)
         if live.record.status.is_terminal and live.record.started_at:
             self.metrics.job_duration.labels(live.record.status.value).observe(
                 _seconds_between(live.record.started_at, live.record.finished_at)
@@ -757,6 +778,22 @@ def _unwrap_spawn_error() -> Iterator[None]:
 def _prepare_dirs(record: JobRecord) -> None:
     record.job_dir.mkdir(parents=True, exist_ok=True)
     (record.job_dir / "cache").mkdir(exist_ok=True)
+
+
+def _log_transition(record: JobRecord, old: JobStatus) -> None:
+    """The operator's log: every status change, with its reason (a failure's cause)."""
+    new = record.status
+    level = logging.WARNING if new is JobStatus.FAILED else logging.INFO
+    why = f": {record.reason}" if record.reason else ""
+    log.log(
+        level,
+        "job %s: %s -> %s%s",
+        record.id,
+        old.value,
+        new.value,
+        why,
+        extra={"job_id": record.id},
+    )
 
 
 def _mark_attempt(record: JobRecord, previous_reason: str | None) -> None:

@@ -258,3 +258,38 @@ def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_ALLOWED_PATH_ROOTS:")
     assert "Traceback" not in result.stderr
+
+
+async def test_the_operators_log_tells_the_story(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Start-up, each transition with its reason (failures as warnings), and what a shutdown
+    stopped and requeued."""
+    caplog.set_level(logging.INFO, logger="lmeval_trio.supervisor")
+    settings = make_settings(tmp_path, max_concurrency=1)
+    async with Supervisor(settings) as supervisor:
+        failing = await supervisor.submit(fake_job("exit", FAKE_CODE="3"))
+        await supervisor.wait(failing.id)
+        blocking = await supervisor.submit(fake_job("block"))
+        waiting = await supervisor.submit(fake_job("env"))
+        await _wait_running(supervisor, blocking.id)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    startup = f"start-up: data in {settings.data_dir}; 0 jobs re-attached [], 0 queued"
+    assert messages[0][1].startswith(startup), messages[0]
+    cause = "lm-eval exited with code 3: ValueError: fake failure for the test"
+    assert (logging.WARNING, f"job {failing.id}: Running -> Failed: {cause}") in messages
+    assert (
+        logging.INFO,
+        f"shutdown: stopping 1 running jobs [{blocking.id}]; 1 stay queued",
+    ) in messages
+    requeued = f"job {blocking.id}: Running -> Queued: interrupted: the server shut down"
+    assert any(m.startswith(requeued) and m.endswith("; requeued") for _, m in messages)
+    assert messages[-1] == (logging.INFO, "shutdown: done; no job process left")
+    caplog.clear()
+    async with Supervisor(settings.model_copy(update={"max_concurrency": 0})):
+        pass
+    restarted = [r.getMessage() for r in caplog.records]
+    assert f"start-up: data in {settings.data_dir}; 0 jobs re-attached [], 2 queued" in (
+        restarted[0] if restarted else ""
+    ), restarted
+    assert waiting.id > blocking.id
