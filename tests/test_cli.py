@@ -91,6 +91,11 @@ async def test_help_lists_commands_and_lm_evals_own_flags() -> None:
     submit = await cli(None, "submit", "--help")
     for flag in ("--model_args", "--model-args", "--num_fewshot", "--limit", "--log_samples"):
         assert flag in submit.out  # generated from lm-eval's parser
+    serve = await cli(None, "serve", "--help")
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", serve.out))
+    assert flags == {"--help", "--host", "--port", "--data-dir", "--concurrency", "--json"} | {
+        "--hypercorn-config"
+    }  # only what serve uses: no client options (--url, --api-key)
 
 
 async def test_submit_flags_become_the_request(server: Server) -> None:
@@ -203,7 +208,7 @@ async def test_jobs_show_logs_results(server: Server) -> None:
         server.url,
         ["jobs"],
         ["jobs", "--status", "Running", "--json"],
-        ["jobs", "--limit", "1"],
+        ["jobs", "--limit", "1", "--oldest-first"],
         ["show", str(done)],
         ["--json", "show", str(done)],
         ["logs", str(done), "--stream", "stdout"],
@@ -216,11 +221,11 @@ async def test_jobs_show_logs_results(server: Server) -> None:
         "ID", "STATUS", "PROGRESS", "MODEL", "TASKS", "CREATED", "DURATION"
     ]  # fmt: skip
     assert [line.split()[:2] for line in table.out.splitlines()[1:]] == [
+        [str(running), "Running"],  # newest first, as the dashboard lists them
         [str(done), "Completed"],
-        [str(running), "Running"],
     ]
     assert [j["job_id"] for j in running_only.json()["jobs"]] == [running]
-    assert "(1 of 2 jobs" in limited.out
+    assert "(1 of 2 jobs" in limited.out and limited.out.splitlines()[1].split()[0] == str(done)
     assert show.out.startswith(f"Job {done}: Completed (exit code 0)")
     assert "command:" in show.out and str(FAKE_LM_EVAL) in show.out
     assert show_json.json()["exit_code"] == 0

@@ -58,3 +58,28 @@ def test_lock_file_is_current() -> None:
     for requirement in project["dependencies"]:
         name = re.split(r"[\[<>=~! ]", requirement, maxsplit=1)[0].lower()
         assert name in locked, name
+
+
+def test_serving_installs_only_what_serving_needs() -> None:
+    """The README's serve command leaves out the dev group (test, lint, browser, Ray tools);
+    the test command installs everything."""
+    serve, test = _readme_commands()
+    assert "uv run --frozen --no-dev hypercorn" in serve and "--no-dev" not in test
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime = {
+        re.split(r"[\[<>=~! ]", r, maxsplit=1)[0] for r in project["project"]["dependencies"]
+    }
+    dev = {re.split(r"[\[<>=~! ]", r, maxsplit=1)[0] for r in project["dependency-groups"]["dev"]}
+    for tool in ("ray", "playwright", "mypy", "schemathesis", "pytest", "ruff"):
+        assert tool in dev and tool not in runtime, tool
+
+
+def test_docker_build_context_leaves_out_environment_data_and_history() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", "lmeval-data", "**/__pycache__"} <= ignored
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY examples/tasks ./examples/tasks" in dockerfile  # the README's first job

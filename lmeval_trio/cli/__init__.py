@@ -73,8 +73,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler | None, help_text: str) -> argparse.ArgumentParser:
+        # serve talks to no server: the client options (--url, --api-key) are not its own.
+        parents = [] if handler is None else [common]
         command_parser = sub.add_parser(
-            name, parents=[common], help=help_text, description=help_text
+            name, parents=parents, help=help_text, description=help_text
         )
         command_parser.set_defaults(handler=handler)
         return command_parser
@@ -113,6 +115,9 @@ def _jobs_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--active", action="store_true", help="only queued and running jobs")
     parser.add_argument("--limit", type=int, help="at most this many jobs")
     parser.add_argument("--offset", type=int, default=0, help="skip this many jobs")
+    parser.add_argument(
+        "--oldest-first", action="store_true", help="oldest first (default: newest first)"
+    )
 
 
 def _logs_parser(parser: argparse.ArgumentParser) -> None:

@@ -107,7 +107,11 @@ def _report_failure(job: JobDetail, out: Output) -> int:
 
 def jobs(client: Client, args: argparse.Namespace, out: Output) -> int:
     listing = client.list_jobs(
-        args.status, active_only=args.active, limit=args.limit, offset=args.offset
+        args.status,
+        active_only=args.active,
+        limit=args.limit,
+        offset=args.offset,
+        newest_first=not args.oldest_first,  # as the dashboard lists them
     )
     if not listing.jobs and not out.json:
         out.note("No jobs.")

@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, help="jobs run at once (MAX_CONCURRENCY)", metavar="N"
     )
     parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="server logs as JSON lines (LMEVAL_LOG_FORMAT=json)",
+    )
+    parser.add_argument(
         "--hypercorn-config",
         type=Path,
         metavar="TOML",

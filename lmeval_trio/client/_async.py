@@ -94,8 +94,9 @@ class AsyncClient(ClientBase):
         active_only: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> JobList:
-        return await self._send(Routes.list_jobs(status, active_only, limit, offset))
+        return await self._send(Routes.list_jobs(status, active_only, limit, offset, newest_first))
 
     async def get_job(self, job_id: int) -> JobDetail:
         return await self._send(Routes.get_job(job_id))

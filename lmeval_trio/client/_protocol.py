@@ -106,8 +106,9 @@ class Routes:
         active_only: bool,
         limit: int | None,
         offset: int,
+        newest_first: bool = False,
     ) -> Call[JobList]:
-        params: dict[str, str | int] = {}
+        params: dict[str, str | int] = {"order": "desc"} if newest_first else {}
         if status is not None:
             params["status"] = _status_param(status)
         if active_only:

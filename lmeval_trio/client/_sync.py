@@ -92,8 +92,9 @@ class Client(ClientBase):
         active_only: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> JobList:
-        return self._send(Routes.list_jobs(status, active_only, limit, offset))
+        return self._send(Routes.list_jobs(status, active_only, limit, offset, newest_first))
 
     def get_job(self, job_id: int) -> JobDetail:
         return self._send(Routes.get_job(job_id))
