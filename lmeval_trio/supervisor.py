@@ -191,6 +191,7 @@ class Supervisor:
                 with trio.CancelScope(shield=True):
                     await self.store.close()
                 self.closed.set()
+        log.info("shutdown: done; no job or warm runner process left")
         return result
 
     async def run(
@@ -265,9 +266,6 @@ class Supervisor:
             self._cancel(live, StopReason.SHUTDOWN)
         for live in started:
             await live.done.wait()
-        if self.warm is not None:
-            log.info("shutdown: idle warm runners terminated")
-        log.info("shutdown: done; no job process left")
 
     # -- recovery -------------------------------------------------------------------------
 

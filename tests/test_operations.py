@@ -284,7 +284,7 @@ async def test_the_operators_log_tells_the_story(
     ) in messages
     requeued = f"job {blocking.id}: Running -> Queued: interrupted: the server shut down"
     assert any(m.startswith(requeued) and m.endswith("; requeued") for _, m in messages)
-    assert messages[-1] == (logging.INFO, "shutdown: done; no job process left")
+    assert messages[-1] == (logging.INFO, "shutdown: done; no job or warm runner process left")
     caplog.clear()
     async with Supervisor(settings.model_copy(update={"max_concurrency": 0})):
         pass
