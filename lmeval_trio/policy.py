@@ -174,8 +174,8 @@ class Policy:
             rule = self._env_rule(name)
             if rule is not None:
                 raise PolicyViolation(field, rule)
-            if name.upper() in PATH_ENV_NAMES:
-                self.check_path(field, value)
+            if name.upper() in PATH_ENV_NAMES:  # caches and temp folders: written to
+                self._inside_roots(field, self.resolve(field, value), self.write_roots)
 
     def _env_rule(self, name: str) -> str | None:
         """Why ``name`` may not be set, or None."""

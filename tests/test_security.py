@@ -236,6 +236,8 @@ async def test_shipped_examples_are_readable_never_writable(judge: httpx.AsyncCl
     await refused(judge, {"output_path": str(examples / "out")}, "output_path")
     await refused(judge, {"output_path": str(examples)}, "output_path")
     await refused(judge, {"use_cache": str(examples / "c")}, "use_cache")
+    await refused(judge, {"env_vars": {"TMPDIR": str(examples)}}, "env_vars.TMPDIR")
+    await refused(judge, {"env_vars": {"HF_HOME": str(examples / "hf")}}, "env_vars.HF_HOME")
     await refused(judge, {"include_path": str(examples.parent)}, "include_path")
 
 
