@@ -435,3 +435,12 @@ def test_clock_and_table() -> None:
 async def test_usage_errors_exit_2() -> None:
     runs = await cli_all(None, ["jobs", "--url"], ["show", "x"], ["results", "1", "--format", "x"])
     assert [run.code for run in runs] == [2, 2, 2]
+
+
+def test_a_phase_without_a_known_total_shows_no_zero_of_zero() -> None:
+    starting = render.phase_line(Phase(name="generate_until"))
+    assert "0/0" not in starting and "starting" in starting
+    windows = render.phase_line(Phase(name="loglikelihood_rolling", n=12, rate_per_s=3.0))
+    assert "12 done" in windows and "/0" not in windows
+    shown = render.phase_line(Phase(name="loglikelihood", n=84, total=228))
+    assert " 37%  84/228" in shown  # as tqdm shows it
