@@ -122,7 +122,10 @@ async def readme_server(clone: Path) -> AsyncIterator[Served]:
                 with trio.move_on_after(40):
                     await proc.wait()
                 await process.kill_group(proc.pid, grace_s=1)
-        assert proc.returncode == 0, b"".join(log).decode(errors="replace")[-3000:]
+        text = b"".join(log).decode(errors="replace")
+        # A graceful end: the supervisor's last word. (Whether bash exec'ed the last command
+        # of its && list, and so what the group's leader exits with, depends on its version.)
+        assert "shutdown: done" in text and proc.returncode in (0, 128 + 15, -15), text[-3000:]
 
 
 async def _wait_for(stream: trio.abc.ReceiveStream, log: list[bytes], marker: bytes) -> None:
