@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import shutil
 import signal
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
-from lmeval_trio.policy import Policy
+from lmeval_trio.policy import Admitted, Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
@@ -290,10 +292,10 @@ class Supervisor:
         self._check_accepting()
         request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
         with self._queue_place():
-            await trio.to_thread.run_sync(self.policy.check, request)
-            command.check(request)
+            admitted = await trio.to_thread.run_sync(self.policy.admit, request)
             self._check_gpus(request.get("num_gpus"))
-            record = await self.store.create(self._draft(request, resumed_from), utc_now())
+            draft = self._draft(request, admitted, resumed_from)
+            record = await self.store.create(draft, utc_now())
             if resumed_from is not None:
                 await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
             self._enqueue(record)
@@ -329,11 +331,14 @@ class Supervisor:
             )
 
     def _draft(
-        self, request: dict[str, Any], resumed_from: JobRecord | None
+        self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None
     ) -> Callable[[int], Draft]:
+        """The stored request stays as submitted; the argv, environment and output folder
+        carry its paths as the policy resolved them, absolute for this job's folder."""
+
         def draft_for(job_id: int) -> Draft:
             job_dir = command.job_dir_for(self.settings.data_dir, job_id)
-            built = command.build(request, job_dir, self.launcher)
+            built = command.build(admitted.apply(request, job_dir), job_dir, self.launcher)
             return Draft(
                 request=request,
                 argv=built.argv,
@@ -756,9 +761,35 @@ def _prepare_dirs(record: JobRecord) -> None:
 
 
 def _copy_cache(old_dir: Path, new_dir: Path) -> None:
-    source = old_dir / "cache"
-    if source.is_dir():
-        shutil.copytree(source, new_dir / "cache", dirs_exist_ok=True)
+    """Copy the earlier job's response cache: regular files and folders only, never
+    following a symlink (the earlier job could have planted one to read someone else's)."""
+    _copy_tree_nofollow(old_dir / "cache", new_dir / "cache")
+
+
+def _copy_tree_nofollow(source: Path, target: Path) -> None:
+    try:
+        info = os.lstat(source)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _copy_tree_nofollow(Path(entry.path), target / entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                _copy_file_nofollow(Path(entry.path), target / entry.name)
+
+
+def _copy_file_nofollow(source: Path, target: Path) -> None:
+    """Open with O_NOFOLLOW, so a file swapped for a link meanwhile is skipped, not read."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    with open(fd, "rb") as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
 
 
 def _seconds_between(start: str | None, end: str | None) -> float:
