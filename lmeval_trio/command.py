@@ -83,6 +83,4 @@ def build(request: Mapping[str, Any], job_dir: Path, launcher: Launcher) -> Comm
 def check(request: Mapping[str, Any]) -> argparse.Namespace:
     """Let lm-eval's own parser judge the flags (raises cli_schema.RequestRejected); returns
     what it read from them."""
-    return cli_schema.check_with_parser(
-        cli_schema.flag_words(flag_values(request, Path("/job")))
-    )
+    return cli_schema.check_with_parser(cli_schema.flag_words(flag_values(request, Path("/job"))))

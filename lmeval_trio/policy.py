@@ -349,9 +349,7 @@ class Policy:
             raise PolicyViolation("tasks", f"the pattern matches over {MAX_GLOB_MATCHES} paths")
         return matches
 
-    def check_effective(
-        self, request: Mapping[str, Any], config: Mapping[str, Any] | None
-    ) -> None:
+    def check_effective(self, request: Mapping[str, Any], config: Mapping[str, Any] | None) -> None:
         """Judge code execution and online access on what lm-eval will run with: the argv
         parsed by lm-eval's own parser, merged with the config file as lm-eval merges it,
         the model class's own defaults included."""
