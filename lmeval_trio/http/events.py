@@ -7,13 +7,13 @@ sent afresh on every connect. The stream waits on the job's change signal, never
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import collapse_redraws, read_range
@@ -36,7 +36,7 @@ def parse_last_event_id(raw: str | None) -> dict[str, int]:
 
 def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+    return f"{head}event: {kind}\ndata: {strict_json.dumps(data)}\n\n".encode()
 
 
 async def event_stream(
