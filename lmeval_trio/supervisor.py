@@ -157,6 +157,7 @@ class Supervisor:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
+            await trio.to_thread.run_sync(_make_private, self.settings.data_dir)
             await self.store.open()
             await self._recover()
         except BaseException as error:
@@ -753,6 +754,13 @@ def _unwrap_spawn_error() -> Iterator[None]:
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
         raise leaf from None
+
+
+def _make_private(data_dir: Path) -> None:
+    """The data dir holds every job's request (env_vars, credentials) and files: only the
+    server's user may enter it."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
 
 
 def _prepare_dirs(record: JobRecord) -> None:

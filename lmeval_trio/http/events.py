@@ -17,6 +17,7 @@ from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import collapse_redraws, read_range
+from lmeval_trio.secrets import job_secrets, mask_lines
 from lmeval_trio.supervisor import JobNotFound, Supervisor
 
 STREAMS = ("stdout", "stderr")
@@ -58,6 +59,8 @@ async def event_stream(
             frame, offsets[stream], full = await _log_frame(
                 record.log_path(stream), stream, offsets[stream]
             )
+            if frame is not None:
+                frame["lines"] = mask_lines(frame["lines"], job_secrets(record.request))
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")

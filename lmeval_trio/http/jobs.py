@@ -16,6 +16,7 @@ from lmeval_trio.http.listing import JobListing
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
+from lmeval_trio.secrets import job_secrets, mask_lines
 from lmeval_trio.status import ACTIVE, JobStatus
 from lmeval_trio.supervisor import StopOutcome
 
@@ -84,8 +85,9 @@ def blueprint() -> Blueprint:
         sup = supervisor()
         record = await sup.get(job_id)
         detail = schemas.summary(record, sup.progress_dict(record))
-        detail["stdout"] = await sup.log_tail(record, "stdout")
-        detail["stderr"] = await sup.log_tail(record, "stderr")
+        hidden = job_secrets(record.request)
+        detail["stdout"] = mask_lines(await sup.log_tail(record, "stdout"), hidden)
+        detail["stderr"] = mask_lines(await sup.log_tail(record, "stderr"), hidden)
         return jsonify(detail)
 
     @bp.route("/job/<int:job_id>/stop", methods=["GET", "POST"])
