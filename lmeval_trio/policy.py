@@ -102,6 +102,7 @@ REMOTE_CODE_TASK_PREFIXES = (
 )
 MAX_CONFIG_BYTES = 1024 * 1024
 NAME_MAX = 255  # bytes in one file name (Linux)
+CONFIG_COPY = "request-config.yaml"  # the judged --config bytes, in the job's folder
 MAX_GLOB_MATCHES = 1_000
 MAX_SCANNED_ENTRIES = 100_000
 CODE_RULE = "code execution is off (LMEVAL_ALLOW_CODE_EXECUTION)"
@@ -134,6 +135,9 @@ class Admitted:
     flags: dict[str, Where]  # output_path, use_cache, include_path, config, samples
     tasks: dict[str, Where]  # task entries that are files, folders or globs
     env: dict[str, Where]  # variables the server knows to name one path
+    #: The ``--config`` file's bytes as judged: the job reads this copy (CONFIG_COPY in its
+    #: folder), so a file changed after the verdict changes nothing.
+    config_bytes: bytes | None = None
 
     def apply(self, request: Mapping[str, Any], job_dir: Path) -> dict[str, Any]:
         """``request`` with every judged path absolute, for the job in ``job_dir``: what the
@@ -141,6 +145,8 @@ class Admitted:
         values = dict(request)
         for name, where in self.flags.items():
             values[name] = str(where.at(job_dir))
+        if self.config_bytes is not None:
+            values["config"] = str(job_dir / CONFIG_COPY)
         if self.tasks:
             values["tasks"] = [
                 str(self.tasks[t].at(job_dir)) if t in self.tasks else t
@@ -184,35 +190,27 @@ class Policy:
         self.check_executable(values.get("lm_eval_path"))
         env = self.check_env(values.get("env_vars") or {})
         flags, tasks = self.check_paths(values, "")
-        config = self.read_config(flags["config"]) if "config" in flags else None
+        raw = self.read_config(flags["config"]) if "config" in flags else None
+        config = None if raw is None else _parse_config(raw)
         if config is not None:
             self.check_paths(config, "config.")
         self.check_effective(values, config)
-        return Admitted(flags, tasks, env)
+        return Admitted(flags, tasks, env, raw)
 
     def check(self, values: Mapping[str, Any]) -> None:
         """Raise for the first rule ``values`` (a request dict) breaks."""
         self.admit(values)
 
-    def read_config(self, where: Where) -> dict[str, Any]:
-        """A ``--config`` YAML (already judged as a path) can set any flag, so its contents
-        obey the same rules. Refusals never quote the file: it may be someone else's."""
-        import yaml
-
+    def read_config(self, where: Where) -> bytes:
+        """A ``--config`` YAML's bytes, read only once it was judged as a path."""
         path = where.path
         try:
             if path is None or not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
                 raise PolicyViolation("config", f"must be a file of at most {MAX_CONFIG_BYTES} B")
-            content = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            with path.open("rb") as file:
+                return file.read(MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES]
         except OSError as error:
             raise PolicyViolation("config", f"cannot read the file ({error.strerror})") from None
-        except UnicodeDecodeError:
-            raise PolicyViolation("config", "the file is not UTF-8 text") from None
-        except yaml.YAMLError as error:
-            raise PolicyViolation("config", f"the file is not valid YAML{_where(error)}") from None
-        if not isinstance(content, dict):
-            raise PolicyViolation("config", "the config file must hold a mapping")
-        return content
 
     def check_executable(self, path: str | None) -> None:
         """The child runs this literal path from its own folder, so it must be absolute."""
@@ -443,6 +441,22 @@ def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
             entry = Path(parent, name)
             if entry.is_symlink():
                 yield entry
+
+
+def _parse_config(raw: bytes) -> dict[str, Any]:
+    """A config file can set any flag, so its contents obey the same rules. Refusals never
+    quote the file: it may be someone else's."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyViolation("config", "the file is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        raise PolicyViolation("config", f"the file is not valid YAML{_where(error)}") from None
+    if not isinstance(content, dict):
+        raise PolicyViolation("config", "the config file must hold a mapping")
+    return content
 
 
 def _path_entries(value: str) -> Iterator[str]:

@@ -36,7 +36,7 @@ from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
-from lmeval_trio.policy import Admitted, Policy
+from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
@@ -297,6 +297,8 @@ class Supervisor:
             self._check_gpus(request.get("num_gpus"))
             draft = self._draft(request, admitted, resumed_from)
             record = await self.store.create(draft, utc_now())
+            if admitted.config_bytes is not None:
+                await trio.to_thread.run_sync(_write_config, record.job_dir, admitted.config_bytes)
             if resumed_from is not None:
                 await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
             self._enqueue(record)
@@ -754,6 +756,12 @@ def _unwrap_spawn_error() -> Iterator[None]:
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
         raise leaf from None
+
+
+def _write_config(job_dir: Path, content: bytes) -> None:
+    """The job reads the --config bytes the policy judged, not the file as it is later."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / CONFIG_COPY).write_bytes(content)
 
 
 def _make_private(data_dir: Path) -> None:

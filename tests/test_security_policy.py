@@ -215,3 +215,25 @@ async def test_the_server_never_emits_invalid_json(tmp_path: Path) -> None:
 
 def _no_constants(name: str) -> Any:
     raise AssertionError(f"invalid JSON constant {name}")
+
+
+async def test_the_job_reads_the_config_as_judged(tmp_path: Path) -> None:
+    """The config file changed after its verdict changes nothing: the job reads a copy."""
+    config = tmp_path / "shared" / "c.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text("limit: 2\n")
+    settings = make_settings(tmp_path, max_concurrency=1)
+    async with trio.open_nursery() as nursery:
+        url, shutdown, app = await start_server(nursery, settings)
+        sup: Supervisor = app.extensions[SUPERVISOR_KEY]
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            body = {**fake_job("env"), "config": str(config)}
+            job_id = (await client.post("/job", json=body)).json()["job_id"]
+            config.write_text("trust_remote_code: true\n")  # swapped after the verdict
+            record = await sup.wait(job_id)
+            assert record.status is JobStatus.COMPLETED
+            argv = json.loads(record.stdout_path.read_text())["argv"]
+            copy = next(w.split("=", 1)[1] for w in argv if w.startswith("--config="))
+            assert Path(copy).parent == record.job_dir
+            assert Path(copy).read_text() == "limit: 2\n"
+        shutdown.set()
