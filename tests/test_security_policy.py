@@ -235,5 +235,5 @@ async def test_the_job_reads_the_config_as_judged(tmp_path: Path) -> None:
             argv = json.loads(record.stdout_path.read_text())["argv"]
             copy = next(w.split("=", 1)[1] for w in argv if w.startswith("--config="))
             assert Path(copy).parent == record.job_dir
-            assert Path(copy).read_text() == "limit: 2\n"
+            assert await trio.Path(copy).read_text() == "limit: 2\n"
         shutdown.set()
