@@ -83,8 +83,9 @@ CODE_FLAGS = ("trust_remote_code", "confirm_run_unsafe_code")
 # Set by the server when online access is off; a request may not lift them.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 ONLINE_FLAGS = ("wandb_args", "wandb_config_args", "trackio_args", "hf_hub_log_args")
-# Folders lm-eval scans for task YAMLs: symlinks inside them must stay inside the roots too.
-SCANNED_FLAGS = ("include_path",)
+# Folders lm-eval scans for task YAMLs or writes results into: symlinks inside them must
+# stay inside the allowed places too.
+SCANNED_FLAGS = ("include_path", "output_path")
 # Paths the job reads: they must exist when the request is made.
 READ_FLAGS = ("include_path", "config")
 # Effective defaults that run code from a model's repository whatever the request spells
@@ -276,6 +277,8 @@ class Policy:
                     flags[name] = self.check_path(
                         prefix + name, item, scan=name in SCANNED_FLAGS, read=name in READ_FLAGS
                     )
+        if "use_cache" in flags:
+            self._check_cache_files(prefix + "use_cache", flags["use_cache"])
         samples = values.get("samples")
         if isinstance(samples, str) and _is_samples_file(samples):
             flags["samples"] = self.check_path(prefix + "samples", samples, read=True)
@@ -283,6 +286,15 @@ class Policy:
         for task in _task_paths(values.get("tasks")):
             tasks[task] = self._check_task(prefix + "tasks", task)
         return flags, tasks
+
+    def _check_cache_files(self, field: str, where: Where) -> None:
+        """lm-eval's ``--use_cache`` is a prefix: it opens ``<prefix>_rank<N>.db``. Those
+        files, followed through any symlink already there, obey the rule too."""
+        if where.path is None:
+            return  # in the job's new folder: nothing there yet
+        prefix = str(where.path)
+        for name in (f"{prefix}_rank0.db", *self._glob(glob.escape(prefix) + "_rank*.db")):
+            self._allowed(field, Path(os.path.realpath(name)))
 
     def _check_task(self, field: str, task: str) -> Where:
         """A task file, folder or glob (lm-eval expands globs itself: judge each match)."""

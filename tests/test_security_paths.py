@@ -330,3 +330,23 @@ async def test_resume_copies_the_cache_without_following_links(tmp_path: Path) -
         assert (copied / "real_rank0.db").read_bytes() == b"answers"
         assert not any(p.is_symlink() for p in copied.rglob("*"))
         assert str(FAKE_LM_EVAL)  # the resumed job runs the same allowed executable
+
+
+async def test_links_planted_where_the_job_will_write_are_refused(tmp_path: Path) -> None:
+    """lm-eval opens ``<use_cache>_rank0.db`` and writes into ``<output_path>/<model>/``: a
+    symlink planted at either in a shared root would lead the job's writes elsewhere."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    settings = make_settings(tmp_path, max_concurrency=0)
+    (shared / "c_rank0.db").symlink_to(settings.data_dir / "jobs.db")
+    (shared / "d_rank3.db").symlink_to(settings.data_dir / "jobs.db")
+    (shared / "out" / "dummy").mkdir(parents=True)
+    (shared / "out" / "dummy" / "results.json").symlink_to(settings.data_dir / "jobs.db")
+    async with serving(settings) as server:
+        for prefix in ("c", "d"):
+            body = {**DUMMY_JOB, "use_cache": str(shared / prefix)}
+            assert DATA_DIR_RULE in await refused(server.client, body, "use_cache")
+        body = {**DUMMY_JOB, "output_path": str(shared / "out")}
+        assert DATA_DIR_RULE in await refused(server.client, body, "output_path")
+        body = {**DUMMY_JOB, "use_cache": str(shared / "e"), "output_path": str(shared / "o")}
+        assert (await server.client.post("/job", json=body)).status_code == 200
