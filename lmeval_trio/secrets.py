@@ -57,15 +57,35 @@ def secret_name(name: str) -> bool:
     return bool(words & _SECRET_WORDS) and not words & _NOT_SECRET_WORDS
 
 
-def job_secrets(request: Mapping[str, Any]) -> tuple[str, ...]:
-    """The secret values of a request, longest first (so no mask leaves a suffix)."""
+def job_secrets(
+    request: Mapping[str, Any], config: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """The secret values of a request (and of its --config file's contents), longest first
+    (so no mask leaves a suffix)."""
     found: set[str] = set()
-    for name in MAPPING_FLAGS:
-        _collect(_as_mapping(request.get(name)), found)
+    for source in (request, config or {}):
+        for name in MAPPING_FLAGS:
+            _collect(_as_mapping(source.get(name)), found)
     for name, value in (request.get("env_vars") or {}).items():
         if secret_name(name) or len(value) >= OPAQUE_ENV_CHARS:
             found.add(value)
     return tuple(sorted((s for s in found if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True))
+
+
+def output_secrets(request: Mapping[str, Any], config_copy: Path) -> tuple[str, ...]:
+    """The secrets to hide in what a job wrote: lm-eval prints its whole configuration,
+    so the --config file's credentials (the copy the job read) count too."""
+    return job_secrets(request, _read_config(config_copy) if "config" in request else None)
+
+
+def _read_config(path: Path) -> Mapping[str, Any] | None:
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def _as_mapping(value: Any) -> Any:

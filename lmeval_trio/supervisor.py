@@ -41,6 +41,7 @@ from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
 from lmeval_trio.runner import LocalRunner, Runner, Started, local_environment
+from lmeval_trio.secrets import output_secrets
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
 from lmeval_trio.store import Draft, JobStore
@@ -441,6 +442,12 @@ class Supervisor:
                 f"job {job_id} is {old.status.value}; only Stopped or Failed jobs can be resumed"
             )
         return await self.submit(old.request, resumed_from=old)
+
+    async def output_secrets(self, record: JobRecord) -> tuple[str, ...]:
+        """Values to hide in what the job wrote (its request's and its config's secrets)."""
+        return await trio.to_thread.run_sync(
+            output_secrets, record.request, record.job_dir / CONFIG_COPY
+        )
 
     async def log_tail(self, record: JobRecord, stream: str) -> list[str]:
         return await trio.to_thread.run_sync(

@@ -119,3 +119,18 @@ async def test_masking_a_file_finds_secrets_across_chunks(tmp_path: Path) -> Non
     path.write_bytes(head + API_KEY.encode() + b"y" * CHUNK_BYTES + TOKEN.encode())
     data = b"".join([chunk async for chunk in masked_file(path, (TOKEN, API_KEY))])
     assert data == head + b"***" + b"y" * CHUNK_BYTES + b"***"
+
+
+async def test_config_file_secrets_are_masked_in_job_output(server: Server, tmp_path: Path) -> None:
+    """lm-eval prints the whole configuration, a --config file's credentials included."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_args: pretrained=x,api_key={API_KEY}\n")
+    job_id = await server.submit({**fake_job("env"), "config": str(config)})
+    await server.wait_status(job_id, JobStatus.COMPLETED)
+    out = tmp_path / "data" / "jobs" / str(job_id) / "output" / "dummy"
+    out.mkdir(parents=True)
+    planted = {"results": {}, "config": {"model_args": f"api_key={API_KEY}"}}
+    (out / "results_2026.json").write_text(json.dumps(planted))
+    texts = await served_texts(server, job_id)
+    assert all(API_KEY not in text for text in texts.values())
+    assert "***" in texts["results"]

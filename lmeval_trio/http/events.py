@@ -17,7 +17,7 @@ from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import collapse_redraws, read_range
-from lmeval_trio.secrets import job_secrets, mask_lines
+from lmeval_trio.secrets import mask_lines
 from lmeval_trio.supervisor import JobNotFound, Supervisor
 
 STREAMS = ("stdout", "stderr")
@@ -46,6 +46,7 @@ async def event_stream(
     """Yield SSE frames until the job has ended (and, with ``logs``, its logs are drained)."""
     last_status: dict[str, Any] | None = None
     last_progress: dict[str, Any] | None = None
+    hidden: tuple[str, ...] | None = None  # the job's secrets, read once
     while True:
         pulse = supervisor.live_changes(job_id)
         version = pulse.version if pulse is not None else 0
@@ -60,7 +61,8 @@ async def event_stream(
                 record.log_path(stream), stream, offsets[stream]
             )
             if frame is not None:
-                frame["lines"] = mask_lines(frame["lines"], job_secrets(record.request))
+                hidden = hidden if hidden is not None else await supervisor.output_secrets(record)
+                frame["lines"] = mask_lines(frame["lines"], hidden)
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")

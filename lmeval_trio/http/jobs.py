@@ -16,7 +16,7 @@ from lmeval_trio.http.listing import JobListing
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
-from lmeval_trio.secrets import job_secrets, mask_lines
+from lmeval_trio.secrets import mask_lines
 from lmeval_trio.status import ACTIVE, JobStatus
 from lmeval_trio.supervisor import StopOutcome
 
@@ -85,7 +85,7 @@ def blueprint() -> Blueprint:
         sup = supervisor()
         record = await sup.get(job_id)
         detail = schemas.summary(record, sup.progress_dict(record))
-        hidden = job_secrets(record.request)
+        hidden = await sup.output_secrets(record)
         detail["stdout"] = mask_lines(await sup.log_tail(record, "stdout"), hidden)
         detail["stderr"] = mask_lines(await sup.log_tail(record, "stderr"), hidden)
         return jsonify(detail)
