@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from lmeval_trio.cli_schema import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.config import Settings
 from lmeval_trio.paths import Where, inside, resolve
+from lmeval_trio.secrets import secret_name
 
 if TYPE_CHECKING:
     from lmeval_trio.effective import EffectiveRun
@@ -208,8 +209,8 @@ class Policy:
         try:
             if path is None or not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
                 raise PolicyViolation("config", f"must be a file of at most {MAX_CONFIG_BYTES} B")
-            with path.open("rb") as file:
-                return file.read(MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES]
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+                return file.read(MAX_CONFIG_BYTES)
         except OSError as error:
             raise PolicyViolation("config", f"cannot read the file ({error.strerror})") from None
 
@@ -232,7 +233,8 @@ class Policy:
 
         Any other value that looks like a path (or a list of them, ``:``-separated) obeys
         the path rule too: a variable the server does not know can still tell a library
-        where to read or write."""
+        where to read or write. Credentials (secrets.secret_name) are exempt: a token may
+        hold a ``/``."""
         known = {}
         for name, value in env.items():
             field = f"env_vars.{name}"
@@ -241,7 +243,7 @@ class Policy:
                 raise PolicyViolation(field, rule)
             if name.upper() in PATH_ENV_NAMES:
                 known[name] = self.check_path(field, value)
-            else:
+            elif not secret_name(name):  # a credential is no path, whatever it spells
                 for entry in _path_entries(value):
                     self.check_path(field, entry)
         return known

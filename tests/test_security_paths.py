@@ -231,6 +231,9 @@ async def test_path_like_env_values_obey_the_rule(tmp_path: Path) -> None:
             body = {**DUMMY_JOB, "env_vars": {"SOME_VALUE": value}}
             response = await server.client.post("/job", json=body)
             assert response.status_code == 200, (value, response.text)
+        # A credential is no path, even when it starts with a slash (base64 may).
+        body = {**DUMMY_JOB, "env_vars": {"AWS_SECRET_ACCESS_KEY": "/k3y+abc/def"}}
+        assert (await server.client.post("/job", json=body)).status_code == 200
 
 
 # -- what the child sees is what was judged -------------------------------------------------
