@@ -32,9 +32,6 @@ class Where:
         assert self.path is not None
         return self.path
 
-    def __str__(self) -> str:
-        return f"<job folder>/{self.own}" if self.own is not None else str(self.path)
-
 
 def resolve(value: str, jobs_dir: Path) -> Where:
     """Where ``value`` points for a job in ``jobs_dir/<id>`` (raises ValueError or OSError

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio.paths import inside
 from lmeval_trio.records import JobRecord
 
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
@@ -101,7 +102,7 @@ def metrics_table(data: dict[str, Any]) -> list[dict[str, Any]]:
 def list_artifacts(record: JobRecord) -> list[Artifact]:
     """Every file of the job: logs and outputs in its folder, and a custom output folder."""
     roots = {"": record.job_dir}
-    if not _inside(record.output_dir, record.job_dir):
+    if not inside(record.output_dir, record.job_dir):  # lexically: both stored absolute
         roots["output-path/"] = record.output_dir
     found = []
     for prefix, root in roots.items():
@@ -141,8 +142,3 @@ def _unmoved(root: Path, job_dir: Path) -> bool:
     except ValueError:
         return real == root
     return real == Path(os.path.realpath(job_dir)) / below
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """Lexically: both are stored absolute; a symlink planted since must not change it."""
-    return path == root or root in path.parents
