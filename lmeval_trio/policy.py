@@ -80,6 +80,9 @@ PATH_ENV_NAMES = frozenset(
 )
 # Gated by allow_code_execution.
 CODE_ENV_NAMES = frozenset({"HF_ALLOW_CODE_EVAL", "HF_DATASETS_TRUST_REMOTE_CODE"})
+# Set by the server when code execution is off (the effective value, whatever the server's
+# own environment holds; `evaluate` runs generated code only with HF_ALLOW_CODE_EVAL=1).
+CODE_OFF_ENV = dict.fromkeys(sorted(CODE_ENV_NAMES), "0")
 CODE_FLAGS = ("trust_remote_code", "confirm_run_unsafe_code")
 # Set by the server when online access is off; a request may not lift them.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -404,6 +407,9 @@ class Policy:
         env = {"PYTHONUNBUFFERED": "1"}
         if not self.settings.allow_online:
             env.update(OFFLINE_ENV)
+        if not self.settings.allow_code_execution:
+            # The server's own environment reaches jobs: what it says must not lift the rule.
+            env.update(CODE_OFF_ENV)
         return env
 
 

@@ -237,3 +237,16 @@ async def test_the_job_reads_the_config_as_judged(tmp_path: Path) -> None:
             assert Path(copy).parent == record.job_dir
             assert await trio.Path(copy).read_text() == "limit: 2\n"
         shutdown.set()
+
+
+async def test_jobs_run_with_code_execution_switched_off(tmp_path: Path) -> None:
+    """Whatever the server's own environment says, a job's effective setting is off."""
+    async with trio.open_nursery() as nursery:
+        url, shutdown, app = await start_server(nursery, make_settings(tmp_path))
+        sup: Supervisor = app.extensions[SUPERVISOR_KEY]
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            job_id = (await client.post("/job", json=fake_job("env"))).json()["job_id"]
+            record = await sup.wait(job_id)
+            env = json.loads(await trio.Path(record.stdout_path).read_text())["env"]
+            assert env["HF_ALLOW_CODE_EVAL"] == env["HF_DATASETS_TRUST_REMOTE_CODE"] == "0"
+        shutdown.set()
