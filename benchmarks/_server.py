@@ -87,7 +87,9 @@ def server_environment(data_dir: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
     env.update(
         LMEVAL_DATA_DIR=str(data_dir),
-        LMEVAL_ALLOWED_PATH_ROOTS=str(SUPPORT),
+        # The benchmark's own folder holds the FIFOs its jobs name in env_vars (the data dir
+        # inside it stays off limits: the server never lets a request name its own files).
+        LMEVAL_ALLOWED_PATH_ROOTS=f"{SUPPORT},{data_dir.parent}",
         LMEVAL_KILL_GRACE_S="2",
         LMEVAL_WARM_RUNNERS="0",
     )

@@ -207,8 +207,9 @@ def flag_words(values: dict[str, Any]) -> list[str]:
 _OPTION_IN_ERROR = re.compile(r"argument (--[\w-]+)")
 
 
-def check_with_parser(words: list[str]) -> None:
-    """Parse ``words`` with lm-eval's parser; raise RequestRejected with its message."""
+def check_with_parser(words: list[str]) -> argparse.Namespace:
+    """Parse ``words`` with lm-eval's parser (raise RequestRejected with its message) and
+    return what lm-eval would read from them."""
     parser = run_parser()
 
     def fail(message: str) -> NoReturn:
@@ -219,7 +220,7 @@ def check_with_parser(words: list[str]) -> None:
     original = parser.error
     parser.error = fail  # type: ignore[method-assign]
     try:
-        parser.parse_args(words)
+        return parser.parse_args(words)
     except RequestRejected:
         raise
     except (ValueError, TypeError, AssertionError) as error:

@@ -7,6 +7,7 @@ own lm-eval response cache there, which is what makes resume cheap.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def build(request: Mapping[str, Any], job_dir: Path, launcher: Launcher) -> Comm
     return Command(argv=argv, env=dict(request.get("env_vars") or {}), output_dir=output_dir)
 
 
-def check(request: Mapping[str, Any]) -> None:
-    """Let lm-eval's own parser judge the flags (raises cli_schema.RequestRejected)."""
-    cli_schema.check_with_parser(cli_schema.flag_words(flag_values(request, Path("/job"))))
+def check(request: Mapping[str, Any]) -> argparse.Namespace:
+    """Let lm-eval's own parser judge the flags (raises cli_schema.RequestRejected); returns
+    what it read from them."""
+    return cli_schema.check_with_parser(cli_schema.flag_words(flag_values(request, Path("/job"))))

@@ -2,11 +2,13 @@
 
 An evaluation server holds GPUs and model credentials, so every way a request could run code
 of its choosing (another executable, a preloaded library, Python from a task folder, remote
-model code) or touch files outside the server's folders is refused unless the operator opted
+model code) or touch files outside the places it may use is refused unless the operator opted
 in. Each refusal names the field and the rule.
 
-Paths are judged where the job will see them: a job runs in its own folder under the data
-dir, so relative paths start there, and symlinks are followed before the verdict.
+Paths are judged where the job will use them (see paths.py): a request's paths may name the
+job's own folder and the operator's roots, never the server's own files (its data directory:
+the store, other jobs' folders, the shared caches). Code execution and online access are
+judged on the values lm-eval will run with (see effective.py), defaults included.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmeval_trio.cli_schema import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.config import Settings
+from lmeval_trio.paths import Where, inside, resolve
+from lmeval_trio.secrets import secret_name
+
+if TYPE_CHECKING:
+    from lmeval_trio.effective import EffectiveRun
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Variables that make a loader, interpreter, compiler or shell run code of the caller's
 # choosing, or that change whom the job trusts (certificates). Compared upper-cased.
@@ -72,17 +80,40 @@ PATH_ENV_NAMES = frozenset(
 )
 # Gated by allow_code_execution.
 CODE_ENV_NAMES = frozenset({"HF_ALLOW_CODE_EVAL", "HF_DATASETS_TRUST_REMOTE_CODE"})
+# Set by the server when code execution is off (the effective value, whatever the server's
+# own environment holds; `evaluate` runs generated code only with HF_ALLOW_CODE_EVAL=1).
+CODE_OFF_ENV = dict.fromkeys(sorted(CODE_ENV_NAMES), "0")
 CODE_FLAGS = ("trust_remote_code", "confirm_run_unsafe_code")
 # Set by the server when online access is off; a request may not lift them.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 ONLINE_FLAGS = ("wandb_args", "wandb_config_args", "trackio_args", "hf_hub_log_args")
-# Folders lm-eval scans for task YAMLs: symlinks inside them must stay inside the roots too.
-SCANNED_FLAGS = ("include_path",)
-WRITTEN_FLAGS = ("output_path", "use_cache")  # never into the built-in read-only roots
+# Folders lm-eval scans for task YAMLs or writes results into: symlinks inside them must
+# stay inside the allowed places too.
+SCANNED_FLAGS = ("include_path", "output_path")
+# Paths the job reads: they must exist when the request is made.
+READ_FLAGS = ("include_path", "config")
+# Paths the job writes: never into the built-in read-only roots (the shipped examples).
+WRITTEN_FLAGS = ("output_path", "use_cache")
+# Effective defaults that run code from a model's repository whatever the request spells
+# (lm-eval 0.4.13; found with `grep -rn trust_remote_code lm_eval/models lm_eval/tasks`).
+# Every other model class defaults trust_remote_code to False or loads no repository code.
+REMOTE_CODE_MODEL_DEFAULTS = {
+    "sglang": "models/sglang_causallms.py: SGLangLM(trust_remote_code: bool = True)",
+}
+# Tasks whose own code loads the tokenizer named in model_args/metadata with
+# trust_remote_code=True (task names, matched as prefixes).
+REMOTE_CODE_TASK_PREFIXES = (
+    "ruler",  # tasks/ruler/common_utils.py: get_tokenizer(...)
+    "niah_",  # the RULER needle-in-a-haystack tasks (same helper)
+    "babilong",  # tasks/babilong/common_utils.py: get_tokenizer(...)
+)
 MAX_CONFIG_BYTES = 1024 * 1024
+NAME_MAX = 255  # bytes in one file name (Linux)
+CONFIG_COPY = "request-config.yaml"  # the judged --config bytes, in the job's folder
 MAX_GLOB_MATCHES = 1_000
 MAX_SCANNED_ENTRIES = 100_000
 CODE_RULE = "code execution is off (LMEVAL_ALLOW_CODE_EXECUTION)"
+ONLINE_RULE = "online access is off (LMEVAL_ALLOW_ONLINE)"
 
 
 class PolicyViolation(Exception):
@@ -94,6 +125,47 @@ class PolicyViolation(Exception):
         self.rule = rule
 
 
+class MissingPath(ValueError):
+    """A path the job would read does not exist (HTTP 422): refused at submission rather
+    than by a job that fails minutes later."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What the policy let through, and where each of the request's paths points."""
+
+    flags: dict[str, Where]  # output_path, use_cache, include_path, config, samples
+    tasks: dict[str, Where]  # task entries that are files, folders or globs
+    env: dict[str, Where]  # variables the server knows to name one path
+    #: The ``--config`` file's bytes as judged: the job reads this copy (CONFIG_COPY in its
+    #: folder), so a file changed after the verdict changes nothing.
+    config_bytes: bytes | None = None
+
+    def apply(self, request: Mapping[str, Any], job_dir: Path) -> dict[str, Any]:
+        """``request`` with every judged path absolute, for the job in ``job_dir``: what the
+        job's argv and environment carry, so the child uses exactly what was judged."""
+        values = dict(request)
+        for name, where in self.flags.items():
+            values[name] = str(where.at(job_dir))
+        if self.config_bytes is not None:
+            values["config"] = str(job_dir / CONFIG_COPY)
+        if self.tasks:
+            values["tasks"] = [
+                str(self.tasks[t].at(job_dir)) if t in self.tasks else t
+                for t in _task_names(request.get("tasks"))
+            ]
+        if self.env:
+            env = dict(request.get("env_vars") or {})
+            env.update({name: str(where.at(job_dir)) for name, where in self.env.items()})
+            values["env_vars"] = env
+        return values
+
+
 @dataclass(frozen=True)
 class Policy:
     """The rules in force, derived from settings once."""
@@ -103,56 +175,55 @@ class Policy:
 
     @property
     def roots(self) -> tuple[Path, ...]:
-        builtin = (r.resolve() for r in self.settings.builtin_read_roots)
+        """Folders a request's paths may name besides the job's own folder: the operator's
+        roots and the built-in read-only ones (the shipped examples)."""
+        builtin = (Path(os.path.realpath(r)) for r in self.settings.builtin_read_roots)
         return (*self.write_roots, *builtin)
 
     @property
     def write_roots(self) -> tuple[Path, ...]:
-        """Where jobs may write: the built-in read roots are not among them."""
-        data = self.settings.data_dir.resolve()
-        return (data, *(r.resolve() for r in self.settings.allowed_path_roots))
+        """Where jobs may write besides their own folder: the operator's roots only."""
+        return tuple(Path(os.path.realpath(r)) for r in self.settings.allowed_path_roots)
 
     @property
-    def job_cwd(self) -> Path:
-        """Stands for any job's folder (they all sit at data/jobs/<id>): relative paths start
-        there. The name never exists, so ``..`` from it is resolved lexically."""
-        return self.settings.data_dir / "jobs" / "_"
+    def server_dirs(self) -> tuple[Path, ...]:
+        """The server's own files (the store, every job's folder, the shared caches): never a
+        request's target, even where an operator root contains them."""
+        dirs = (self.settings.data_dir, self.settings.effective_cache_dir)
+        return tuple(Path(os.path.realpath(d)) for d in dirs)
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Where job folders are made; relative paths start in ``jobs_dir/<id>``."""
+        return self.settings.data_dir / "jobs"
+
+    def admit(self, values: Mapping[str, Any]) -> Admitted:
+        """Judge a request (raise PolicyViolation, MissingPath or RequestRejected) and return
+        where its paths point. Files are judged as paths before anything reads them."""
+        self.check_executable(values.get("lm_eval_path"))
+        env = self.check_env(values.get("env_vars") or {})
+        flags, tasks = self.check_paths(values, "")
+        raw = self.read_config(flags["config"]) if "config" in flags else None
+        config = None if raw is None else _parse_config(raw)
+        if config is not None:
+            self.check_paths(config, "config.")
+        self.check_effective(values, config)
+        return Admitted(flags, tasks, env, raw)
 
     def check(self, values: Mapping[str, Any]) -> None:
-        """Raise PolicyViolation for the first rule ``values`` (a request dict) breaks."""
-        self.check_executable(values.get("lm_eval_path"))
-        self.check_env(values.get("env_vars") or {})
-        self.check_paths(values)
-        self.check_code_execution(values)
-        self.check_online(values)
-        config = values.get("config")
-        if isinstance(config, str):
-            self.check_config_file(config)
+        """Raise for the first rule ``values`` (a request dict) breaks."""
+        self.admit(values)
 
-    def check_config_file(self, path: str) -> None:
-        """A ``--config`` YAML can set any flag, so its contents obey the same rules."""
-        content = self._read_config(self.resolve("config", path))
-        nested = {k: v for k, v in content.items() if k != "config"}
-        if isinstance(nested.get("include_path"), list):
-            for item in nested.pop("include_path"):
-                self.check_path("config.include_path", str(item), scan=True)
+    def read_config(self, where: Where) -> bytes:
+        """A ``--config`` YAML's bytes, read only once it was judged as a path."""
+        path = where.path
         try:
-            self.check(nested)
-        except PolicyViolation as violation:
-            raise PolicyViolation(f"config.{violation.field}", violation.rule) from None
-
-    def _read_config(self, path: Path) -> dict[str, Any]:
-        import yaml
-
-        try:
-            if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+            if path is None or not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
                 raise PolicyViolation("config", f"must be a file of at most {MAX_CONFIG_BYTES} B")
-            content = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError) as error:
-            raise PolicyViolation("config", f"cannot read the config file: {error}") from None
-        if not isinstance(content, dict):
-            raise PolicyViolation("config", "the config file must hold a mapping")
-        return content
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+                return file.read(MAX_CONFIG_BYTES)
+        except OSError as error:
+            raise PolicyViolation("config", f"cannot read the file ({error.strerror})") from None
 
     def check_executable(self, path: str | None) -> None:
         """The child runs this literal path from its own folder, so it must be absolute."""
@@ -168,14 +239,25 @@ class Policy:
                 "LMEVAL_ALLOWED_LM_EVAL_PATHS",
             )
 
-    def check_env(self, env: Mapping[str, str]) -> None:
+    def check_env(self, env: Mapping[str, str]) -> dict[str, Where]:
+        """Judge each variable; return where the ones known to name a path point.
+
+        Any other value that looks like a path (or a list of them, ``:``-separated) obeys
+        the path rule too: a variable the server does not know can still tell a library
+        where to read or write. Credentials (secrets.secret_name) are exempt: a token may
+        hold a ``/``."""
+        known = {}
         for name, value in env.items():
             field = f"env_vars.{name}"
             rule = self._env_rule(name)
             if rule is not None:
                 raise PolicyViolation(field, rule)
             if name.upper() in PATH_ENV_NAMES:  # caches and temp folders: written to
-                self._inside_roots(field, self.resolve(field, value), self.write_roots)
+                known[name] = self.check_path(field, value, write=True)
+            elif not secret_name(name):  # a credential is no path, whatever it spells
+                for entry in _path_entries(value):
+                    self.check_path(field, entry)
+        return known
 
     def _env_rule(self, name: str) -> str | None:
         """Why ``name`` may not be set, or None."""
@@ -194,77 +276,161 @@ class Policy:
             return "the server assigns GPUs (LMEVAL_GPUS)"
         return None
 
-    def check_paths(self, values: Mapping[str, Any]) -> None:
+    def check_paths(
+        self, values: Mapping[str, Any], prefix: str
+    ) -> tuple[dict[str, Where], dict[str, Where]]:
+        """Judge the path flags and path-like task entries of ``values`` (a request, or a
+        config file's contents with ``prefix`` "config.")."""
+        flags = {}
         for name in PATH_FLAGS:
             value = values.get(name)
-            if isinstance(value, str):
-                self.check_path(name, value, scan=name in SCANNED_FLAGS)
-                if name in WRITTEN_FLAGS:
-                    self._inside_roots(name, self.resolve(name, value), self.write_roots)
-        for task in _task_paths(values.get("tasks")):
-            self.check_path("tasks", task, scan=True)
-            for match in self._glob(task):
-                self.check_path("tasks", match, scan=True)
+            items = value if name == "include_path" and isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, str):
+                    flags[name] = self.check_path(
+                        prefix + name,
+                        item,
+                        scan=name in SCANNED_FLAGS,
+                        read=name in READ_FLAGS,
+                        write=name in WRITTEN_FLAGS,
+                    )
+        if "use_cache" in flags:
+            self._check_cache_files(prefix + "use_cache", flags["use_cache"])
         samples = values.get("samples")
         if isinstance(samples, str) and _is_samples_file(samples):
-            self.check_path("samples", samples)
+            flags["samples"] = self.check_path(prefix + "samples", samples, read=True)
+        tasks = {}
+        for task in _task_paths(values.get("tasks")):
+            tasks[task] = self._check_task(prefix + "tasks", task)
+        return flags, tasks
 
-    def resolve(self, field: str, value: str) -> Path:
-        """Where ``value`` points for a job, symlinks followed."""
+    def _check_cache_files(self, field: str, where: Where) -> None:
+        """lm-eval's ``--use_cache`` is a prefix: it opens ``<prefix>_rank<N>.db``. Those
+        files, followed through any symlink already there, obey the rule too."""
+        if where.path is None:
+            return  # in the job's new folder: nothing there yet
+        prefix = str(where.path)
+        for name in (f"{prefix}_rank0.db", *self._glob(glob.escape(prefix) + "_rank*.db")):
+            self._allowed(field, Path(os.path.realpath(name)))
+
+    def _check_task(self, field: str, task: str) -> Where:
+        """A task file, folder or glob (lm-eval expands globs itself: judge each match)."""
+        if not glob.has_magic(task):
+            return self.check_path(field, task, scan=True, read=True)
+        where = self.check_path(field, task)
+        matches = self._glob(str(where.at(self.jobs_dir / "_")))
+        if not matches:
+            raise MissingPath(field, f"the pattern {_short(task)} matches no file")
+        for match in matches:
+            self.check_path(field, match, scan=True)
+        return where
+
+    def resolve(self, field: str, value: str) -> Where:
+        """Where ``value`` points for the job (see paths.py)."""
         try:
-            joined = os.path.join(self.job_cwd, os.path.expanduser(value))
-            return Path(os.path.realpath(joined))
-        except (ValueError, OSError) as error:  # NUL bytes, symlink loops
+            return resolve(value, self.jobs_dir)
+        except (ValueError, OSError) as error:  # NUL bytes, names too long
             raise PolicyViolation(field, f"not a usable path: {error}") from None
 
-    def check_path(self, field: str, value: str, *, scan: bool = False) -> None:
-        """``value`` must resolve inside one of the allowed roots; with ``scan``, so must
-        every symlink in the folder it names (lm-eval reads every YAML file in it)."""
-        resolved = self.resolve(field, value)
-        self._inside_roots(field, resolved)
-        if scan and _is_dir(field, resolved):
-            for link in _symlinks_under(field, resolved):
-                self._inside_roots(field, self.resolve(field, str(link)))
+    def check_path(
+        self,
+        field: str,
+        value: str,
+        *,
+        scan: bool = False,
+        read: bool = False,
+        write: bool = False,
+    ) -> Where:
+        """``value`` must point into the job's own folder or an operator root, never into
+        the server's own files; with ``read`` it must exist (the job reads it); with
+        ``scan``, every symlink in the folder it names obeys the same rule (lm-eval reads
+        every YAML file in it); with ``write``, the built-in read-only roots do not count."""
+        where = self.resolve(field, value)
+        if where.own is not None:
+            if any(len(os.fsencode(part)) > NAME_MAX for part in where.own.parts):
+                raise PolicyViolation(field, "not a usable path: File name too long")
+            if read:  # the job's folder is new: nothing in it exists yet
+                raise MissingPath(field, f"{_short(value)} does not exist in the job's folder")
+            return where
+        assert where.path is not None
+        self._allowed(field, where.path, self.write_roots if write else None)
+        if read and not _exists(field, where.path):
+            raise MissingPath(field, f"{_short(value)} does not exist")
+        if scan and _is_dir(field, where.path):
+            for link in _symlinks_under(field, where.path):
+                self._allowed(field, Path(os.path.realpath(link)))
+        return where
 
-    def _inside_roots(
+    def _allowed(
         self, field: str, resolved: Path, roots: tuple[Path, ...] | None = None
     ) -> None:
         roots = self.roots if roots is None else roots
-        if not any(resolved == root or root in resolved.parents for root in roots):
-            names = ", ".join(str(r) for r in roots)
-            raise PolicyViolation(field, f"path must lie under an allowed root ({names})")
+        if any(inside(resolved, own) for own in self.server_dirs):
+            raise PolicyViolation(
+                field,
+                "names the server's own files (its data directory); a job may use its own "
+                "folder (a relative path) and the allowed roots",
+            )
+        if not any(inside(resolved, root) for root in roots):
+            names = ", ".join(str(r) for r in roots) or "none configured"
+            raise PolicyViolation(
+                field,
+                f"path must lie in the job's own folder or under an allowed root ({names})",
+            )
 
     def _glob(self, pattern: str) -> list[str]:
-        """lm-eval expands task YAML globs itself; check what they match, too."""
-        if not glob.has_magic(pattern):
-            return []
-        found = glob.iglob(os.path.join(self.job_cwd, os.path.expanduser(pattern)))
-        matches = list(itertools.islice(found, MAX_GLOB_MATCHES + 1))
+        """What lm-eval's own expansion of a task glob would match (bounded)."""
+        matches = list(itertools.islice(glob.iglob(pattern), MAX_GLOB_MATCHES + 1))
         if len(matches) > MAX_GLOB_MATCHES:
             raise PolicyViolation("tasks", f"the pattern matches over {MAX_GLOB_MATCHES} paths")
         return matches
 
-    def check_code_execution(self, values: Mapping[str, Any]) -> None:
-        if self.settings.allow_code_execution:
-            return
-        for name in CODE_FLAGS:
-            if values.get(name):
-                raise PolicyViolation(name, CODE_RULE)
-        if _asks_remote_code(values.get("model_args")):
-            raise PolicyViolation("model_args", "trust_remote_code needs " + CODE_RULE)
+    def check_effective(self, request: Mapping[str, Any], config: Mapping[str, Any] | None) -> None:
+        """Judge code execution and online access on what lm-eval will run with: the argv
+        parsed by lm-eval's own parser, merged with the config file as lm-eval merges it,
+        the model class's own defaults included."""
+        from lmeval_trio.effective import effective_run
 
-    def check_online(self, values: Mapping[str, Any]) -> None:
-        if self.settings.allow_online:
-            return
-        for name in ONLINE_FLAGS:
-            if values.get(name):
-                raise PolicyViolation(name, "online access is off (LMEVAL_ALLOW_ONLINE)")
+        run = effective_run(request, config)
+        if not self.settings.allow_code_execution:
+            self._check_code(run)
+        if not self.settings.allow_online:
+            for name in ONLINE_FLAGS:
+                if run.values.get(name):
+                    raise PolicyViolation(run.field(name), ONLINE_RULE)
+
+    def _check_code(self, run: EffectiveRun) -> None:
+        for name in CODE_FLAGS:
+            if run.values.get(name):
+                raise PolicyViolation(run.field(name), CODE_RULE)
+        for name in ("model_args", "gen_kwargs", "metadata"):
+            if _truthy_key(run.values.get(name), "trust_remote_code"):
+                raise PolicyViolation(run.field(name), "trust_remote_code needs " + CODE_RULE)
+        model = str(run.values.get("model") or "")
+        model_args = run.values.get("model_args")
+        explicit = isinstance(model_args, dict) and "trust_remote_code" in model_args
+        if model in REMOTE_CODE_MODEL_DEFAULTS and not explicit:
+            raise PolicyViolation(
+                run.field("model"),
+                f"lm-eval's {model!r} model trusts remote code unless model_args sets "
+                f"trust_remote_code=False, and {CODE_RULE}",
+            )
+        for task in _task_names(run.values.get("tasks")):
+            if task.startswith(REMOTE_CODE_TASK_PREFIXES):
+                raise PolicyViolation(
+                    run.field("tasks"),
+                    f"task {task!r} loads its tokenizer with trust_remote_code=True, and "
+                    + CODE_RULE,
+                )
 
     def job_environment(self) -> dict[str, str]:
         """Variables the server sets for every job (after the request's own)."""
         env = {"PYTHONUNBUFFERED": "1"}
         if not self.settings.allow_online:
             env.update(OFFLINE_ENV)
+        if not self.settings.allow_code_execution:
+            # The server's own environment reaches jobs: what it says must not lift the rule.
+            env.update(CODE_OFF_ENV)
         return env
 
 
@@ -318,32 +484,62 @@ def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
                 yield entry
 
 
-def _asks_remote_code(model_args: Any) -> bool:
-    """Whether lm-eval would pass a true trust_remote_code to the model (or cannot tell)."""
-    if isinstance(model_args, dict):
-        return _truthy_key(model_args, "trust_remote_code")
-    if isinstance(model_args, str) and "trust_remote_code" in model_args:
-        parsed = _parse_mapping(model_args)
-        return parsed is None or _truthy_key(parsed, "trust_remote_code")
-    return False
-
-
-def _parse_mapping(text: str) -> dict[str, Any] | None:
-    """``text`` as lm-eval reads model_args (JSON object or k=v pairs); None if unparsable."""
-    from lm_eval._cli.utils import key_val_to_dict
+def _parse_config(raw: bytes) -> dict[str, Any]:
+    """A config file can set any flag, so its contents obey the same rules. Refusals never
+    quote the file: it may be someone else's."""
+    import yaml
 
     try:
-        parsed = json.loads(text)
-    except ValueError:
-        try:
-            parsed = key_val_to_dict(text)
-        except (ValueError, SyntaxError):
-            return None
-    return parsed if isinstance(parsed, dict) else None
+        content = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyViolation("config", "the file is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        raise PolicyViolation("config", f"the file is not valid YAML{_where(error)}") from None
+    if not isinstance(content, dict):
+        raise PolicyViolation("config", "the config file must hold a mapping")
+    return content
 
 
-def _truthy_key(mapping: dict[Any, Any], key: str) -> bool:
+def _path_entries(value: str) -> Iterator[str]:
+    """The entries of an environment value that look like paths: ``:``-separated, each
+    absolute, home- or dot-relative, or holding a ``/``. URLs are not paths, except
+    ``file://`` ones."""
+    if _URL.match(value):
+        if value.lower().startswith("file://"):
+            yield value[len("file://") :]
+        return
+    for entry in value.split(os.pathsep):
+        if entry.startswith(("/", "~", ".")) or "/" in entry:
+            yield entry
+
+
+def _short(value: str) -> str:
+    """A value quoted in a message, cut to a readable length."""
+    return repr(value if len(value) <= 200 else value[:200] + "...")
+
+
+def _exists(field: str, path: Path) -> bool:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as error:  # a name too long, a loop: no process could use it either
+        raise PolicyViolation(field, f"not a usable path: {error}") from None
+    return True
+
+
+def _where(error: Exception) -> str:
+    """Where in a file the YAML parser stopped: a position, never the file's text."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return ""
+    return f" (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _truthy_key(mapping: Any, key: str) -> bool:
     """``key`` set to anything truthy, at any depth (keys compared loosely)."""
+    if not isinstance(mapping, dict):
+        return False
     for name, value in mapping.items():
         if str(name).strip().lower() == key and value:
             return True

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio.paths import inside
 from lmeval_trio.records import JobRecord
 
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
@@ -29,14 +30,23 @@ def find_results_file(record: JobRecord) -> Path | None:
 
     lm-eval writes ``<dir>/<model>/results_<ts>.json``, or ``<stem>_<ts>.json`` beside a
     requested ``…/<stem>.json``; timestamps sort lexically, and a rerun adds a newer file.
+    Only regular files are candidates, found without following a symlink: the job itself
+    could have planted one pointing anywhere.
     """
     requested = record.request.get("output_path")
     if isinstance(requested, str) and requested.endswith(".json"):
         stem = Path(requested).stem
-        candidates = list(record.output_dir.glob(f"{stem}_*.json"))
+        candidates = [
+            p
+            for p in _walk(record.output_dir, record.job_dir, depth=0)
+            if p.name.startswith(f"{stem}_") and p.suffix == ".json"
+        ]
     else:
-        candidates = list(record.output_dir.glob("**/results_*.json"))
-    candidates = [c for c in candidates if c.is_file()]
+        candidates = [
+            p
+            for p in _walk(record.output_dir, record.job_dir)
+            if p.name.startswith("results_") and p.suffix == ".json"
+        ]
     return (
         max(candidates, key=lambda p: (p.name.rsplit("_", 1)[-1], p.stat().st_mtime_ns))
         if (candidates)
@@ -92,11 +102,11 @@ def metrics_table(data: dict[str, Any]) -> list[dict[str, Any]]:
 def list_artifacts(record: JobRecord) -> list[Artifact]:
     """Every file of the job: logs and outputs in its folder, and a custom output folder."""
     roots = {"": record.job_dir}
-    if not _inside(record.output_dir, record.job_dir):
+    if not inside(record.output_dir, record.job_dir):  # lexically: both stored absolute
         roots["output-path/"] = record.output_dir
     found = []
     for prefix, root in roots.items():
-        for path in sorted(_walk(root)):
+        for path in sorted(_walk(root, record.job_dir)):
             found.append(Artifact(prefix + str(path.relative_to(root)), path, path.stat().st_size))
     return found
 
@@ -106,11 +116,15 @@ def resolve_artifact(record: JobRecord, name: str) -> Artifact | None:
     return next((a for a in list_artifacts(record) if a.name == name), None)
 
 
-def _walk(root: Path) -> list[Path]:
-    if not root.is_dir():
+def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[Path]:
+    """Regular files under ``root`` (``depth`` levels of folders below it; None: all),
+    never through a symlink (see _unmoved)."""
+    if not _unmoved(root, job_dir) or not root.is_dir():
         return []
     files = []
-    for directory, _dirs, names in os.walk(root):
+    for directory, dirs, names in os.walk(root):
+        if depth is not None and len(Path(directory).relative_to(root).parts) >= depth:
+            dirs.clear()
         for name in names:
             path = Path(directory) / name
             if path.is_file() and not path.is_symlink():
@@ -118,9 +132,13 @@ def _walk(root: Path) -> list[Path]:
     return files
 
 
-def _inside(path: Path, root: Path) -> bool:
+def _unmoved(root: Path, job_dir: Path) -> bool:
+    """``root`` still is the folder resolved at submission: no symlink on its way from the
+    job's folder (which the job may write), or none at all for a folder elsewhere (stored
+    with its symlinks already followed)."""
+    real = Path(os.path.realpath(root))
     try:
-        path.resolve().relative_to(root.resolve())
+        below = root.relative_to(job_dir)
     except ValueError:
-        return False
-    return True
+        return real == root
+    return real == Path(os.path.realpath(job_dir)) / below

@@ -10,6 +10,7 @@ readers may cache what they derive from a row under it (the job listing does).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,15 @@ _JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
 _PATH_COLUMNS = frozenset({"job_dir", "output_dir"})
 
 
+def _private_file(path: Path) -> None:
+    """The database (and SQLite's -wal and -shm beside it, which SQLite creates with the
+    database's mode) readable by the server's user only: it holds every request's secrets."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists():
+            os.chmod(name, 0o600)
+
+
 class StoreError(RuntimeError):
     """The database cannot be used (newer schema, unreadable file, ...)."""
 
@@ -125,6 +135,7 @@ class JobStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row

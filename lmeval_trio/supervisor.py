@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,11 +36,12 @@ from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
-from lmeval_trio.policy import Policy
+from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
 from lmeval_trio.runner import LocalRunner, Runner, Started, local_environment
+from lmeval_trio.secrets import output_secrets
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
 from lmeval_trio.store import Draft, JobStore
@@ -156,6 +158,7 @@ class Supervisor:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
+            await trio.to_thread.run_sync(_make_private, self.settings.data_dir)
             await self.store.open()
             await self._recover()
         except BaseException as error:
@@ -316,10 +319,12 @@ class Supervisor:
         self._check_accepting()
         request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
         with self._queue_place():
-            await trio.to_thread.run_sync(self.policy.check, request)
-            command.check(request)
+            admitted = await trio.to_thread.run_sync(self.policy.admit, request)
             self._check_gpus(request.get("num_gpus"))
-            record = await self.store.create(self._draft(request, resumed_from), utc_now())
+            draft = self._draft(request, admitted, resumed_from)
+            record = await self.store.create(draft, utc_now())
+            if admitted.config_bytes is not None:
+                await trio.to_thread.run_sync(_write_config, record.job_dir, admitted.config_bytes)
             if resumed_from is not None:
                 await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
             self._enqueue(record)
@@ -355,11 +360,14 @@ class Supervisor:
             )
 
     def _draft(
-        self, request: dict[str, Any], resumed_from: JobRecord | None
+        self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None
     ) -> Callable[[int], Draft]:
+        """The stored request stays as submitted; the argv, environment and output folder
+        carry its paths as the policy resolved them, absolute for this job's folder."""
+
         def draft_for(job_id: int) -> Draft:
             job_dir = command.job_dir_for(self.settings.data_dir, job_id)
-            built = command.build(request, job_dir, self.launcher)
+            built = command.build(admitted.apply(request, job_dir), job_dir, self.launcher)
             return Draft(
                 request=request,
                 argv=built.argv,
@@ -459,6 +467,12 @@ class Supervisor:
                 f"job {job_id} is {old.status.value}; only Stopped or Failed jobs can be resumed"
             )
         return await self.submit(old.request, resumed_from=old)
+
+    async def output_secrets(self, record: JobRecord) -> tuple[str, ...]:
+        """Values to hide in what the job wrote (its request's and its config's secrets)."""
+        return await trio.to_thread.run_sync(
+            output_secrets, record.request, record.job_dir / CONFIG_COPY
+        )
 
     async def log_tail(self, record: JobRecord, stream: str) -> list[str]:
         return await trio.to_thread.run_sync(
@@ -773,6 +787,19 @@ def _unwrap_spawn_error() -> Iterator[None]:
         raise leaf from None
 
 
+def _write_config(job_dir: Path, content: bytes) -> None:
+    """The job reads the --config bytes the policy judged, not the file as it is later."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / CONFIG_COPY).write_bytes(content)
+
+
+def _make_private(data_dir: Path) -> None:
+    """The data dir holds every job's request (env_vars, credentials) and files: only the
+    server's user may enter it."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+
+
 def _prepare_dirs(record: JobRecord) -> None:
     record.job_dir.mkdir(parents=True, exist_ok=True)
     (record.job_dir / "cache").mkdir(exist_ok=True)
@@ -811,9 +838,35 @@ def _mark_attempt(record: JobRecord, previous_reason: str | None) -> None:
 
 
 def _copy_cache(old_dir: Path, new_dir: Path) -> None:
-    source = old_dir / "cache"
-    if source.is_dir():
-        shutil.copytree(source, new_dir / "cache", dirs_exist_ok=True)
+    """Copy the earlier job's response cache: regular files and folders only, never
+    following a symlink (the earlier job could have planted one to read someone else's)."""
+    _copy_tree_nofollow(old_dir / "cache", new_dir / "cache")
+
+
+def _copy_tree_nofollow(source: Path, target: Path) -> None:
+    try:
+        info = os.lstat(source)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _copy_tree_nofollow(Path(entry.path), target / entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                _copy_file_nofollow(Path(entry.path), target / entry.name)
+
+
+def _copy_file_nofollow(source: Path, target: Path) -> None:
+    """Open with O_NOFOLLOW, so a file swapped for a link meanwhile is skipped, not read."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    with open(fd, "rb") as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
 
 
 def _seconds_between(start: str | None, end: str | None) -> float:

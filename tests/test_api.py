@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from tests.conftest import FAKE_LM_EVAL, Server, fake_job
 
@@ -26,7 +27,7 @@ async def test_submit_returns_the_original_shape(server: Server) -> None:
 
 
 async def test_completed_job_summary_and_detail(server: Server) -> None:
-    job_id = await server.submit(fake_job("env", SECRET_TOKEN="s3cret"))
+    job_id = await server.submit(fake_job("env", SECRET_TOKEN="s3cret-value"))
     job = await server.wait_status(job_id, JobStatus.COMPLETED)
     assert job.keys() >= SUMMARY_KEYS
     assert job["status"] == "Completed"
@@ -37,7 +38,10 @@ async def test_completed_job_summary_and_detail(server: Server) -> None:
     assert argv[:2] == [str(FAKE_LM_EVAL), "run"]
     assert "--model=dummy" in argv and "--tasks=fake" in argv
     child = json.loads("".join(job["stdout"]))
-    assert child["env"]["SECRET_TOKEN"] == "s3cret"  # env_vars reach the child
+    # env_vars reach the child (its own log says so); the API shows its output masked.
+    record = await server.app.extensions[SUPERVISOR_KEY].get(job_id)
+    assert json.loads(record.stdout_path.read_text())["env"]["SECRET_TOKEN"] == "s3cret-value"
+    assert child["env"]["SECRET_TOKEN"] == "***"
     assert child["env"]["PYTHONUNBUFFERED"] == "1"
     assert child["env"]["HF_HUB_OFFLINE"] == "1"
     assert job["request"]["env_vars"]["SECRET_TOKEN"] == "***"  # never echoed back

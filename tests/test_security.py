@@ -41,8 +41,13 @@ async def serving(settings: Settings, **headers: str) -> AsyncIterator[httpx.Asy
 
 
 def judge_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Only the data dir is a root; nothing dequeues."""
-    values: dict[str, Any] = {"allowed_path_roots": (), "max_concurrency": 0, **overrides}
+    """One operator root, ``shared``, besides each job's own folder; nothing dequeues."""
+    (tmp_path / "shared").mkdir(exist_ok=True)
+    values: dict[str, Any] = {
+        "allowed_path_roots": (tmp_path / "shared",),
+        "max_concurrency": 0,
+        **overrides,
+    }
     return make_settings(tmp_path, **values)
 
 
@@ -60,8 +65,16 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    """The judge servers' operator root."""
+    path = tmp_path / "shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
 def outside(tmp_path: Path) -> Path:
-    """A folder that is in no allowed root (judge servers only allow the data dir)."""
+    """A folder that is in no allowed root (judge servers only allow ``shared``)."""
     path = tmp_path / "outside"
     path.mkdir()
     (path / "evil.yaml").write_text("task: evil\n")
@@ -160,11 +173,14 @@ async def test_env_allowlist_mode(tmp_path: Path) -> None:
 
 
 async def test_path_valued_env_vars_obey_the_roots(
-    judge: httpx.AsyncClient, data_dir: Path
+    judge: httpx.AsyncClient, data_dir: Path, shared: Path
 ) -> None:
     await refused(judge, {"env_vars": {"HF_HOME": "/etc"}}, "env_vars.HF_HOME")
     await refused(judge, {"env_vars": {"TMPDIR": "../../../.."}}, "env_vars.TMPDIR")
-    await accepted(judge, {"env_vars": {"HF_HOME": str(data_dir / "hf")}})
+    # Changed rule (issue 20): the data dir is no longer a root.
+    await refused(judge, {"env_vars": {"HF_HOME": str(data_dir / "hf")}}, "env_vars.HF_HOME")
+    await accepted(judge, {"env_vars": {"HF_HOME": str(shared / "hf")}})
+    await accepted(judge, {"env_vars": {"HF_HOME": "hf"}})  # the job's own folder
 
 
 # -- paths ----------------------------------------------------------------------------------
@@ -188,30 +204,30 @@ async def test_absolute_paths_elsewhere_are_refused(judge: httpx.AsyncClient) ->
 
 
 async def test_dot_dot_in_include_path_cannot_escape(
-    judge: httpx.AsyncClient, data_dir: Path
+    judge: httpx.AsyncClient, shared: Path, outside: Path
 ) -> None:
-    escape = str(data_dir / "tasks" / ".." / ".." / "outside")
+    escape = str(shared / "tasks" / ".." / ".." / "outside")
     assert "allowed root" in await refused(judge, {"include_path": escape}, "include_path")
     # Relative paths start in the job's folder (data/jobs/<id>): three levels up is outside.
     await refused(judge, {"include_path": "../../../outside"}, "include_path")
     await refused(judge, {"output_path": "../../../out"}, "output_path")
-    await accepted(judge, {"output_path": "../../shared/out"})  # data/shared/out
+    await accepted(judge, {"output_path": "../../../shared/out"})  # tmp/shared/out
 
 
-async def test_symlink_out_of_the_data_dir_is_refused(
-    judge: httpx.AsyncClient, data_dir: Path, outside: Path
+async def test_symlink_out_of_a_root_is_refused(
+    judge: httpx.AsyncClient, shared: Path, outside: Path
 ) -> None:
-    (data_dir / "link").symlink_to(outside, target_is_directory=True)
-    await refused(judge, {"include_path": str(data_dir / "link")}, "include_path")
-    await refused(judge, {"output_path": str(data_dir / "link" / "out")}, "output_path")
-    await refused(judge, {"tasks": str(data_dir / "link" / "evil.yaml")}, "tasks")
-    await refused(judge, {"tasks": str(data_dir / "l*" / "*.yaml")}, "tasks")  # lm-eval globs
+    (shared / "link").symlink_to(outside, target_is_directory=True)
+    await refused(judge, {"include_path": str(shared / "link")}, "include_path")
+    await refused(judge, {"output_path": str(shared / "link" / "out")}, "output_path")
+    await refused(judge, {"tasks": str(shared / "link" / "evil.yaml")}, "tasks")
+    await refused(judge, {"tasks": str(shared / "l*" / "*.yaml")}, "tasks")  # lm-eval globs
 
 
 async def test_symlink_inside_an_include_folder_is_refused(
-    judge: httpx.AsyncClient, data_dir: Path, outside: Path
+    judge: httpx.AsyncClient, shared: Path, outside: Path
 ) -> None:
-    tasks = data_dir / "tasks"
+    tasks = shared / "tasks"
     tasks.mkdir()
     (tasks / "fine.yaml").write_text("task: fine\n")
     await accepted(judge, {"include_path": str(tasks)})
@@ -219,11 +235,11 @@ async def test_symlink_inside_an_include_folder_is_refused(
     await refused(judge, {"include_path": str(tasks)}, "include_path")
 
 
-async def test_paths_inside_the_roots_are_accepted(tmp_path: Path, data_dir: Path) -> None:
-    settings = judge_settings(tmp_path, allowed_path_roots=(TASKS_DIR,))
+async def test_paths_inside_the_roots_are_accepted(tmp_path: Path, shared: Path) -> None:
+    settings = judge_settings(tmp_path, allowed_path_roots=(TASKS_DIR, shared))
     async with serving(settings) as client:
         await accepted(client, {"include_path": str(TASKS_DIR), "tasks": "tiny_mc"})
-        await accepted(client, {"output_path": str(data_dir / "results"), "use_cache": "c"})
+        await accepted(client, {"output_path": str(shared / "results"), "use_cache": "c"})
         await accepted(client, {"samples": '{"tiny_mc": [0, 1]}'})  # JSON, not a path
 
 
@@ -330,18 +346,18 @@ CONFIG_ATTACKS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-async def test_config_yaml_obeys_the_same_rules(judge: httpx.AsyncClient, data_dir: Path) -> None:
-    config = data_dir / "config.yaml"
+async def test_config_yaml_obeys_the_same_rules(judge: httpx.AsyncClient, shared: Path) -> None:
+    config = shared / "config.yaml"
     for content, field in CONFIG_ATTACKS:
         config.write_text(json.dumps(content))  # JSON is YAML
         await refused(judge, {"config": str(config)}, field)
 
 
-async def test_harmless_config_yaml_is_accepted(judge: httpx.AsyncClient, data_dir: Path) -> None:
-    config = data_dir / "config.yaml"
+async def test_harmless_config_yaml_is_accepted(judge: httpx.AsyncClient, shared: Path) -> None:
+    config = shared / "config.yaml"
     config.write_text("model: dummy\nlimit: 2\n")
     await accepted(judge, {"config": str(config)})
-    await refused(judge, {"config": str(data_dir)}, "config")  # a folder is not a config
+    await refused(judge, {"config": str(shared)}, "config")  # a folder is not a config
 
 
 # -- API keys -------------------------------------------------------------------------------

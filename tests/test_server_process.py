@@ -186,10 +186,11 @@ async def test_signals_shut_down_gracefully(
 
 
 async def test_kill_9_loses_nothing(tmp_path: Path) -> None:
-    marker = tmp_path / "ran-once"
+    # The marker lives in the job's own folder (relative paths start there), which a
+    # requeued job keeps; a path elsewhere would have to lie under an allowed root.
     async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="1") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            first = await _submit(client, fake_job("tree_once", FAKE_MARKER=str(marker)))
+            first = await _submit(client, fake_job("tree_once", FAKE_MARKER="./ran-once"))
             pids = await _wait_for_pids(client, first)
             queued = [await _submit(client, fake_job("env")) for _ in range(3)]
             before = (await client.get("/jobs")).json()["jobs"]

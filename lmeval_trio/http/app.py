@@ -17,6 +17,7 @@ from lmeval_trio.config import Settings
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.signals import forward_sigterm
+from lmeval_trio.http.strict_json import StrictJSONProvider
 from lmeval_trio.supervisor import Supervisor
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -44,7 +45,7 @@ def create_app(
         scalar_ui_path=None,
         swagger_ui_path="/docs",
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the original's key order
+    app.json = _strict_json(app)
     errors.install(app)
     security.install(app, settings)
     app.register_blueprint(jobs.blueprint())
@@ -56,6 +57,14 @@ def create_app(
     else:
         _own_supervisor(app, settings)
     return app
+
+
+def _strict_json(app: QuartTrio) -> StrictJSONProvider:
+    """No NaN or Infinity out (strict_json.py), with quart-schema's conversions kept."""
+    provider = StrictJSONProvider(app)
+    provider.default = app.json.default  # type: ignore[attr-defined]
+    provider.sort_keys = False  # keep the original's key order
+    return provider
 
 
 def _own_supervisor(app: QuartTrio, settings: Settings) -> None:

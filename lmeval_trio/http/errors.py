@@ -15,7 +15,7 @@ from quart import Quart, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
-from lmeval_trio.policy import PolicyViolation
+from lmeval_trio.policy import MissingPath, PolicyViolation
 from lmeval_trio.results import ResultsUnavailable
 from lmeval_trio.supervisor import (
     JobNotFound,
@@ -126,6 +126,11 @@ def install(app: Quart) -> None:
                 "type": "lm_eval_rejected",
             }
         ]
+        return error_response(422, detail)
+
+    @app.errorhandler(MissingPath)
+    async def _missing(error: MissingPath) -> Response:
+        detail = [{"loc": ["body", error.field], "msg": error.message, "type": "missing_path"}]
         return error_response(422, detail)
 
     @app.errorhandler(PolicyViolation)

@@ -7,16 +7,17 @@ sent afresh on every connect. The stream waits on the job's change signal, never
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import collapse_redraws, read_range
+from lmeval_trio.secrets import mask_lines
 from lmeval_trio.supervisor import JobNotFound, Supervisor
 
 STREAMS = ("stdout", "stderr")
@@ -36,7 +37,7 @@ def parse_last_event_id(raw: str | None) -> dict[str, int]:
 
 def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+    return f"{head}event: {kind}\ndata: {strict_json.dumps(data)}\n\n".encode()
 
 
 async def event_stream(
@@ -45,6 +46,7 @@ async def event_stream(
     """Yield SSE frames until the job has ended (and, with ``logs``, its logs are drained)."""
     last_status: dict[str, Any] | None = None
     last_progress: dict[str, Any] | None = None
+    hidden: tuple[str, ...] | None = None  # the job's secrets, read once
     while True:
         pulse = supervisor.live_changes(job_id)
         version = pulse.version if pulse is not None else 0
@@ -58,6 +60,9 @@ async def event_stream(
             frame, offsets[stream], full = await _log_frame(
                 record.log_path(stream), stream, offsets[stream], ended=pulse is None
             )
+            if frame is not None:
+                hidden = hidden if hidden is not None else await supervisor.output_secrets(record)
+                frame["lines"] = mask_lines(frame["lines"], hidden)
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")

@@ -3,17 +3,20 @@ each route parses, calls the supervisor, and shapes the answer."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_request, document_response, tag
 
 from lmeval_trio.cli_schema import request_model
-from lmeval_trio.http import schemas
+from lmeval_trio.http import schemas, strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.listing import JobListing
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
+from lmeval_trio.secrets import mask_lines
 from lmeval_trio.status import ACTIVE, JobStatus
 from lmeval_trio.supervisor import StopOutcome
 
@@ -45,10 +48,7 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Error, 503)
     async def submit() -> Response:
         """Queue an lm-eval job."""
-        try:
-            body = await request.get_json(force=True, silent=True)
-        except (UnicodeDecodeError, RecursionError):
-            body = None  # not UTF-8, or nested deeper than the decoder goes
+        body = await _json_body()
         if not isinstance(body, dict):
             raise InvalidParameter("body", "body", "expected a JSON object")
         record = await supervisor().submit(job_request.model_validate(body))
@@ -85,8 +85,9 @@ def blueprint() -> Blueprint:
         sup = supervisor()
         record = await sup.get(job_id)
         detail = schemas.summary(record, sup.progress_dict(record))
-        detail["stdout"] = await sup.log_tail(record, "stdout")
-        detail["stderr"] = await sup.log_tail(record, "stderr")
+        hidden = await sup.output_secrets(record)
+        detail["stdout"] = mask_lines(await sup.log_tail(record, "stdout"), hidden)
+        detail["stderr"] = mask_lines(await sup.log_tail(record, "stderr"), hidden)
         return jsonify(detail)
 
     @bp.route("/job/<int:job_id>/stop", methods=["GET", "POST"])
@@ -157,6 +158,18 @@ def blueprint() -> Blueprint:
         )
 
     return bp
+
+
+async def _json_body() -> Any:
+    """The request body as strict JSON: NaN, Infinity and numbers beyond a double (1e309)
+    are refused here, so no stored request can make a later answer invalid JSON."""
+    data = await request.get_data()
+    try:
+        return strict_json.loads(data)
+    except strict_json.NonFiniteNumber as error:
+        raise InvalidParameter("body", "body", f"non-finite number: {error}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None  # not JSON, not UTF-8, or nested deeper than the decoder goes
 
 
 def _status_filter() -> list[JobStatus] | None:

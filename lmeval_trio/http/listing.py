@@ -21,13 +21,24 @@ from operator import eq, itemgetter, ne
 from typing import Any, cast
 
 from lmeval_trio.http.schemas import summary
+from lmeval_trio.http.strict_json import finite
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import JobStore, Versioned
 from lmeval_trio.supervisor import Supervisor
 
 # What app.json produces outside debug mode: compact, ASCII, keys in insertion order.
-_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def _ENCODE(value: Any) -> str:
+    """Strict JSON (see strict_json.py): non-finite floats go out as null."""
+    try:
+        return _ENCODER.encode(value)
+    except ValueError:
+        return _ENCODER.encode(finite(value))
+
+
 HEAD = b'{"jobs":['
 LIVE = -1  # the version of a row rendered from the supervisor's live state
 RENDER_BATCH = 64  # stale rows fetched and rendered per step: under ~10 ms of event loop

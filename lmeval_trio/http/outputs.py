@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -16,6 +17,7 @@ from lmeval_trio.http.errors import Conflict
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.logs import collapse_redraws, read_range
+from lmeval_trio.secrets import mask_json, mask_lines, mask_text, masked_file
 from lmeval_trio.status import TERMINAL
 
 MAX_LOG_READ_BYTES = 1024 * 1024
@@ -50,6 +52,7 @@ def blueprint() -> Blueprint:
         if tail is not None:
             offset, limit = -tail, tail
         chunk = await trio.to_thread.run_sync(read_range, record.log_path(stream), offset, limit)
+        hidden = await sup.output_secrets(record)
         return jsonify(
             {
                 "job_id": job_id,
@@ -57,8 +60,8 @@ def blueprint() -> Blueprint:
                 "offset": chunk.offset,
                 "next_offset": chunk.next_offset,
                 "size": chunk.size,
-                "text": chunk.text,
-                "lines": collapse_redraws(chunk.text),
+                "text": mask_text(chunk.text, hidden),
+                "lines": mask_lines(collapse_redraws(chunk.text), hidden),
             }
         )
 
@@ -110,7 +113,7 @@ def blueprint() -> Blueprint:
             raise Conflict(f"job {job_id} is {record.status.value}; results come when it ends")
         data: dict[str, Any] = await trio.to_thread.run_sync(results.load_results, record)
         data["status"] = record.status.value
-        return jsonify(data)
+        return jsonify(mask_json(data, await supervisor().output_secrets(record)))
 
     @bp.get("/job/<int:job_id>/artifacts")
     @tag(["outputs"])
@@ -142,12 +145,23 @@ def blueprint() -> Blueprint:
         found = await trio.to_thread.run_sync(results.resolve_artifact, record, name)
         if found is None:
             raise NotFound(f"job {job_id} has no artifact {name!r}")
-        response = await send_file(
-            found.path, as_attachment=True, attachment_filename=found.path.name
-        )
+        hidden = await supervisor().output_secrets(record)
+        if hidden:  # the child may have written a credential anywhere: stream it masked
+            response = Response(masked_file(found.path, hidden), mimetype=_mimetype(found.path))
+            response.headers["Content-Disposition"] = f'attachment; filename="{found.path.name}"'
+        else:
+            response = await send_file(
+                found.path, as_attachment=True, attachment_filename=found.path.name
+            )
         response.timeout = None
         # Logs grow and may need a key: never from a shared or stale cache.
         response.headers["Cache-Control"] = "private, no-cache"
         return response
 
     return bp
+
+
+def _mimetype(path: Path) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmeval_trio.records import JobRecord
+from lmeval_trio.secrets import job_secrets, mask_text, public_argument, public_request
 from lmeval_trio.status import JobStatus
 
 
@@ -28,7 +29,9 @@ class JobSummary(BaseModel):
     attempts: int
     gpus: list[str]
     progress: dict[str, Any] = Field(description="Phase, n, total, rate_per_s, elapsed_s, eta_s.")
-    request: dict[str, Any] = Field(description="The request as submitted (env values hidden).")
+    request: dict[str, Any] = Field(
+        description="The request as submitted (env values and credentials hidden)."
+    )
 
 
 class JobDetail(JobSummary):
@@ -132,9 +135,10 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
     """The summary dict for ``record``; Completed always reports 100 percent."""
     stored = progress.get("percent")
     percent = 100 if record.status is JobStatus.COMPLETED else int(stored or 0)
+    hidden = job_secrets(record.request)
     return {
         "job_id": record.id,
-        "argument": record.argument,
+        "argument": public_argument(record.argv, hidden),
         "status": record.status.value,
         "timestamp": record.started_at,
         "exit_code": record.exit_code,
@@ -143,17 +147,10 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
         "queued_at": record.queued_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
-        "reason": record.reason,
+        "reason": None if record.reason is None else mask_text(record.reason, hidden),
         "resumed_from": record.resumed_from,
         "attempts": record.attempts,
         "gpus": record.gpus,
         "progress": {**progress, "percent": percent},
-        "request": _public_request(record.request),
+        "request": public_request(record.request),
     }
-
-
-def _public_request(request: dict[str, Any]) -> dict[str, Any]:
-    """env_vars often carry tokens: show their names, never their values."""
-    if "env_vars" not in request:
-        return request
-    return {**request, "env_vars": dict.fromkeys(request["env_vars"], "***")}
