@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from lmeval_trio import command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Policy
@@ -113,6 +114,8 @@ class SupervisorStatistics:
     warm_runners_ready: int = 0  # … of which have finished importing
     warm_starts: int = 0  # jobs started in a warm runner
     warm_misses: int = 0  # fast-start jobs no warm runner matched (started afresh)
+    jobs_confined: bool = False  # local jobs run behind a Landlock wall (README "Security")
+    job_confinement: str = "off"  # the setting: auto, landlock or off
 
 
 class Supervisor:
@@ -131,7 +134,8 @@ class Supervisor:
             index_cache=settings.effective_cache_dir / "task-index",
         )
         self.warm = None if runner is not None else warm_pool(settings, self.launcher)
-        self.runner = runner or default_runner(settings, self.warm)
+        self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
+        self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
@@ -155,6 +159,7 @@ class Supervisor:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
+            await self.walls.check()
             await self.store.open()
             await self._recover()
         except BaseException as error:
@@ -225,6 +230,8 @@ class Supervisor:
             slots_total=self.slots.total,
             slots_free=self.slots.free,
             **self._warm_statistics(),
+            jobs_confined=self.walls.confined and isinstance(self.runner, LocalRunner),
+            job_confinement=self.settings.job_confinement,
         )
 
     def _warm_statistics(self) -> dict[str, int]:
@@ -564,8 +571,11 @@ class Supervisor:
     def job_environment(
         self, env_vars: Mapping[str, str], gpus: tuple[str, ...] = ()
     ) -> dict[str, str]:
-        """The job's own variables; the runner adds what its host needs (PATH, HOME, ...)."""
-        env = {"PYTHONPYCACHEPREFIX": str(self.settings.effective_cache_dir / "pycache")}
+        """The job's own variables; the runner adds what its host needs (PATH, HOME, ...).
+
+        Jobs write no bytecode: they read the environment's own, which the server compiles
+        (``bytecode.py``), and nothing a job compiles lands where another job imports it."""
+        env = {"PYTHONDONTWRITEBYTECODE": "1", **self.walls.environment()}
         env.update(env_vars)
         env.update(self.policy.job_environment())
         if gpus:
@@ -718,13 +728,15 @@ def warm_pool(settings: Settings, launcher: command.Launcher) -> WarmPool | None
     )
 
 
-def default_runner(settings: Settings, warm: WarmPool | None = None) -> Runner:
+def default_runner(
+    settings: Settings, warm: WarmPool | None = None, walls: JobWalls | None = None
+) -> Runner:
     """The runner the settings select (local processes unless configured otherwise)."""
     if settings.backend == "ray":
         from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
 
         return RayRunner(settings)
-    return LocalRunner(settings.kill_grace_s, warm)
+    return LocalRunner(settings.kill_grace_s, warm, walls)
 
 
 def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmeval_trio.confinement import ConfinementError, Walls, enter
 from lmeval_trio.fastrun import MODULE
 
 #: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
@@ -44,6 +45,8 @@ PRELOAD = (
 MAX_SPEC_BYTES = 1 << 20
 #: Exit code for a malformed spec (the server's bug, never a job's).
 EXIT_BAD_SPEC = 2
+#: Exit code when the job's wall cannot be put up (as ``lmeval_trio.confine``).
+EXIT_NO_WALL = 126
 
 FileStamp = tuple[int, int, int]
 
@@ -54,19 +57,25 @@ class Spec:
 
     args: list[str]
     cwd: str
+    walls: Walls | None = None  # the job's confinement, put up before anything else
 
     @classmethod
     def parse(cls, line: bytes) -> Spec:
         data = json.loads(line)
-        args, cwd = data.get("args"), data.get("cwd")
+        args, cwd, walls = data.get("args"), data.get("cwd"), data.get("walls")
         if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
             raise ValueError("'args' must be a list of strings")
         if not isinstance(cwd, str) or not cwd:
             raise ValueError("'cwd' must be a non-empty string")
-        return cls(args=args, cwd=cwd)
+        if walls is not None and not isinstance(walls, str):
+            raise ValueError("'walls' must be a string")
+        return cls(args=args, cwd=cwd, walls=None if walls is None else Walls.decode(walls))
 
     def encode(self) -> bytes:
-        return json.dumps({"args": self.args, "cwd": self.cwd}).encode() + b"\n"
+        data: dict[str, object] = {"args": self.args, "cwd": self.cwd}
+        if self.walls is not None:
+            data["walls"] = self.walls.encode()
+        return json.dumps(data).encode() + b"\n"
 
 
 class ImportSnapshot:
@@ -148,21 +157,45 @@ def read_spec(log: logging.Logger) -> Spec | None:
         raise SystemExit(EXIT_BAD_SPEC) from None
 
 
-def become(spec: Spec) -> None:
-    """Detach from the server's stdin and take on the job's working directory."""
+def become(spec: Spec, log: logging.Logger) -> None:
+    """Detach from the server's stdin, put up the job's wall, take on its working directory."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if spec.walls is not None:
+        try:
+            enter(spec.walls)
+        except ConfinementError as err:
+            log.error("lmeval-trio: cannot confine the job: %s", err)
+            raise SystemExit(EXIT_NO_WALL) from None
     os.chdir(spec.cwd)
     sys.argv = [sys.argv[0], *spec.args]
 
 
+def other_threads() -> str | None:
+    """Landlock confines the thread that puts the wall up, never threads already running
+    (a library's pool started while preloading): name them, so the job restarts afresh
+    (``execve`` ends them and keeps the wall)."""
+    count = len(os.listdir("/proc/self/task"))
+    return f"{count - 1} thread(s) started before the wall" if count > 1 else None
+
+
 def restart_fresh(spec: Spec, cache_dir: Path, why: str, log: logging.Logger) -> None:
     """Replace this process with a fresh fastrun of the same job (never returns)."""
-    log.warning("warm runner: %s changed since it was imported; starting lm_eval afresh", why)
+    log.warning("warm runner: %s; starting lm_eval afresh", why)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    argv = [sys.executable, "-m", MODULE, "--index-cache", os.fspath(cache_dir), "--", *spec.args]
+    # -P: the job's folder (now the working directory) stays off sys.path.
+    argv = [
+        sys.executable,
+        "-P",
+        "-m",
+        MODULE,
+        "--index-cache",
+        os.fspath(cache_dir),
+        "--",
+        *spec.args,
+    ]
     os.execv(sys.executable, argv)
 
 
@@ -175,8 +208,11 @@ def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
     spec = read_spec(log)
     if spec is None:
         return
-    become(spec)
-    stale = snapshot.changed()
+    become(spec, log)
+    changed = snapshot.changed()
+    stale = f"{changed} changed since it was imported" if changed is not None else None
+    if stale is None and spec.walls is not None:
+        stale = other_threads()
     if stale is not None:
         restart_fresh(spec, cache_dir, stale, log)
     log.info("warm start: this runner started %.1f s before its job", time.monotonic() - started)
