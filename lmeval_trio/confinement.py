@@ -2,8 +2,17 @@
 its ``Walls`` name, whatever code it runs next (the wall survives ``execve`` and is inherited by
 every child).
 
-Runs inside a job's process, at the moment it becomes the job (the ``confine`` exec wrapper,
-fastrun's ``--walls``, a warm runner's handover), so it imports nothing but the standard library.
+Runs inside a job's process, at the moment it becomes the job: fastrun's ``--walls``, a warm
+runner's handover, or this file run as a script, an exec wrapper for any other program::
+
+    python -I -S .../confinement.py --read=PATH... --write=PATH... [--tmpdir=PATH] -- COMMAND...
+    python -I -S .../confinement.py --probe
+
+(``-I -S``: nothing but the standard library, nothing from the job's folder, ~10 ms.)
+``--probe`` puts up a wall that grants nothing and checks that the kernel enforces it: a kernel
+may report Landlock while a seccomp profile blocks it. Exit codes: 126 the wall could not be put
+up, 127 the command could not be started.
+
 The kernel interface is three system calls made through ctypes; every file-system right the
 running kernel's Landlock ABI knows is handled, so what the rules do not grant is denied.
 """
@@ -12,9 +21,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import platform
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # System call numbers: the same on x86_64 and aarch64 (the generic table).
@@ -54,37 +63,55 @@ class Walls:
     tmpdir: str | None = None
     landlock: bool = True
 
+    def to_args(self) -> list[str]:
+        """As command-line words (``--read=PATH``...), the form every carrier uses."""
+        words = [f"--read={p}" for p in self.read] + [f"--write={p}" for p in self.write]
+        if self.tmpdir is not None:
+            words.append(f"--tmpdir={self.tmpdir}")
+        return words if self.landlock else [*words, "--no-landlock"]
+
+    @classmethod
+    def from_args(cls, words: Sequence[str]) -> Walls:
+        read: list[str] = []
+        write: list[str] = []
+        tmpdir: str | None = None
+        landlock = True
+        for word in words:
+            name, _, value = word.partition("=")
+            if word == "--no-landlock":
+                landlock = False
+            elif not isinstance(word, str) or not value or "\0" in value:
+                raise ValueError(f"walls: not a --read/--write/--tmpdir=PATH word: {word!r}")
+            elif name == "--read":
+                read.append(value)
+            elif name == "--write":
+                write.append(value)
+            elif name == "--tmpdir":
+                tmpdir = value
+            else:
+                raise ValueError(f"walls: not a --read/--write/--tmpdir=PATH word: {word!r}")
+        return cls(tuple(read), tuple(write), tmpdir, landlock)
+
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "read": list(self.read),
-                "write": list(self.write),
-                "tmpdir": self.tmpdir,
-                "landlock": self.landlock,
-            }
-        )
+        """One string (JSON), for fastrun's ``--walls`` and a warm runner's job spec."""
+        import json
+
+        return json.dumps(self.to_args())
 
     @classmethod
     def decode(cls, text: str) -> Walls:
-        data = json.loads(text)
-        read, write, tmpdir = data.get("read"), data.get("write"), data.get("tmpdir")
-        if not (_strings(read) and _strings(write)) or not (tmpdir is None or _string(tmpdir)):
-            raise ValueError("walls: 'read' and 'write' must be lists of paths")
-        return cls(tuple(read), tuple(write), tmpdir, bool(data.get("landlock", True)))
+        import json
 
-
-def _string(value: object) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _strings(value: object) -> bool:
-    return isinstance(value, list) and all(_string(v) for v in value)
+        words = json.loads(text)
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError("walls: must be a JSON list of --read/--write/--tmpdir=PATH words")
+        return cls.from_args(words)
 
 
 def abi_version() -> int:
     """The kernel's Landlock ABI version, or 0 where Landlock cannot be used (old kernel,
     disabled at boot, blocked by seccomp, another architecture)."""
-    if platform.machine() not in _SUPPORTED_MACHINES:
+    if os.uname().machine not in _SUPPORTED_MACHINES:
         return 0
     result = _syscall("create_ruleset", None, 0, _CREATE_RULESET_VERSION, check=False)
     return max(result, 0)
@@ -113,9 +140,9 @@ def enter(walls: Walls) -> None:
     if walls.tmpdir is not None:
         os.makedirs(walls.tmpdir, exist_ok=True)
         os.environ["TMPDIR"] = walls.tmpdir
-        import tempfile
-
-        tempfile.tempdir = None  # forget a temp dir chosen before (a warm runner's imports)
+        tempfile = sys.modules.get("tempfile")
+        if tempfile is not None:  # forget a temp dir chosen before (a warm runner's imports)
+            tempfile.tempdir = None  # type: ignore[attr-defined]
 
 
 def restrict(read: tuple[str, ...], write: tuple[str, ...]) -> None:
@@ -191,3 +218,50 @@ def _syscall(name: str, *args: object, check: bool = True, what: str = "") -> in
 def _error(call: str) -> ConfinementError:
     code = ctypes.get_errno()
     return ConfinementError(code, f"{call} failed: {os.strerror(code)}")
+
+
+EXIT_NO_WALL = 126
+EXIT_NO_COMMAND = 127
+USAGE = f"usage: python -I -S {__file__} (--read=PATH|--write=PATH|--tmpdir=PATH)... -- COMMAND..."
+
+
+def main(args: Sequence[str]) -> int:
+    """The exec wrapper: confine this process, then become the command."""
+    if list(args) == ["--probe"]:
+        return probe()
+    if "--" not in args or args.index("--") == len(args) - 1:
+        print(USAGE, file=sys.stderr)
+        return 2
+    split = list(args).index("--")
+    try:
+        enter(Walls.from_args(args[:split]))
+    except (ConfinementError, ValueError) as err:
+        print(f"lmeval-trio: cannot confine the job: {err}", file=sys.stderr)
+        return EXIT_NO_WALL
+    command = list(args[split + 1 :])
+    try:
+        os.execv(command[0], command)
+    except OSError as err:
+        print(f"lmeval-trio: cannot start {command[0]}: {err.strerror}", file=sys.stderr)
+    return EXIT_NO_COMMAND
+
+
+def probe() -> int:
+    """Print the ABI version and exit 0 if a wall holds; else print why and exit 126."""
+    abi = abi_version()
+    try:
+        restrict((), ())
+    except ConfinementError as err:
+        print(f"Landlock ABI {abi}: {err}", file=sys.stderr)
+        return EXIT_NO_WALL
+    try:
+        os.listdir("/")
+    except PermissionError:
+        print(abi)
+        return 0
+    print(f"Landlock ABI {abi}: the wall was put up but does not hold", file=sys.stderr)
+    return EXIT_NO_WALL
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

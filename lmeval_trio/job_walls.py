@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from lmeval_trio import confinement
 from lmeval_trio.config import Settings
 from lmeval_trio.confinement import Walls
 
@@ -49,6 +50,8 @@ SINGLE_THREADED_IMPORTS = {
     "JE_ARROW_MALLOC_CONF": "background_thread:false",
 }
 PROBE_TIMEOUT_S = 30.0
+#: The exec wrapper: the standard library only, so it starts in ~10 ms.
+WRAPPER = (sys.executable, "-I", "-S", os.path.abspath(confinement.__file__))
 
 
 class ConfinementUnavailable(Exception):
@@ -133,14 +136,14 @@ class JobWalls:
 
     def command(self, argv: Sequence[str], walls: Walls | None) -> list[str]:
         """The argv that starts ``argv`` behind ``walls``: fastrun puts the wall up itself
-        (``--walls``), anything else through the ``confine`` exec wrapper. ``-P`` keeps the job
-        folder off sys.path, so nothing the job left there runs before the wall is up."""
+        (``--walls``), anything else through the exec wrapper (``confinement.py`` as a script).
+        ``-P`` and ``-I`` keep the job folder off sys.path, so nothing the job left there runs
+        before the wall is up."""
         if walls is None:
             return list(argv)
-        flag = "--walls=" + walls.encode()
         if self._is_fastrun(argv):
-            return [argv[0], "-P", *argv[1:3], flag, *argv[3:]]
-        return [sys.executable, "-P", "-m", "lmeval_trio.confine", flag, "--", *argv]
+            return [argv[0], "-P", *argv[1:3], "--walls=" + walls.encode(), *argv[3:]]
+        return [*WRAPPER, *walls.to_args(), "--", *argv]
 
     def _is_fastrun(self, argv: Sequence[str]) -> bool:
         prefix = self.fastrun_prefix
@@ -218,7 +221,7 @@ def _executable(argv: Sequence[str]) -> list[str]:
 
 async def _probe() -> tuple[int, str]:
     """(ABI, reason): put up a wall in a throwaway child and check that it holds."""
-    argv = [sys.executable, "-P", "-m", "lmeval_trio.confine", "--probe"]
+    argv = [*WRAPPER, "--probe"]
     try:
         with trio.fail_after(PROBE_TIMEOUT_S):
             done = await trio.run_process(

@@ -156,10 +156,10 @@ class Supervisor:
     # -- lifetime -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
+        await self.walls.check()  # raises ConfinementUnavailable if a required wall cannot be
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
-            await self.walls.check()
             await self.store.open()
             await self._recover()
         except BaseException as error:

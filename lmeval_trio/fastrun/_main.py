@@ -105,17 +105,13 @@ def _match_console_script_sys_path() -> None:
 
 def _confine(encoded: str) -> None:
     """Become the job behind its wall before anything of lm_eval is imported."""
-    from lmeval_trio.confinement import ConfinementError, Walls, enter
+    from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
     try:
         enter(Walls.decode(encoded))
     except (ConfinementError, ValueError) as err:
         print(f"lmeval-trio: cannot confine the job: {err}", file=sys.stderr)
         raise SystemExit(EXIT_NO_WALL) from None
-
-
-#: Exit code when the job's wall cannot be put up (as ``lmeval_trio.confine``).
-EXIT_NO_WALL = 126
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmeval_trio.confinement import ConfinementError, Walls, enter
+from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 from lmeval_trio.fastrun import MODULE
 
 #: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
@@ -45,8 +45,6 @@ PRELOAD = (
 MAX_SPEC_BYTES = 1 << 20
 #: Exit code for a malformed spec (the server's bug, never a job's).
 EXIT_BAD_SPEC = 2
-#: Exit code when the job's wall cannot be put up (as ``lmeval_trio.confine``).
-EXIT_NO_WALL = 126
 
 FileStamp = tuple[int, int, int]
 
