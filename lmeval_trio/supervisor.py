@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import command, process
+from lmeval_trio import bytecode, command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.job_walls import JobWalls
@@ -146,6 +147,8 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._dispatch_scope = trio.CancelScope()
         self._warm_scope = trio.CancelScope()
+        self._compile_scope = trio.CancelScope()
+        self.caches_prepared = trio.Event()  # bytecode compiled, task index built (or failed)
         self._accepting = False
         self._alive = False
         self._shutdown_requested = trio.Event()
@@ -168,9 +171,37 @@ class Supervisor:
         if self.warm is not None:
             self.warm.prime(local_environment(self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
+        if isinstance(self.runner, LocalRunner):
+            self._nursery.start_soon(self._compile_bytecode)
         self._nursery.start_soon(self._dispatch)
         self._accepting = self._alive = True
         return self
+
+    async def _compile_bytecode(self) -> None:
+        """Compiled bytecode for jobs (see ``bytecode.py``); a failure costs speed only.
+        After a change of the environment the task index is rebuilt too, by a warm runner
+        that gets no job: confined jobs cannot write it, and warm runners may be off."""
+        with self._compile_scope:
+            try:
+                changed = await bytecode.compile_environment(self.settings.effective_cache_dir)
+                if changed and self.launcher.warm is not None:
+                    await self._build_task_index(self.launcher.warm)
+            except OSError as error:
+                log.warning("could not prepare the caches for jobs: %s", error)
+        self.caches_prepared.set()
+
+    async def _build_task_index(self, warm_argv: Sequence[str]) -> None:
+        done = await trio.run_process(
+            list(warm_argv),
+            env=local_environment(self.job_environment({})),
+            cwd=self.settings.data_dir,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            log.warning("could not build the task index (exit code %s)", done.returncode)
 
     async def _run_warm_pool(
         self, pool: WarmPool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -251,6 +282,7 @@ class Supervisor:
         self._accepting = False
         self._dispatch_scope.cancel()
         self._warm_scope.cancel()
+        self._compile_scope.cancel()
         self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
         for live in started:
