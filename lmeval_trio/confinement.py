@@ -111,7 +111,7 @@ class Walls:
 def abi_version() -> int:
     """The kernel's Landlock ABI version, or 0 where Landlock cannot be used (old kernel,
     disabled at boot, blocked by seccomp, another architecture)."""
-    if os.uname().machine not in _SUPPORTED_MACHINES:
+    if not sys.platform.startswith("linux") or os.uname().machine not in _SUPPORTED_MACHINES:
         return 0
     result = _syscall("create_ruleset", None, 0, _CREATE_RULESET_VERSION, check=False)
     return max(result, 0)

@@ -25,7 +25,7 @@ import trio
 from hypercorn.config import Config
 
 from lmeval_trio import process
-from tests.conftest import CACHE_DIR, FAKE_LM_EVAL, SUPPORT, fake_job
+from tests.conftest import CACHE_DIR, FAKE_LM_EVAL, SUPPORT, fake_job, job_files
 
 ROOT = Path(__file__).parent.parent
 HYPERCORN = Path(sys.executable).parent / "hypercorn"
@@ -186,8 +186,11 @@ async def test_signals_shut_down_gracefully(
 
 
 async def test_kill_9_loses_nothing(tmp_path: Path) -> None:
-    marker = tmp_path / "ran-once"
-    async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="1") as server:
+    marker = job_files(tmp_path) / "ran-once"
+    roots = f"{SUPPORT},{marker.parent}"
+    async with hypercorn_server(
+        tmp_path / "data", MAX_CONCURRENCY="1", LMEVAL_ALLOWED_PATH_ROOTS=roots
+    ) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             first = await _submit(client, fake_job("tree_once", FAKE_MARKER=str(marker)))
             pids = await _wait_for_pids(client, first)
