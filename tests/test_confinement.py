@@ -23,10 +23,12 @@ import httpx
 import pytest
 import trio
 
+from lmeval_trio.command import Launcher
 from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.confinement import Walls, abi_version
+from lmeval_trio.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.job_walls import ConfinementUnavailable
+from lmeval_trio.job_walls import ConfinementUnavailable, JobWalls
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runner import local_environment
 from lmeval_trio.supervisor import Supervisor
@@ -98,14 +100,15 @@ async def finished(server: Server, body: dict[str, Any]) -> JobRecord:
     return await supervisor_of(server).get(job_id)
 
 
-def escape_targets(settings: Settings, other: JobRecord) -> dict[str, str]:
+def escape_targets(settings: Settings, other_dir: Path, other_log: Path) -> dict[str, str]:
+    """What to try: ``other_dir`` is another job's folder, ``other_log`` a file in it."""
     data, root = settings.data_dir, settings.allowed_path_roots[1]
     return {
         "read:store": str(data / "jobs.db"),
-        "read:other_job_log": str(other.stdout_path),
-        "list:other_job": str(other.job_dir),
+        "read:other_job_log": str(other_log),
+        "list:other_job": str(other_dir),
         "list:data_dir": str(data),
-        "write:other_job": str(other.job_dir),
+        "write:other_job": str(other_dir),
         "write:data_dir": str(data),
         "write:jobs_dir": str(data / "jobs"),
         "write:index_cache": str(settings.effective_cache_dir / "task-index"),
@@ -129,7 +132,7 @@ async def test_a_confined_program_reaches_only_its_own_places(tmp_path: Path) ->
     settings = confined_settings(tmp_path)
     async with serving(settings) as server:
         other = await finished(server, fake_job("env"))
-        targets = json.dumps(escape_targets(settings, other))
+        targets = json.dumps(escape_targets(settings, other.job_dir, other.stdout_path))
         body = {
             "lm_eval_path": str(ESCAPE_LM_EVAL),
             "model": "dummy",
@@ -143,12 +146,13 @@ async def test_a_confined_program_reaches_only_its_own_places(tmp_path: Path) ->
         assert "lmeval_jobs_confined 1.0" in (await server.client.get("/metrics")).text
 
 
-def escape_task(settings: Settings, other: JobRecord) -> Path:
+def escape_task(settings: Settings, other_dir: Path, other_log: Path) -> Path:
     """The escape task in an operator root, with the targets it will try."""
     folder = settings.allowed_path_roots[1] / "escape"
     shutil.copytree(ESCAPE_DIR, folder, dirs_exist_ok=True)
     shutil.copy(TASKS_DIR / "tiny_mc.jsonl", folder)
-    (folder / "targets.json").write_text(json.dumps(escape_targets(settings, other)))
+    targets = escape_targets(settings, other_dir, other_log)
+    (folder / "targets.json").write_text(json.dumps(targets))
     return folder
 
 
@@ -167,7 +171,7 @@ async def test_task_code_reaches_only_its_own_places(
     async with serving(settings) as server:
         supervisor = supervisor_of(server)
         other = await finished(server, fake_job("env"))
-        folder = escape_task(settings, other)
+        folder = escape_task(settings, other.job_dir, other.stdout_path)
         if supervisor.warm is not None:
             with trio.fail_after(300):
                 await supervisor.warm.wait_ready(local_environment(supervisor.job_environment({})))
@@ -183,7 +187,7 @@ async def test_unconfined_jobs_reach_the_store(tmp_path: Path) -> None:
     settings = confined_settings(tmp_path, job_confinement="off")
     async with serving(settings) as server:
         other = await finished(server, fake_job("env"))
-        targets = json.dumps(escape_targets(settings, other))
+        targets = json.dumps(escape_targets(settings, other.job_dir, other.stdout_path))
         body = {
             "lm_eval_path": str(ESCAPE_LM_EVAL),
             "model": "dummy",
@@ -264,3 +268,42 @@ def test_walls_travel_intact() -> None:
         Walls.decode(json.dumps({"read": "/"}))
     with pytest.raises(ValueError, match="walls"):
         Walls.from_args(["--write="])
+
+
+async def test_a_warm_runner_with_foreign_threads_restarts_its_job_confined(
+    tmp_path: Path,
+) -> None:
+    """OpenBLAS started a thread while the runner preloaded (a request may set its thread
+    count): that thread would stay outside the wall, so the job restarts afresh, confined."""
+    settings = confined_settings(tmp_path)
+    walls = JobWalls(settings, None)
+    await walls.check()
+    other_dir = settings.data_dir / "jobs" / "1"
+    other_dir.mkdir(parents=True)
+    (other_dir / "stdout.log").write_text("another job's output")
+    (settings.data_dir / "jobs.db").write_text("the store")
+    folder = escape_task(settings, other_dir, other_dir / "stdout.log")
+    job_dir = settings.data_dir / "jobs" / "2"
+    job_dir.mkdir()
+    env = local_environment({"PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "2"})
+    job_walls = await trio.to_thread.run_sync(walls.walls, job_dir, {}, env, [])
+    args = ["run", "--model", "dummy", "--tasks", "escape", "--include_path", str(folder)]
+    spec = Spec(args=args, cwd=str(job_dir), walls=job_walls).encode()
+    warm = Launcher.default(
+        fast_start=True, index_cache=settings.effective_cache_dir / "task-index"
+    )
+    assert warm.warm is not None
+    with trio.fail_after(300):
+        done = await trio.run_process(
+            list(warm.warm),
+            stdin=spec,
+            capture_stdout=True,
+            capture_stderr=True,
+            env=env,
+            cwd=settings.data_dir,
+            check=False,
+        )
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr[-2000:]
+    assert "started before the wall; starting lm_eval afresh" in stderr
+    assert_walled_in(json.loads((job_dir / "escape.json").read_text()), job_dir)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
-from lmeval_trio.fastrun import MODULE
 
 #: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
 #: API-model classes a server mostly runs. A module whose import fails is skipped: the job
@@ -183,18 +182,29 @@ def restart_fresh(spec: Spec, cache_dir: Path, why: str, log: logging.Logger) ->
     log.warning("warm runner: %s; starting lm_eval afresh", why)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    # -P: the job's folder (now the working directory) stays off sys.path.
-    argv = [
-        sys.executable,
-        "-P",
-        "-m",
-        MODULE,
-        "--index-cache",
-        os.fspath(cache_dir),
-        "--",
-        *spec.args,
-    ]
+    import lmeval_trio
+
+    # -P: the job's folder (now the working directory) stays off sys.path; _BOOT: see there.
+    argv = [sys.executable, "-P", "-c", _BOOT, lmeval_trio.__file__ or ""]
+    argv += ["--index-cache", os.fspath(cache_dir), "--", *spec.args]
     os.execv(sys.executable, argv)
+
+
+#: Runs fastrun with lmeval_trio loaded from its own folder: behind the job's wall the folder
+#: around it (an editable install's project folder, which may hold the data directory) cannot
+#: be listed, so ``python -m lmeval_trio.fastrun`` would not find the package.
+_BOOT = """\
+import importlib.util, os, sys
+init = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location(
+    "lmeval_trio", init, submodule_search_locations=[os.path.dirname(init)]
+)
+package = importlib.util.module_from_spec(spec)
+sys.modules["lmeval_trio"] = package
+spec.loader.exec_module(package)
+from lmeval_trio.fastrun._main import main
+main()
+"""
 
 
 def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
