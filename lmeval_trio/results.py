@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio.logs import open_regular_file
 from lmeval_trio.records import JobRecord
 
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
@@ -36,7 +37,10 @@ def find_results_file(record: JobRecord) -> Path | None:
         candidates = list(record.output_dir.glob(f"{stem}_*.json"))
     else:
         candidates = list(record.output_dir.glob("**/results_*.json"))
-    candidates = [c for c in candidates if c.is_file()]
+    # The job may write its folder: a results file reached through a symlink (another job's,
+    # any JSON the server can read) is not this job's.
+    home = record.job_dir if _inside(record.output_dir, record.job_dir) else record.output_dir
+    candidates = [c for c in candidates if _own_file(c, home)]
     return (
         max(candidates, key=lambda p: (p.name.rsplit("_", 1)[-1], p.stat().st_mtime_ns))
         if (candidates)
@@ -52,7 +56,8 @@ def load_results(record: JobRecord) -> dict[str, Any]:
     if path.stat().st_size > MAX_RESULTS_BYTES:
         raise ResultsUnavailable(f"job {record.id}: results file is too large to parse")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(open_regular_file(path), "rb") as file:
+            data = json.loads(file.read().decode("utf-8"))
     except (OSError, ValueError) as error:
         raise ResultsUnavailable(f"job {record.id}: results file unreadable: {error}") from None
     return {
@@ -116,6 +121,11 @@ def _walk(root: Path) -> list[Path]:
             if path.is_file() and not path.is_symlink():
                 files.append(path)
     return files
+
+
+def _own_file(path: Path, home: Path) -> bool:
+    """A regular file, not a symlink, that really lies under ``home``."""
+    return path.is_file() and not path.is_symlink() and _inside(path, home)
 
 
 def _inside(path: Path, root: Path) -> bool:

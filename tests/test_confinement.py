@@ -307,3 +307,37 @@ async def test_a_warm_runner_with_foreign_threads_restarts_its_job_confined(
     assert done.returncode == 0, stderr[-2000:]
     assert "started before the wall; starting lm_eval afresh" in stderr
     assert_walled_in(json.loads((job_dir / "escape.json").read_text()), job_dir)
+
+
+async def test_the_server_never_reads_through_what_a_job_planted(tmp_path: Path) -> None:
+    """A job replaces its logs and plants a results file with symlinks to files only the
+    server can read: logs, results and artifacts serve none of them."""
+    settings = confined_settings(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET line\n")
+    secret_json = tmp_path / "secret.json"
+    secret_json.write_text(json.dumps({"results": {"leak": {"acc,none": "TOP-SECRET"}}}))
+    plant = {
+        "stdout.log": str(secret),
+        "stderr.log": str(secret),
+        "output/dummy/results_2099-01-01T00-00-00.json": str(secret_json),
+    }
+    body = {
+        "lm_eval_path": str(ESCAPE_LM_EVAL),
+        "model": "dummy",
+        "tasks": "fake",
+        "env_vars": {"PROBE_PLANT": json.dumps(plant)},
+    }
+    async with serving(settings) as server:
+        record = await finished(server, body)
+        answers = [
+            await server.client.get(f"/job/{record.id}"),
+            await server.client.get(f"/job/{record.id}/logs", params={"stream": "stdout"}),
+            await server.client.get(f"/job/{record.id}/logs", params={"stream": "stderr"}),
+            await server.client.get(f"/job/{record.id}/results"),
+            await server.client.get(f"/job/{record.id}/artifacts"),
+        ]
+    assert record.stdout_path.is_symlink()  # planted indeed
+    assert answers[3].status_code == 404
+    for answer in answers:
+        assert "TOP-SECRET" not in answer.text
