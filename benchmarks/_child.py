@@ -26,6 +26,14 @@ if [ -n "$BENCH_FLOOD" ]; then cat "$BENCH_FLOOD" >&2; echo "end $BENCH_TAG" >> 
 """
 
 
+def io_folder(tmp: Path) -> Path:
+    """Where the child, its FIFOs and files live: beside the data dir, never around it, so a
+    confined job may use them (the folder is passed as LMEVAL_ALLOWED_PATH_ROOTS)."""
+    folder = tmp / "io"
+    folder.mkdir()
+    return folder
+
+
 def write_child(folder: Path) -> Path:
     """The script, executable, in ``folder`` (allow it with LMEVAL_ALLOWED_LM_EVAL_PATHS)."""
     path = folder / "bench_child.sh"

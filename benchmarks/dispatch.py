@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchmarks._child import Fifo, child_job, open_fifo, write_child
+from benchmarks._child import Fifo, child_job, io_folder, open_fifo, write_child
 from benchmarks._report import Metric, Report, Target, run
 from benchmarks._server import ServerFactory, hypercorn_server, submit, wait_idle
 
@@ -31,11 +31,15 @@ async def measure(
     metric = Metric("dispatch_ms", "ms")
     response = Metric("post_response_ms", "ms")  # the POST's answer, for comparison
     with tempfile.TemporaryDirectory(prefix="lmeval-bench-") as tmp:
-        folder = Path(tmp)
+        folder = io_folder(Path(tmp))
         child = write_child(folder)
         async with (
             open_fifo(folder / "announce") as fifo,
-            server_factory(folder / "data", LMEVAL_ALLOWED_LM_EVAL_PATHS=str(child)) as server,
+            server_factory(
+                folder.parent / "data",
+                LMEVAL_ALLOWED_LM_EVAL_PATHS=str(child),
+                LMEVAL_ALLOWED_PATH_ROOTS=str(folder),
+            ) as server,
             httpx.AsyncClient(base_url=server.url, timeout=60) as client,
         ):
             for run in range(warmup + runs):

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchmarks._child import Fifo, child_job, open_fifo, write_child
+from benchmarks._child import Fifo, child_job, io_folder, open_fifo, write_child
 from benchmarks._report import Metric, Report, Target, run
 from benchmarks._server import (
     MB,
@@ -85,7 +85,7 @@ async def measure(
 ) -> Report:
     metrics = {name: Metric(name, unit, higher_is_better=unit == "MB/s") for name, unit in METRICS}
     with tempfile.TemporaryDirectory(prefix="lmeval-bench-") as tmp:
-        folder = Path(tmp)
+        folder = io_folder(Path(tmp))
         child = write_child(folder)
         flood = folder / "flood.txt"
         warm = folder / "warm.txt"
@@ -93,7 +93,11 @@ async def measure(
         warm_size = await trio.to_thread.run_sync(write_flood_file, warm, warmup_mb)
         async with (
             open_fifo(folder / "announce") as fifo,
-            server_factory(folder / "data", LMEVAL_ALLOWED_LM_EVAL_PATHS=str(child)) as server,
+            server_factory(
+                folder.parent / "data",
+                LMEVAL_ALLOWED_LM_EVAL_PATHS=str(child),
+                LMEVAL_ALLOWED_PATH_ROOTS=str(folder),
+            ) as server,
             httpx.AsyncClient(base_url=server.url, timeout=60) as client,
         ):
             flooder = Flooder(server, client, fifo, child)

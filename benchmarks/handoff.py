@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks._child import Fifo, child_job, open_fifo, write_child
+from benchmarks._child import Fifo, child_job, io_folder, open_fifo, write_child
 from benchmarks._report import Metric, Report, Target, run
 from benchmarks._server import ServerFactory, hypercorn_server, submit, wait_idle
 
@@ -27,13 +27,16 @@ async def measure(
 ) -> Report:
     metric = Metric("handoff_ms", "ms")
     with tempfile.TemporaryDirectory(prefix="lmeval-bench-") as tmp:
-        folder = Path(tmp)
+        folder = io_folder(Path(tmp))
         child = write_child(folder)
         async with (
             open_fifo(folder / "announce") as fifo,
             open_fifo(folder / "gate") as gate,
             server_factory(
-                folder / "data", LMEVAL_ALLOWED_LM_EVAL_PATHS=str(child), MAX_CONCURRENCY="1"
+                folder.parent / "data",
+                LMEVAL_ALLOWED_LM_EVAL_PATHS=str(child),
+                LMEVAL_ALLOWED_PATH_ROOTS=str(folder),
+                MAX_CONCURRENCY="1",
             ) as server,
             httpx.AsyncClient(base_url=server.url, timeout=60) as client,
         ):

@@ -290,8 +290,10 @@ async def one_repetition(
 
 
 async def import_seconds(pycache: Path) -> float:
-    """The import floor, with a bytecode cache as the server gives its jobs."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache)}
+    """The import floor, as the server's jobs import: the environment's own bytecode (the
+    server compiles it), writing none. ``pycache`` is unused (jobs no longer have a prefix)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     before = time.monotonic()
     await trio.run_process([sys.executable, "-c", IMPORT_FLOOR], env=env)
     return time.monotonic() - before

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks._child import Fifo, child_job, open_fifo, write_child
+from benchmarks._child import Fifo, child_job, io_folder, open_fifo, write_child
 from benchmarks._report import Metric, Report, Target, run
 from benchmarks._server import MB, Server, hypercorn_server, rss_bytes, submit, wait_idle
 
@@ -56,15 +56,15 @@ async def measure(
     left out) holds the cached variant's bytecode."""
     starts = Starts()
     with tempfile.TemporaryDirectory(prefix="lmeval-bench-") as tmp:
-        folder = Path(tmp)
+        folder = io_folder(Path(tmp))
         child = write_child(folder)
         fill = 1 if pycache is None else 0
         pyc = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache or folder / "pyc")}
         async with open_fifo(folder / "announce") as fifo:
             for run in range(runs if inherited else 0):
-                starts.add("", await one_start(fifo, child, folder / f"data{run}"))
+                starts.add("", await one_start(fifo, child, folder.parent / f"data{run}"))
             for run in range(runs + fill if cached else 0):
-                values = await one_start(fifo, child, folder / f"c{run}", **pyc)
+                values = await one_start(fifo, child, folder.parent / f"c{run}", **pyc)
                 if run >= fill:
                     starts.add("cached ", values)
     return Report(
@@ -81,7 +81,11 @@ async def measure(
 
 
 async def one_start(fifo: Fifo, child: Path, data_dir: Path, **env: str) -> dict[str, float]:
-    settings = {"LMEVAL_ALLOWED_LM_EVAL_PATHS": str(child), **env}
+    settings = {
+        "LMEVAL_ALLOWED_LM_EVAL_PATHS": str(child),
+        "LMEVAL_ALLOWED_PATH_ROOTS": str(child.parent),
+        **env,
+    }
     # Made before the spawn (it is not part of the start), closed before the server stops
     # (an open keep-alive connection would hold hypercorn's graceful shutdown).
     client = httpx.AsyncClient(timeout=60)

@@ -120,6 +120,11 @@ class Settings(BaseModel):
     allow_code_execution: bool = Field(
         default=False, description="Allow trust_remote_code / unsafe code tasks."
     )
+    job_confinement: Literal["auto", "landlock", "off"] = Field(
+        default="auto",
+        description="Put every local job behind a Landlock wall (README 'Security'): auto "
+        "where the kernel allows it, landlock to refuse to start without it, off never.",
+    )
     allow_online: bool = Field(
         default=False, description="Let jobs reach the Hugging Face hub (else offline mode)."
     )
@@ -343,15 +348,15 @@ _INITIAL_ENVIRON = dict(os.environ)
 def job_base_environment() -> dict[str, str]:
     """The server's environment minus its own settings (which may hold secrets).
 
-    lm-eval reads LMEVAL_LOG_LEVEL itself, so that one variable passes through.
-    PYTHONDONTWRITEBYTECODE is dropped: jobs keep compiled bytecode under the data dir
-    (PYTHONPYCACHEPREFIX), which saves each lm-eval process seconds of compiling.
+    lm-eval reads LMEVAL_LOG_LEVEL itself, so that one variable passes through. A bytecode
+    prefix is dropped: it would make a job ignore the environment's compiled files (the
+    server compiles them; jobs only read them, see ``bytecode.py``).
     """
     return {
         name: value
         for name, value in _INITIAL_ENVIRON.items()
         if (not name.startswith("LMEVAL_") or name == "LMEVAL_LOG_LEVEL")
-        and name != "PYTHONDONTWRITEBYTECODE"
+        and name != "PYTHONPYCACHEPREFIX"
     }
 
 

@@ -3,12 +3,18 @@
 The child's pipes are drained continuously, whoever is watching, so a chatty job never
 blocks on a full pipe and the server's memory stays flat: bytes go to disk, and only the
 newest line fragment is held in memory. Readers (tails, ranges) never load a whole file.
+
+A log lives in the job's folder, which the job may write: the server opens it only as the
+regular file it created, never through a symlink (a job could point one at the store or a
+key file) and never a FIFO (an open would hang); a log replaced so reads as missing.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,37 @@ import trio
 from lmeval_trio.pulse import Pulse
 
 MAX_SEGMENT_CHARS = 64 * 1024
+
+
+class NotALog(FileNotFoundError):
+    """The log's path holds something else than a regular file (the job replaced it)."""
+
+
+def open_regular_file(path: Path, flags: int = os.O_RDONLY) -> int:
+    """A file descriptor of the regular file at ``path``, opened without following a symlink
+    or waiting on a FIFO; raises FileNotFoundError (NotALog for anything but a file)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise NotALog(errno.ENOENT, f"not a log file: {path}") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotALog(errno.ENOENT, f"not a log file: {path}")
+    return fd
+
+
+def _append_fd(path: Path) -> int:
+    """Open a log for appending; a non-file the job left in its place is removed first."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    try:
+        return open_regular_file(path, flags)
+    except NotALog:
+        if path.is_dir() and not path.is_symlink():
+            raise
+        path.unlink()
+        return open_regular_file(path, flags | os.O_EXCL)
 
 
 class SegmentSplitter:
@@ -83,7 +120,8 @@ class LogPump:
 
     async def open(self) -> None:
         # Unbuffered: one write per chunk goes straight to the OS (one thread hop, no flush).
-        self._file = await trio.open_file(self.path, "ab", buffering=0)
+        fd = await trio.to_thread.run_sync(_append_fd, self.path)
+        self._file = await trio.open_file(fd, "ab", buffering=0)
 
     async def __call__(self, data: bytes) -> None:
         assert self._file is not None, "LogPump.open() first"
@@ -113,7 +151,7 @@ def read_segments(path: Path, max_bytes: int) -> list[str]:
     """The segments (as a LogPump saw them) of the last ``max_bytes`` of a log, to rebuild
     state such as progress after a restart; a missing log has none."""
     try:
-        with open(path, "rb") as file:
+        with open(open_regular_file(path), "rb") as file:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - max_bytes))
             data = file.read(max_bytes)
@@ -145,7 +183,7 @@ def read_tail_lines(path: Path, max_lines: int, max_bytes: int) -> list[str]:
     if max_lines <= 0:
         return []
     try:
-        with open(path, "rb") as file:
+        with open(open_regular_file(path), "rb") as file:
             size = file.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
             file.seek(start)
@@ -180,7 +218,7 @@ def read_range(path: Path, offset: int, limit: int) -> LogChunk:
     the next read should start, so a follower never skips or repeats a byte.
     """
     try:
-        with open(path, "rb") as file:
+        with open(open_regular_file(path), "rb") as file:
             size = file.seek(0, os.SEEK_END)
             start = max(0, size + offset) if offset < 0 else min(offset, size)
             file.seek(start)

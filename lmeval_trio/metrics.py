@@ -53,6 +53,11 @@ class Metrics:
         self.warm_starts = Gauge(
             "lmeval_warm_starts", "Jobs started in a warm runner since start.", registry=r
         )
+        self.jobs_confined = Gauge(
+            "lmeval_jobs_confined",
+            "1 if local jobs run behind a Landlock wall (LMEVAL_JOB_CONFINEMENT), else 0.",
+            registry=r,
+        )
         self.warm_misses = Gauge(
             "lmeval_warm_misses",
             "Fast-start jobs that no warm runner matched, since start.",
@@ -68,9 +73,11 @@ class Metrics:
         free: int,
         total: int,
         warm: tuple[int, int, int, int] = (0, 0, 0, 0),
+        confined: bool = False,
     ) -> bytes:
         """The exposition text, with the gauges set from a fresh snapshot; ``warm`` is
         (idle, ready, starts, misses) of the warm runners."""
+        self.jobs_confined.set(1 if confined else 0)
         for gauge, value in zip(
             (self.warm_idle, self.warm_ready, self.warm_starts, self.warm_misses), warm, strict=True
         ):

@@ -361,9 +361,7 @@ class Policy:
                 self._allowed(field, Path(os.path.realpath(link)))
         return where
 
-    def _allowed(
-        self, field: str, resolved: Path, roots: tuple[Path, ...] | None = None
-    ) -> None:
+    def _allowed(self, field: str, resolved: Path, roots: tuple[Path, ...] | None = None) -> None:
         roots = self.roots if roots is None else roots
         if any(inside(resolved, own) for own in self.server_dirs):
             raise PolicyViolation(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio.logs import open_regular_file
 from lmeval_trio.paths import inside
 from lmeval_trio.records import JobRecord
 
@@ -62,7 +63,8 @@ def load_results(record: JobRecord) -> dict[str, Any]:
     if path.stat().st_size > MAX_RESULTS_BYTES:
         raise ResultsUnavailable(f"job {record.id}: results file is too large to parse")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(open_regular_file(path), "rb") as file:
+            data = json.loads(file.read().decode("utf-8"))
     except (OSError, ValueError) as error:
         raise ResultsUnavailable(f"job {record.id}: results file unreadable: {error}") from None
     return {

@@ -9,6 +9,7 @@ cancellation stop everything it started before returning.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,8 @@ import trio
 
 from lmeval_trio import process
 from lmeval_trio.config import job_base_environment
+from lmeval_trio.confinement import Walls
+from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.process import Sink
 from lmeval_trio.records import JobRecord
 from lmeval_trio.warm import WarmPool
@@ -82,14 +85,28 @@ def local_environment(env: Mapping[str, str]) -> dict[str, str]:
     return {**job_base_environment(), **env}
 
 
+def _check_executable(path: str) -> None:
+    """Name a missing executable as a failed start, as a direct spawn would: behind the
+    exec wrapper the failure would otherwise surface only as exit code 127."""
+    if not os.path.isabs(path):
+        return
+    if not os.path.exists(path):
+        raise process.SpawnError(f"executable not found: {path}")
+    if not os.access(path, os.X_OK) or os.path.isdir(path):
+        raise process.SpawnError(f"permission denied: {path}")
+
+
 class LocalRunner:
     """Each job is a child process in its own process group on this machine."""
 
     name = "local"
 
-    def __init__(self, grace_s: float, warm: WarmPool | None = None) -> None:
+    def __init__(
+        self, grace_s: float, warm: WarmPool | None = None, walls: JobWalls | None = None
+    ) -> None:
         self.grace_s = grace_s
         self.warm = warm
+        self.walls = walls
 
     async def run(
         self,
@@ -101,28 +118,41 @@ class LocalRunner:
         task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
     ) -> int:
         full_env = local_environment(env)
+        walls = await self._walls(record, env, full_env)
         async with trio.open_nursery() as nursery:
             returncode: list[int] = []
 
             async def child(task_status: trio.TaskStatus[process.ProcessInfo]) -> None:
                 returncode.append(
-                    await self._start(record, full_env, on_stdout, on_stderr, task_status)
+                    await self._start(record, full_env, walls, on_stdout, on_stderr, task_status)
                 )
 
             info: process.ProcessInfo = await nursery.start(child)
             task_status.started(Started(pid=info.pid, start_ticks=info.start_ticks))
         return returncode[0]
 
+    async def _walls(
+        self, record: JobRecord, own_env: Mapping[str, str], env: Mapping[str, str]
+    ) -> Walls | None:
+        """The job's walls, or None when jobs run unconfined."""
+        if self.walls is None or not self.walls.confined:
+            return None
+        return await trio.to_thread.run_sync(
+            self.walls.walls, record.job_dir, own_env, env, record.argv
+        )
+
     async def _start(
         self,
         record: JobRecord,
         env: dict[str, str],
+        walls: Walls | None,
         on_stdout: Sink,
         on_stderr: Sink,
         task_status: trio.TaskStatus[process.ProcessInfo],
     ) -> int:
-        """Run the job in a warm runner if one matches it (see ``warm.py``), else afresh."""
-        handover = self.warm.take(record.argv, env, record.job_dir) if self.warm else None
+        """Run the job in a warm runner if one matches it (see ``warm.py``), else afresh;
+        either way behind its walls, put up the moment the process becomes the job."""
+        handover = self.warm.take(record.argv, env, record.job_dir, walls) if self.warm else None
         if handover is not None:
             try:
                 return await process.adopt_process_group(
@@ -135,8 +165,12 @@ class LocalRunner:
                 )
             except process.SpareLost as err:
                 log.warning("job %s: %s; starting it afresh", record.id, err)
+        argv = record.argv
+        if self.walls is not None and walls is not None:
+            await trio.to_thread.run_sync(_check_executable, argv[0] if argv else "")
+            argv = self.walls.command(argv, walls)
         return await process.run_process_group(
-            record.argv,
+            argv,
             env=env,
             cwd=record.job_dir,
             on_stdout=on_stdout,

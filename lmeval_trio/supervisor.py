@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import command, process
+from lmeval_trio import bytecode, command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy
@@ -116,6 +118,8 @@ class SupervisorStatistics:
     warm_runners_ready: int = 0  # … of which have finished importing
     warm_starts: int = 0  # jobs started in a warm runner
     warm_misses: int = 0  # fast-start jobs no warm runner matched (started afresh)
+    jobs_confined: bool = False  # local jobs run behind a Landlock wall (README "Security")
+    job_confinement: str = "off"  # the setting: auto, landlock or off
 
 
 class Supervisor:
@@ -134,7 +138,8 @@ class Supervisor:
             index_cache=settings.effective_cache_dir / "task-index",
         )
         self.warm = None if runner is not None else warm_pool(settings, self.launcher)
-        self.runner = runner or default_runner(settings, self.warm)
+        self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
+        self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
@@ -145,6 +150,8 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._dispatch_scope = trio.CancelScope()
         self._warm_scope = trio.CancelScope()
+        self._compile_scope = trio.CancelScope()
+        self.caches_prepared = trio.Event()  # bytecode compiled, task index built (or failed)
         self._accepting = False
         self._alive = False
         self._shutdown_requested = trio.Event()
@@ -155,6 +162,7 @@ class Supervisor:
     # -- lifetime -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
+        await self.walls.check()  # raises ConfinementUnavailable if a required wall cannot be
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
@@ -167,9 +175,37 @@ class Supervisor:
         if self.warm is not None:
             self.warm.prime(local_environment(self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
+        if isinstance(self.runner, LocalRunner):
+            self._nursery.start_soon(self._compile_bytecode)
         self._nursery.start_soon(self._dispatch)
         self._accepting = self._alive = True
         return self
+
+    async def _compile_bytecode(self) -> None:
+        """Compiled bytecode for jobs (see ``bytecode.py``); a failure costs speed only.
+        After a change of the environment the task index is rebuilt too, by a warm runner
+        that gets no job: confined jobs cannot write it, and warm runners may be off."""
+        with self._compile_scope:
+            try:
+                changed = await bytecode.compile_environment(self.settings.effective_cache_dir)
+                if changed and self.launcher.warm is not None:
+                    await self._build_task_index(self.launcher.warm)
+            except OSError as error:
+                log.warning("could not prepare the caches for jobs: %s", error)
+        self.caches_prepared.set()
+
+    async def _build_task_index(self, warm_argv: Sequence[str]) -> None:
+        done = await trio.run_process(
+            list(warm_argv),
+            env=local_environment(self.job_environment({})),
+            cwd=self.settings.data_dir,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            log.warning("could not build the task index (exit code %s)", done.returncode)
 
     async def _run_warm_pool(
         self, pool: WarmPool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -230,6 +266,8 @@ class Supervisor:
             slots_total=self.slots.total,
             slots_free=self.slots.free,
             **self._warm_statistics(),
+            jobs_confined=self.walls.confined and isinstance(self.runner, LocalRunner),
+            job_confinement=self.settings.job_confinement,
         )
 
     def _warm_statistics(self) -> dict[str, int]:
@@ -249,6 +287,7 @@ class Supervisor:
         self._accepting = False
         self._dispatch_scope.cancel()
         self._warm_scope.cancel()
+        self._compile_scope.cancel()
         self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
         ids = [live.id for live in started]
@@ -607,8 +646,11 @@ class Supervisor:
     def job_environment(
         self, env_vars: Mapping[str, str], gpus: tuple[str, ...] = ()
     ) -> dict[str, str]:
-        """The job's own variables; the runner adds what its host needs (PATH, HOME, ...)."""
-        env = {"PYTHONPYCACHEPREFIX": str(self.settings.effective_cache_dir / "pycache")}
+        """The job's own variables; the runner adds what its host needs (PATH, HOME, ...).
+
+        Jobs write no bytecode: they read the environment's own, which the server compiles
+        (``bytecode.py``), and nothing a job compiles lands where another job imports it."""
+        env = {"PYTHONDONTWRITEBYTECODE": "1", **self.walls.environment()}
         env.update(env_vars)
         env.update(self.policy.job_environment())
         if gpus:
@@ -755,13 +797,15 @@ def warm_pool(settings: Settings, launcher: command.Launcher) -> WarmPool | None
     )
 
 
-def default_runner(settings: Settings, warm: WarmPool | None = None) -> Runner:
+def default_runner(
+    settings: Settings, warm: WarmPool | None = None, walls: JobWalls | None = None
+) -> Runner:
     """The runner the settings select (local processes unless configured otherwise)."""
     if settings.backend == "ray":
         from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
 
         return RayRunner(settings)
-    return LocalRunner(settings.kill_grace_s, warm)
+    return LocalRunner(settings.kill_grace_s, warm, walls)
 
 
 def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:

@@ -26,6 +26,7 @@ from subprocess import PIPE
 import trio
 
 from lmeval_trio import process
+from lmeval_trio.confinement import Walls
 from lmeval_trio.fastrun._warm import Spec
 
 log = logging.getLogger("lmeval_trio.warm")
@@ -119,15 +120,22 @@ class WarmPool:
         if self._nursery is not None:
             self._spawn(*self._pinned)
 
-    def take(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Handover | None:
+    def take(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        walls: Walls | None = None,
+    ) -> Handover | None:
         """A ready-or-preloading runner for this job, or None to start it the usual way.
+        The runner puts up ``walls`` the moment it receives the job.
 
         The caller owns the runner from now on: it must hand it its job at once
         (``process.adopt_process_group`` does, and stops it if that fails).
         """
         if not self._eligible(argv):
             return None
-        spec = Spec(args=list(argv[len(self.prefix) :]), cwd=os.fspath(cwd)).encode()
+        spec = Spec(args=list(argv[len(self.prefix) :]), cwd=os.fspath(cwd), walls=walls).encode()
         if len(spec) > MAX_SPEC_BYTES:
             return None
         key = environment_key(env)

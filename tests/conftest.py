@@ -37,6 +37,15 @@ DUMMY_JOB: dict[str, Any] = {
 CACHE_DIR = Path(tempfile.gettempdir()) / "lmeval-trio-tests-cache"
 
 
+def job_files(tmp_path: Path) -> Path:
+    """A folder beside the data dir for files a test shares with its jobs (gates, markers):
+    an allowed root, so confined jobs may use it (``tmp_path`` holds the data dir, and a root
+    around the data dir is never opened to jobs)."""
+    folder = tmp_path / "job-files"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Test settings: isolated data dir, the fake lm_eval allowed, short grace."""
     values: dict[str, Any] = {
@@ -44,7 +53,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "install_signal_handlers": False,
         "kill_grace_s": 3.0,
         "allowed_lm_eval_paths": (str(FAKE_LM_EVAL),),
-        "allowed_path_roots": (SUPPORT, tmp_path),
+        "allowed_path_roots": (SUPPORT, tmp_path, job_files(tmp_path)),
         "progress_flush_s": 0.05,
         "cache_dir": CACHE_DIR,  # task index and bytecode: built once per machine
         "warm_runners": 0,  # pre-started lm-eval processes only where a test asks for them

@@ -30,7 +30,15 @@ from tests.browser.harness import (
     wait_finished,
     wait_idle,
 )
-from tests.conftest import DUMMY_JOB, FAKE_LM_EVAL, TASKS_DIR, fake_job, make_settings, start_server
+from tests.conftest import (
+    DUMMY_JOB,
+    FAKE_LM_EVAL,
+    TASKS_DIR,
+    fake_job,
+    job_files,
+    make_settings,
+    start_server,
+)
 
 STATIC = Path(__file__).parents[1] / "lmeval_trio" / "http" / "static" / "dashboard"
 KEY = "dashboard-test-key"
@@ -258,7 +266,7 @@ def test_submit_real_job_from_form_and_watch_it_complete(page: Page, dash: Dash)
 
 @browser_test
 def test_progress_moves_live_in_the_table_and_on_the_job_page(page: Page, dash: Dash) -> None:
-    gate = dash.fifo_dir / "gate"
+    gate = job_files(dash.fifo_dir) / "gate"
     os.mkfifo(gate)
     job_id = dash.submit(fake_job("bars", FAKE_TOTAL="4", FAKE_GATE=str(gate)))
     writer = os.open(gate, os.O_RDWR)  # O_RDWR: opening does not wait for the reader

@@ -14,7 +14,7 @@ from lmeval_trio import process
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from lmeval_trio.supervisor import Supervisor
-from tests.conftest import FAKE_LM_EVAL, Server, fake_job, make_settings, start_server
+from tests.conftest import FAKE_LM_EVAL, Server, fake_job, job_files, make_settings, start_server
 
 
 def _pids(stdout: list[str]) -> dict[str, int]:
@@ -123,7 +123,7 @@ async def test_missing_executable_fails_the_job_not_the_server(tmp_path: Path) -
 
 
 async def test_progress_is_live_mid_run(server: Server, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+    gate = job_files(tmp_path) / "gate"
     os.mkfifo(gate)
     job_id = await server.submit(fake_job("bars", FAKE_TOTAL="4", FAKE_GATE=str(gate)))
     supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]

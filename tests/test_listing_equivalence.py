@@ -21,7 +21,7 @@ from lmeval_trio.http import listing_encoding, schemas
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from lmeval_trio.supervisor import Supervisor
-from tests.conftest import Server, fake_job, make_settings, start_server
+from tests.conftest import Server, fake_job, job_files, make_settings, start_server
 
 Q, R, C, F, S = (
     JobStatus.QUEUED,
@@ -120,7 +120,7 @@ async def scene(
         monkeypatch.setattr(listing_encoding, "MIN_BYTES", 0)
         monkeypatch.setattr(listing_encoding, "GROUP_IDS", 2)
     settings = make_settings(tmp_path, max_concurrency=2)
-    fifo = tmp_path / "gate"
+    fifo = job_files(tmp_path) / "gate"
     os.mkfifo(fifo)
     gate = os.open(fifo, os.O_RDWR)  # opening read-write does not wait for the reader
     try:

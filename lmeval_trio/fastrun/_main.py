@@ -19,7 +19,8 @@ from pathlib import Path
 from lmeval_trio.fastrun import ENV_DISABLE, default_cache_dir
 
 USAGE = (
-    "usage: python -m lmeval_trio.fastrun [--index-cache DIR] [--] <lm_eval arguments>\n"
+    "usage: python -m lmeval_trio.fastrun [--walls JSON] [--index-cache DIR] [--] "
+    "<lm_eval arguments>\n"
     "       python -m lmeval_trio.fastrun --warm [--ready-fd FD] [--index-cache DIR]"
 )
 
@@ -35,6 +36,7 @@ class Options:
     cache_dir: str | None = None
     warm: bool = False
     ready_fd: int | None = None
+    walls: str | None = None  # the job's confinement (see confinement.Walls), put up first
     lm_eval_args: list[str] = field(default_factory=list)
 
 
@@ -66,6 +68,8 @@ def parse_options(args: Sequence[str]) -> Options:
             opts.warm, i = True, i + 1
         elif name == "--index-cache":
             opts.cache_dir, i = _value(args, i, name, "a directory")
+        elif name == "--walls":
+            opts.walls, i = _value(args, i, name, "a JSON object")
         elif name == "--ready-fd":
             raw, i = _value(args, i, name, "a file descriptor number")
             if not raw.isdigit():
@@ -99,6 +103,17 @@ def _match_console_script_sys_path() -> None:
         sys.path[0] = sysconfig.get_path("scripts")
 
 
+def _confine(encoded: str) -> None:
+    """Become the job behind its wall before anything of lm_eval is imported."""
+    from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
+
+    try:
+        enter(Walls.decode(encoded))
+    except (ConfinementError, ValueError) as err:
+        print(f"lmeval-trio: cannot confine the job: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_NO_WALL) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``lm_eval`` with the built-in task index served from the cache."""
     try:
@@ -107,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{USAGE}\nfastrun: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    if opts.walls is not None:
+        _confine(opts.walls)
     _match_console_script_sys_path()
     sys.argv = [sys.argv[0], *opts.lm_eval_args]
     cache_dir = Path(opts.cache_dir or default_cache_dir()).expanduser().absolute()

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmeval_trio.fastrun import MODULE
+from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
 #: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
 #: API-model classes a server mostly runs. A module whose import fails is skipped: the job
@@ -54,19 +54,25 @@ class Spec:
 
     args: list[str]
     cwd: str
+    walls: Walls | None = None  # the job's confinement, put up before anything else
 
     @classmethod
     def parse(cls, line: bytes) -> Spec:
         data = json.loads(line)
-        args, cwd = data.get("args"), data.get("cwd")
+        args, cwd, walls = data.get("args"), data.get("cwd"), data.get("walls")
         if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
             raise ValueError("'args' must be a list of strings")
         if not isinstance(cwd, str) or not cwd:
             raise ValueError("'cwd' must be a non-empty string")
-        return cls(args=args, cwd=cwd)
+        if walls is not None and not isinstance(walls, str):
+            raise ValueError("'walls' must be a string")
+        return cls(args=args, cwd=cwd, walls=None if walls is None else Walls.decode(walls))
 
     def encode(self) -> bytes:
-        return json.dumps({"args": self.args, "cwd": self.cwd}).encode() + b"\n"
+        data: dict[str, object] = {"args": self.args, "cwd": self.cwd}
+        if self.walls is not None:
+            data["walls"] = self.walls.encode()
+        return json.dumps(data).encode() + b"\n"
 
 
 class ImportSnapshot:
@@ -148,22 +154,57 @@ def read_spec(log: logging.Logger) -> Spec | None:
         raise SystemExit(EXIT_BAD_SPEC) from None
 
 
-def become(spec: Spec) -> None:
-    """Detach from the server's stdin and take on the job's working directory."""
+def become(spec: Spec, log: logging.Logger) -> None:
+    """Detach from the server's stdin, put up the job's wall, take on its working directory."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if spec.walls is not None:
+        try:
+            enter(spec.walls)
+        except ConfinementError as err:
+            log.error("lmeval-trio: cannot confine the job: %s", err)
+            raise SystemExit(EXIT_NO_WALL) from None
     os.chdir(spec.cwd)
     sys.argv = [sys.argv[0], *spec.args]
 
 
+def other_threads() -> str | None:
+    """Landlock confines the thread that puts the wall up, never threads already running
+    (a library's pool started while preloading): name them, so the job restarts afresh
+    (``execve`` ends them and keeps the wall)."""
+    count = len(os.listdir("/proc/self/task"))
+    return f"{count - 1} thread(s) started before the wall" if count > 1 else None
+
+
 def restart_fresh(spec: Spec, cache_dir: Path, why: str, log: logging.Logger) -> None:
     """Replace this process with a fresh fastrun of the same job (never returns)."""
-    log.warning("warm runner: %s changed since it was imported; starting lm_eval afresh", why)
+    log.warning("warm runner: %s; starting lm_eval afresh", why)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    argv = [sys.executable, "-m", MODULE, "--index-cache", os.fspath(cache_dir), "--", *spec.args]
+    import lmeval_trio
+
+    # -P: the job's folder (now the working directory) stays off sys.path; _BOOT: see there.
+    argv = [sys.executable, "-P", "-c", _BOOT, lmeval_trio.__file__ or ""]
+    argv += ["--index-cache", os.fspath(cache_dir), "--", *spec.args]
     os.execv(sys.executable, argv)
+
+
+#: Runs fastrun with lmeval_trio loaded from its own folder: behind the job's wall the folder
+#: around it (an editable install's project folder, which may hold the data directory) cannot
+#: be listed, so ``python -m lmeval_trio.fastrun`` would not find the package.
+_BOOT = """\
+import importlib.util, os, sys
+init = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location(
+    "lmeval_trio", init, submodule_search_locations=[os.path.dirname(init)]
+)
+package = importlib.util.module_from_spec(spec)
+sys.modules["lmeval_trio"] = package
+spec.loader.exec_module(package)
+from lmeval_trio.fastrun._main import main
+main()
+"""
 
 
 def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
@@ -175,8 +216,11 @@ def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
     spec = read_spec(log)
     if spec is None:
         return
-    become(spec)
-    stale = snapshot.changed()
+    become(spec, log)
+    changed = snapshot.changed()
+    stale = f"{changed} changed since it was imported" if changed is not None else None
+    if stale is None and spec.walls is not None:
+        stale = other_threads()
     if stale is not None:
         restart_fresh(spec, cache_dir, stale, log)
     log.info("warm start: this runner started %.1f s before its job", time.monotonic() - started)

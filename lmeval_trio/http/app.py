@@ -76,7 +76,10 @@ def _own_supervisor(app: QuartTrio, settings: Settings) -> None:
         if settings.install_signal_handlers:
             await app.nursery.start(forward_sigterm)
         log.info(
-            "lmeval-trio serving; data in %s, %d slots", settings.data_dir, supervisor.slots.total
+            "lmeval-trio serving; data in %s, %d slots, jobs %s",
+            settings.data_dir,
+            supervisor.slots.total,
+            "confined" if supervisor.statistics().jobs_confined else "NOT CONFINED",
         )
 
     @app.after_serving

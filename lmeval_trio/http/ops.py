@@ -68,6 +68,7 @@ def blueprint() -> Blueprint:
                 stats.warm_starts,
                 stats.warm_misses,
             ),
+            confined=stats.jobs_confined,
         )
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
