@@ -10,6 +10,9 @@ its fast-start runner either serves the task index or says in the job's log why 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,55 @@ DUMMY_NEEDS_A_TOKENIZER = cli_schema.release(INSTALLED) < (0, 4, 12)
 def test_installed_lm_eval_is_in_the_supported_range() -> None:
     assert cli_schema.is_supported(INSTALLED), INSTALLED
     assert not cli_schema.is_supported("0.4.9") and not cli_schema.is_supported("0.4.14")
+
+
+#: Python run before the server's own start-up, removing one internal it derives requests from.
+BREAK_INTERNAL = {
+    "lm_eval._cli.harness.HarnessCLI cannot be imported": (
+        "import lm_eval._cli.harness as harness\ndel harness.HarnessCLI\n"
+    ),
+    'HarnessCLI()._subparsers.choices["run"] is missing': (
+        "import lm_eval._cli.harness as harness\n"
+        "init = harness.HarnessCLI.__init__\n"
+        "def without_run(self, *args, **kwargs):\n"
+        "    init(self, *args, **kwargs)\n"
+        "    del self._subparsers.choices['run']\n"
+        "harness.HarnessCLI.__init__ = without_run\n"
+    ),
+}
+#: ``lmeval-trio serve`` (bound to loopback, in case it started anyway) and ``submit``.
+SERVE = (
+    "import sys\nfrom lmeval_trio.cli import main\n"
+    "sys.exit(main(['serve', '--host', '127.0.0.1', '--port', '0']))"
+)
+SUBMIT = "import sys\nfrom lmeval_trio.cli import main\nsys.exit(main(['submit', '--help']))"
+
+
+@pytest.mark.parametrize("internal", BREAK_INTERNAL)
+@pytest.mark.parametrize("entry", ["asgi", "serve", "submit"])
+def test_an_lm_eval_without_a_known_internal_stops_the_start(
+    tmp_path: Path, internal: str, entry: str
+) -> None:
+    """Never a server that will not start without saying why: exit 2, one line naming it."""
+    prefix, code = {
+        "asgi": ("lmeval-trio: ", "import lmeval_trio.asgi"),
+        "serve": ("lmeval-trio: error: ", SERVE),
+        "submit": ("lmeval-trio: error: ", SUBMIT),
+    }[entry]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
+    env["LMEVAL_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-c", BREAK_INTERNAL[internal] + code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,  # a start that went ahead anyway would serve until killed
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"{prefix}lm-eval {INSTALLED} is not supported: {internal}")
+    assert result.stderr.rstrip().endswith("(supported: lm-eval 0.4.10 through 0.4.13)")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 async def test_request_model_is_the_installed_parsers(server: Server) -> None:
