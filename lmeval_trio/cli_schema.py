@@ -104,17 +104,33 @@ def is_supported(version: str) -> bool:
     return release(oldest) <= release(version) <= release(newest)
 
 
-def _unsupported(internal: str, why: str) -> LmEvalUnsupported:
+def installed_version() -> str:
+    """The installed lm-eval's version ("unknown" if its metadata is gone)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        installed = f"lm-eval {version('lm_eval')}"
+        return version("lm_eval")
     except PackageNotFoundError:
-        installed = "lm-eval (version unknown)"
+        return "unknown"
+
+
+def untested_warning() -> str | None:
+    """Why the installed lm-eval deserves a warning at start-up, if it is not a tested one."""
+    installed = installed_version()
+    if is_supported(installed):
+        return None
+    oldest, newest = SUPPORTED_LM_EVAL
+    return (
+        f"lm-eval {installed} is not one of the tested releases ({oldest} through {newest}); "
+        "the request model is derived from its parser as usual, but nothing else is checked"
+    )
+
+
+def _unsupported(internal: str, why: str) -> LmEvalUnsupported:
     oldest, newest = SUPPORTED_LM_EVAL
     return LmEvalUnsupported(
-        f"{installed} is not supported: {internal} {why}; the job request model is derived "
-        f"from it (supported: lm-eval {oldest} through {newest})"
+        f"lm-eval {installed_version()} is not supported: {internal} {why}; the job request "
+        f"model is derived from it (supported: lm-eval {oldest} through {newest})"
     )
 
 

@@ -10,6 +10,7 @@ its fast-start runner either serves the task index or says in the job's log why 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ import trio
 
 from lmeval_trio import cli_schema
 from lmeval_trio.fastrun import _patch
-from tests.conftest import DUMMY_JOB, Server
+from lmeval_trio.http.app import create_app
+from tests.conftest import DUMMY_JOB, Server, make_settings
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
 from tests.test_server_process import hypercorn_server
@@ -39,7 +41,22 @@ DUMMY_NEEDS_A_TOKENIZER = cli_schema.release(INSTALLED) < (0, 4, 12)
 
 def test_installed_lm_eval_is_in_the_supported_range() -> None:
     assert cli_schema.is_supported(INSTALLED), INSTALLED
+    assert cli_schema.untested_warning() is None
+    assert cli_schema.is_supported("0.4.10") and cli_schema.is_supported("0.4.13.dev0")
     assert not cli_schema.is_supported("0.4.9") and not cli_schema.is_supported("0.4.14")
+    assert not cli_schema.is_supported("0.10.0") and not cli_schema.is_supported("unknown")
+
+
+def test_an_untested_lm_eval_is_named_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli_schema, "SUPPORTED_LM_EVAL", ("0.4.1", "0.4.2"))
+    with caplog.at_level(logging.WARNING, logger="lmeval_trio.http"):
+        create_app(make_settings(tmp_path))
+    assert (
+        f"lm-eval {INSTALLED} is not one of the tested releases (0.4.1 through 0.4.2); "
+        "the request model is derived from its parser as usual, but nothing else is checked"
+    ) in caplog.messages
 
 
 #: Python run before the server's own start-up, removing one internal it derives requests from.
@@ -179,6 +196,7 @@ async def test_launched_server_runs_real_jobs_through_fastrun(
         _assert_completed(dummy)
         assert {("tiny_mc", "acc"), ("tiny_gen", "exact_match")} <= set(dummy.values())
     _assert_completed(api)
+    assert {p["name"] for p in api.job["progress"]["phases"]} == {"loglikelihood", "generate_until"}
     assert api.values()[("tiny_mc", "acc")] == 1.0
     assert api.values()[("tiny_gen", "exact_match")] == 1.0
     assert stub.stats()["v1_requests"] == 38
