@@ -1,4 +1,4 @@
-"""Inference progress of an lm-eval 0.4.13 run, parsed from its stderr.
+"""Inference progress of an lm-eval run (0.4.10 through 0.4.13 log alike), parsed from its stderr.
 
 lm-eval has no machine-readable progress: the only signal is tqdm bars mixed with
 log lines. The log pump splits stderr on "\\r" and "\\n" and feeds every segment to

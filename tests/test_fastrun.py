@@ -625,6 +625,23 @@ def test_inspect_targets_reports_unvalidated_version(monkeypatch: pytest.MonkeyP
         _patch.inspect_targets(type(sys)("x"))
 
 
+def test_an_unvalidated_lm_eval_is_reported_before_its_index_loads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """lm_eval < 0.4.12 never imports the index module: the warning cannot wait for it."""
+    monkeypatch.setattr(_patch, "VALIDATED_SOURCES", {"9.9.9": {}})
+    finders = list(sys.meta_path)
+    log = logging.getLogger("test.fastrun.unvalidated")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        _patch.install(tmp_path, log)
+    assert sys.meta_path == finders  # nothing waits to patch
+    version = importlib.metadata.version("lm_eval")
+    assert caplog.messages == [
+        f"fastrun disabled: lm_eval {version} has not been validated (validated: 9.9.9); "
+        "falling back to stock lm_eval task indexing (slow start, identical results)"
+    ]
+
+
 # ------------------------------------------- in-process parity with lm_eval's build
 
 

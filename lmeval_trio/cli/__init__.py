@@ -15,6 +15,7 @@ from lmeval_trio.cli import _commands as commands
 from lmeval_trio.cli import _serve
 from lmeval_trio.cli._commands import Output
 from lmeval_trio.cli._request import RequestError, add_lm_eval_flags
+from lmeval_trio.cli_schema import LmEvalUnsupported
 from lmeval_trio.client import ApiError, Client, ServerUnreachable, describe_detail
 
 __all__ = ["main"]
@@ -162,7 +163,11 @@ def _check_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_word(argv))
+    try:
+        parser = build_parser(_command_word(argv))
+    except LmEvalUnsupported as error:  # submit's flags come from lm-eval's parser
+        print(f"lmeval-trio: error: {error}", file=sys.stderr)
+        return commands.EXIT_USAGE
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
     _check_target(parser, args)

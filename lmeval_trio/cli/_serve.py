@@ -14,6 +14,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+from lmeval_trio import cli_schema
 from lmeval_trio.config import Settings, SettingsError, env_name
 
 APP = "lmeval_trio.asgi:app"
@@ -106,6 +107,11 @@ def serve(args: argparse.Namespace) -> int:
     try:
         Settings.from_env(env)  # fail here, in words, rather than in a worker's traceback
     except SettingsError as error:
+        print(f"lmeval-trio: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        cli_schema.run_parser()  # the request model's source: an unknown lm-eval stops here too
+    except cli_schema.LmEvalUnsupported as error:
         print(f"lmeval-trio: error: {error}", file=sys.stderr)
         return 2
     argv = hypercorn_argv(args)

@@ -80,6 +80,13 @@ EXPECTED_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
 #: lm_eval version. Regenerate with ``python -m lmeval_trio.fastrun._patch``
 #: after reviewing the new source against the module docstring.
 VALIDATED_SOURCES: dict[str, dict[str, str]] = {
+    # 0.4.12's four functions are the same source as 0.4.13's.
+    "0.4.12": {
+        "build": "9ebd61be6daa4344e45f22d7a5479d7602e10bc56d1d0cbd675a4de2f30949ec",
+        "_iter_yaml_files": "eda87e479c381378fc624ab28d13bad8a73bc422922371e782a75aa73fff9add",
+        "process_cfg": "7325e0f99e9b2ae2836738c4bc89b286e2c65a9495bc41d3ad0f11190d6048c7",
+        "load_yaml": "26dc6213547a6834501f609147577567ab33d05226e4742ac17306e5ca607192",
+    },
     "0.4.13": {
         "build": "9ebd61be6daa4344e45f22d7a5479d7602e10bc56d1d0cbd675a4de2f30949ec",
         "_iter_yaml_files": "eda87e479c381378fc624ab28d13bad8a73bc422922371e782a75aa73fff9add",
@@ -149,8 +156,12 @@ def _raw_functions(index_mod: ModuleType) -> dict[str, Callable[..., Any]]:
     return funcs
 
 
-def inspect_targets(index_mod: ModuleType) -> Targets:
-    """Validate lm_eval's internals; raise Unsupported with a human-readable reason."""
+def validated_version() -> tuple[str, dict[str, str]]:
+    """The installed lm_eval version and its validated digests; Unsupported if it has none.
+
+    Checked before waiting for the index module too: lm_eval before 0.4.12 has no
+    ``lm_eval.tasks._index``, so only this check can say why nothing gets patched.
+    """
     try:
         version = importlib.metadata.version("lm_eval")
     except importlib.metadata.PackageNotFoundError as err:
@@ -160,6 +171,12 @@ def inspect_targets(index_mod: ModuleType) -> Targets:
         raise Unsupported(
             f"lm_eval {version} has not been validated (validated: {', '.join(VALIDATED_SOURCES)})"
         )
+    return version, expected
+
+
+def inspect_targets(index_mod: ModuleType) -> Targets:
+    """Validate lm_eval's internals; raise Unsupported with a human-readable reason."""
+    version, expected = validated_version()
     funcs = _raw_functions(index_mod)
     for name, func in funcs.items():
         params = _param_spec(func)
@@ -506,11 +523,7 @@ def on_index_module_loaded(module: ModuleType, cache_dir: Path, log: logging.Log
         patcher.install()
         _installed.append(patcher)
     except Unsupported as err:
-        log.warning(
-            "fastrun disabled: %s; falling back to stock lm_eval task indexing "
-            "(slow start, identical results)",
-            err,
-        )
+        _warn_disabled(log, err)
     except Exception as err:
         log.warning(
             "fastrun disabled: unexpected %s while inspecting lm_eval (%s); "
@@ -518,6 +531,14 @@ def on_index_module_loaded(module: ModuleType, cache_dir: Path, log: logging.Log
             type(err).__name__,
             err,
         )
+
+
+def _warn_disabled(log: logging.Logger, err: Unsupported) -> None:
+    log.warning(
+        "fastrun disabled: %s; falling back to stock lm_eval task indexing "
+        "(slow start, identical results)",
+        err,
+    )
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):
@@ -565,6 +586,12 @@ class PatchOnImport(importlib.abc.MetaPathFinder):
 
 def install(cache_dir: Path, log: logging.Logger) -> None:
     """Arrange for lm_eval's task index to be patched when lm_eval loads it."""
+
+    try:
+        validated_version()
+    except Unsupported as err:
+        _warn_disabled(log, err)
+        return
 
     def callback(module: ModuleType) -> None:
         on_index_module_loaded(module, cache_dir, log)

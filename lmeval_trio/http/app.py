@@ -13,6 +13,7 @@ from pathlib import Path
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
+from lmeval_trio import cli_schema
 from lmeval_trio.config import Settings
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
@@ -38,6 +39,9 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     app.extensions["lmeval_trio.settings"] = settings
+    untested = cli_schema.untested_warning()
+    if untested is not None:
+        log.warning("%s", untested)
     QuartSchema(
         app,
         info={"title": "lmeval-trio", "version": _version()},
