@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from lmeval_trio.config import Settings
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.http.routing import StrictMap
 from lmeval_trio.http.signals import forward_sigterm
 from lmeval_trio.supervisor import Supervisor
 
@@ -23,12 +24,18 @@ STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("lmeval_trio.http")
 
 
+class App(QuartTrio):
+    """QuartTrio on the strict URL map (ASCII ids, no redirects; see routing)."""
+
+    url_map_class = StrictMap
+
+
 def create_app(
     settings: Settings | None = None, *, supervisor: Supervisor | None = None
 ) -> QuartTrio:
     """Build the app; pass ``supervisor`` to serve one you own, else the app runs its own."""
     settings = settings or (supervisor.settings if supervisor else Settings.from_env())
-    app = QuartTrio(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app = App(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=settings.shutdown_timeout_s,
