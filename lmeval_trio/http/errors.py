@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Quart, Response, current_app, jsonify, request
+from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
@@ -25,6 +25,8 @@ from lmeval_trio.supervisor import (
 )
 
 log = logging.getLogger("lmeval_trio.http")
+#: Set on ``g`` when authentication refused the request (its body is then never read).
+UNAUTHENTICATED = "lmeval_unauthenticated"
 
 
 class InvalidParameter(Exception):
@@ -78,10 +80,17 @@ def _too_large() -> Response:
 
 
 async def _drain_body(response: Response) -> Response:
-    """Read what is left of the request body before answering. Hypercorn 0.18 hangs a
-    kept-alive connection whose response went out before the request body had arrived (a
-    401 or 405 to a POST, say); a body too large to read closes the connection instead."""
+    """Read what is left of the request body before answering, so that the connection can
+    serve the next request (a 405 to a POST, say); the read is bounded by
+    LMEVAL_BODY_READ_TIMEOUT_S, and a body too large or too slow closes the connection.
+
+    A client without a valid key is answered at once and its connection closed, its body
+    never read: otherwise a partial body would hold the connection (and a file descriptor)
+    for as long as the client cared to trickle it."""
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if g.get(UNAUTHENTICATED, False):
+        response.headers["Connection"] = "close"
+        return response
     if chunked or (request.content_length or 0) > 0:
         try:
             await request.get_data()

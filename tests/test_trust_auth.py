@@ -1,0 +1,149 @@
+"""Authentication fails closed and cannot be outwaited: attacks on the key sources and on
+connections held open by bodies that never finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from lmeval_trio.config import Settings, SettingsError
+from tests.conftest import make_settings, start_server
+from tests.support import raw_http
+
+KEY = "key-for-the-trust-tests"
+BLANK_KEY_VALUES = ["", " ", ",", " , ", ",,,", "\t,\n", "[]", '[""]', '[" ", ""]']
+
+
+@pytest.mark.parametrize("raw", BLANK_KEY_VALUES)
+def test_a_set_but_empty_key_variable_is_a_start_error(raw: str) -> None:
+    with pytest.raises(SettingsError, match="LMEVAL_API_KEYS is set but holds no key"):
+        Settings.from_env({"LMEVAL_API_KEYS": raw})
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \n\t\n", "\r\n \r\n"])
+def test_an_empty_key_file_is_a_start_error(tmp_path: Path, content: str) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(content)
+    with pytest.raises(SettingsError, match=r"LMEVAL_API_KEYS_FILE: .* holds no key"):
+        Settings.from_env({"LMEVAL_API_KEYS_FILE": str(keys)})
+
+
+def test_an_unreadable_key_file_is_a_start_error(tmp_path: Path) -> None:
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00key")
+    for path in (tmp_path / "missing", tmp_path, tmp_path / "binary"):
+        with pytest.raises(SettingsError, match="LMEVAL_API_KEYS_FILE: cannot read"):
+            Settings.from_env({"LMEVAL_API_KEYS_FILE": str(path)})
+
+
+def test_blank_entries_are_no_keys(tmp_path: Path) -> None:
+    settings = Settings.from_env({"LMEVAL_API_KEYS": " , a-key ,, other "})
+    assert settings.all_api_keys() == {"a-key", "other"}
+    with pytest.raises(SettingsError, match="holds no key"):
+        make_settings(tmp_path, api_keys=("", "  "))
+
+
+def test_the_served_app_refuses_to_start_with_an_empty_key_source(tmp_path: Path) -> None:
+    """The real entry point (what hypercorn imports) exits 2 with the reason, starting
+    nothing; no open server ever listens."""
+    env = {**os.environ, "LMEVAL_DATA_DIR": str(tmp_path / "data"), "LMEVAL_API_KEYS": " , "}
+    done = subprocess.run(
+        [sys.executable, "-c", "import lmeval_trio.asgi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "LMEVAL_API_KEYS is set but holds no key" in done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@asynccontextmanager
+async def keyed_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[str]:
+    settings = make_settings(tmp_path, api_keys=(KEY,), max_concurrency=0, **overrides)
+    async with trio.open_nursery() as nursery:
+        url, shutdown, _app = await start_server(nursery, settings)
+        yield url
+        shutdown.set()
+
+
+async def _hold_partial_body(url: str, headers: dict[str, str], statuses: list[int]) -> None:
+    """POST the start of a big body and never finish it; record the answer, and that the
+    server closed the connection after it."""
+    stream = await raw_http.connect(url)
+    async with stream:
+        head = raw_http.head_bytes(
+            "POST",
+            "/job",
+            {"Content-Length": "1000000", "Content-Type": "application/json", **headers},
+        )
+        await stream.send_all(head + b'{"model": "dummy", "tasks": "')
+        response = await raw_http.read_response(stream)
+        assert response.json()["detail"]
+        assert await stream.receive_some(1024) == b"", "the server kept the connection"
+        statuses.append(response.status)
+
+
+async def _healthz(url: str) -> int:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        return (await client.get("/healthz")).status_code
+
+
+async def test_partial_bodies_without_a_key_are_refused_at_once(tmp_path: Path) -> None:
+    """Hundreds of clients without a (valid) key, each sending a body that never ends: each
+    is answered and disconnected without the server waiting for its body, and the health
+    check answers throughout."""
+    wrong = [{}, {"Authorization": "Bearer not-the-key"}, {"Authorization": f"Basic {KEY}"}]
+    statuses: list[int] = []
+    async with keyed_server(tmp_path) as url:
+        with trio.fail_after(60):  # the body timeout (30 s) is never what ends them
+            async with trio.open_nursery() as nursery:
+                for n in range(300):
+                    nursery.start_soon(_hold_partial_body, url, wrong[n % 3], statuses)
+                    if n % 50 == 0:
+                        assert await _healthz(url) == 200
+            assert await _healthz(url) == 200
+    assert sorted(set(statuses)) == [401, 403] and len(statuses) == 300
+
+
+async def test_a_key_holders_slow_body_is_bounded(tmp_path: Path) -> None:
+    """With a key the body is read, but only for LMEVAL_BODY_READ_TIMEOUT_S: then 408 JSON
+    and the connection closed."""
+    statuses: list[int] = []
+    async with keyed_server(tmp_path, body_read_timeout_s=0.5) as url:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(
+                        _hold_partial_body, url, {"Authorization": f"Bearer {KEY}"}, statuses
+                    )
+                assert await _healthz(url) == 200
+    assert statuses == [408] * 20
+
+
+async def test_a_key_holder_keeps_the_connection_after_a_refusal(tmp_path: Path) -> None:
+    """A complete body is still read before the answer, so a kept-alive connection serves
+    the next request after a 4xx (here a 405 to a body-carrying POST)."""
+    body = json.dumps({"x": 1}).encode()
+    async with keyed_server(tmp_path) as url:
+        stream = await raw_http.connect(url)
+        async with stream:
+            auth = {"Authorization": f"Bearer {KEY}", "Content-Length": str(len(body))}
+            await stream.send_all(raw_http.head_bytes("POST", "/healthz", auth))
+            await trio.sleep(0.1)  # the body follows in its own packet
+            await stream.send_all(body + raw_http.head_bytes("GET", "/readyz"))
+            with trio.fail_after(10):
+                first = await raw_http.read_response(stream)
+                second = await raw_http.read_response(stream)
+    assert (first.status, second.status) == (405, 200)
