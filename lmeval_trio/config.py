@@ -128,6 +128,13 @@ class Settings(BaseModel):
     cors_origins: tuple[str, ...] = Field(default=(), description="Allowed CORS origins.")
     max_queued_jobs: int = Field(default=10_000, ge=1, description="Queue bound (429 beyond).")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="Body size bound.")
+    admission_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Longest the checks of one submission (path resolution, folder walks) may "
+        "take (403 beyond).",
+    )
     body_read_timeout_s: float = Field(
         default=30.0,
         gt=0,

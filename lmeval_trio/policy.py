@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio import admission
 from lmeval_trio.cli_schema import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.config import Settings
 
@@ -192,7 +193,7 @@ class Policy:
             value = values.get(name)
             if isinstance(value, str):
                 self.check_path(name, value, scan=name in SCANNED_FLAGS)
-        for task in _task_paths(values.get("tasks")):
+        for task in dict.fromkeys(_task_paths(values.get("tasks"))):  # each spelling once
             self.check_path("tasks", task, scan=True)
             for match in self._glob(task):
                 self.check_path("tasks", match, scan=True)
@@ -211,9 +212,10 @@ class Policy:
     def check_path(self, field: str, value: str, *, scan: bool = False) -> None:
         """``value`` must resolve inside one of the allowed roots; with ``scan``, so must
         every symlink in the folder it names (lm-eval reads every YAML file in it)."""
+        admission.charge(field)
         resolved = self.resolve(field, value)
         self._inside_roots(field, resolved)
-        if scan and _is_dir(field, resolved):
+        if scan and _is_dir(field, resolved) and admission.first_walk(resolved):
             for link in _symlinks_under(field, resolved):
                 self._inside_roots(field, self.resolve(field, str(link)))
 
@@ -227,7 +229,7 @@ class Policy:
         if not glob.has_magic(pattern):
             return []
         found = glob.iglob(os.path.join(self.job_cwd, os.path.expanduser(pattern)))
-        matches = list(itertools.islice(found, MAX_GLOB_MATCHES + 1))
+        matches = list(itertools.islice(_charged(found), MAX_GLOB_MATCHES + 1))
         if len(matches) > MAX_GLOB_MATCHES:
             raise PolicyViolation("tasks", f"the pattern matches over {MAX_GLOB_MATCHES} paths")
         return matches
@@ -261,6 +263,12 @@ def _hijacks_loader(name: str) -> bool:
     if upper in ALLOWED_PYTHON_ENV:
         return False
     return upper in DENIED_ENV_NAMES or upper.startswith(DENIED_ENV_PREFIXES)
+
+
+def _charged(matches: Iterator[str]) -> Iterator[str]:
+    for match in matches:
+        admission.charge("tasks")
+        yield match
 
 
 def _task_names(tasks: Any) -> Iterable[str]:
@@ -297,6 +305,7 @@ def _is_dir(field: str, path: Path) -> bool:
 def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
     seen = 0
     for parent, dirs, files in os.walk(folder):
+        admission.charge(field, len(dirs) + len(files))
         seen += len(dirs) + len(files)
         if seen > MAX_SCANNED_ENTRIES:
             raise PolicyViolation(field, f"the folder holds over {MAX_SCANNED_ENTRIES} entries")

@@ -29,12 +29,12 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import command, process
+from lmeval_trio import admission, command, process
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
 from lmeval_trio.metrics import Metrics
-from lmeval_trio.policy import Policy
+from lmeval_trio.policy import Policy, PolicyViolation
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
@@ -290,7 +290,7 @@ class Supervisor:
         self._check_accepting()
         request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
         with self._queue_place():
-            await trio.to_thread.run_sync(self.policy.check, request)
+            await self._admit(request)
             command.check(request)
             self._check_gpus(request.get("num_gpus"))
             record = await self.store.create(self._draft(request, resumed_from), utc_now())
@@ -306,6 +306,16 @@ class Supervisor:
             extra={"job_id": record.id},
         )
         return record
+
+    async def _admit(self, request: dict[str, Any]) -> None:
+        """The policy's verdict, its work bounded (see admission) and cancelled with the
+        request; a bound passed is a refusal naming the field being checked."""
+        try:
+            await admission.run_bounded(
+                lambda: self.policy.check(request), self.settings.admission_timeout_s
+            )
+        except admission.AdmissionExceeded as error:
+            raise PolicyViolation(error.field, error.message) from None
 
     @contextmanager
     def _queue_place(self) -> Iterator[None]:

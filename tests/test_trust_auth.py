@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from lmeval_trio import admission
 from lmeval_trio.config import Settings, SettingsError
 from tests.conftest import make_settings, start_server
 from tests.support import raw_http
@@ -147,3 +149,119 @@ async def test_a_key_holder_keeps_the_connection_after_a_refusal(tmp_path: Path)
                 first = await raw_http.read_response(stream)
                 second = await raw_http.read_response(stream)
     assert (first.status, second.status) == (405, 200)
+
+
+# -- the work of admission ------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_folder(tmp_path: Path) -> Path:
+    """A task folder of 6000 files (no YAML: only the walk matters)."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    for n in range(6000):
+        (folder / f"f{n}.txt").touch()
+    return folder
+
+
+async def _submit(tmp_path: Path, body: dict[str, Any], **overrides: Any) -> httpx.Response:
+    settings = make_settings(tmp_path, max_concurrency=0, **overrides)
+    async with trio.open_nursery() as nursery:
+        url, shutdown, _app = await start_server(nursery, settings)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            response = await client.post("/job", json={"model": "dummy", **body})
+        shutdown.set()
+    return response
+
+
+async def test_one_folder_named_a_thousand_times_is_walked_once(
+    tmp_path: Path, big_folder: Path
+) -> None:
+    """1000 spellings of one 6000-entry folder: walked each time, that would be 6 million
+    entries, far past the budget (a 403); walked once, the request is accepted."""
+    spellings = [
+        str(big_folder),
+        f"{big_folder}/",
+        f"{big_folder}/.",
+        f"{big_folder}//",
+        f"{big_folder}/../{big_folder.name}",
+    ]
+    tasks = [spellings[n % len(spellings)] for n in range(1000)]
+    response = await _submit(tmp_path, {"tasks": tasks, "include_path": str(big_folder)})
+    assert response.status_code == 200, response.text
+
+
+async def test_nested_folders_exhaust_the_budget(tmp_path: Path, big_folder: Path) -> None:
+    """Distinct folders nested in each other each hold the whole tree below: the walks of
+    one request together are capped, and the refusal names the field."""
+    deep = tmp_path / "nest"
+    path = deep
+    chain = []
+    for n in range(60):
+        path = path / f"d{n}"
+        chain.append(str(path))
+    path.mkdir(parents=True)
+    for n in range(4000):
+        (path / f"f{n}").touch()
+    response = await _submit(tmp_path, {"tasks": chain})  # 60 walks x 4000 entries
+    assert response.status_code == 403, response.text
+    assert response.json()["field"] == "tasks"
+    assert "files and folders to check" in response.json()["rule"]
+
+
+async def test_admission_has_a_deadline(tmp_path: Path, big_folder: Path) -> None:
+    response = await _submit(
+        tmp_path, {"tasks": "x", "include_path": str(big_folder)}, admission_timeout_s=1e-6
+    )
+    assert response.status_code == 403, response.text
+    assert "LMEVAL_ADMISSION_TIMEOUT_S" in response.json()["rule"]
+
+
+async def test_cancelled_admission_stops_its_thread() -> None:
+    """A check that would never end (it charges forever) returns as soon as its caller is
+    cancelled, and its worker thread stops at its next charge instead of running on."""
+    stopped = threading.Event()
+    entered = threading.Event()
+
+    def endless() -> None:
+        try:
+            while True:
+                entered.set()
+                admission.charge("tasks", 0)  # no entries: only the cancellation stops it
+        finally:
+            stopped.set()
+
+    with trio.move_on_after(0.2) as scope:
+        await admission.run_bounded(endless, timeout_s=600)
+    assert scope.cancelled_caught and entered.is_set()
+    assert await trio.to_thread.run_sync(stopped.wait, 30)
+
+
+async def test_a_disconnected_submission_is_not_recorded(tmp_path: Path) -> None:
+    """A client that leaves while its paths are checked: the check is abandoned, no job is
+    recorded, the server stays healthy and stops within its bound."""
+    path = tmp_path / "nest"
+    chain = []
+    for n in range(30):
+        path = path / f"d{n}"
+        chain.append(str(path))
+    path.mkdir(parents=True)
+    for n in range(3000):
+        (path / f"f{n}").touch()
+    settings = make_settings(tmp_path, max_concurrency=0)
+    with trio.fail_after(settings.shutdown_timeout_s):  # the whole life, shutdown included
+        await _leave_mid_admission(settings, chain)
+
+
+async def _leave_mid_admission(settings: Settings, chain: list[str]) -> None:
+    async with trio.open_nursery() as nursery:
+        url, shutdown, _app = await start_server(nursery, settings)
+        body = json.dumps({"model": "dummy", "tasks": chain}).encode()
+        stream = await raw_http.connect(url)
+        head = {"Content-Length": str(len(body)), "Content-Type": "application/json"}
+        await stream.send_all(raw_http.head_bytes("POST", "/job", head) + body)
+        await stream.aclose()  # gone before any answer
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/jobs")).json()["jobs"] == []
+        shutdown.set()
