@@ -62,8 +62,7 @@ class Budget:
         if time.monotonic() > self.deadline:
             raise AdmissionExceeded(
                 field,
-                f"checking the paths took over {self.timeout_s:g} s "
-                "(LMEVAL_ADMISSION_TIMEOUT_S)",
+                f"checking the paths took over {self.timeout_s:g} s (LMEVAL_ADMISSION_TIMEOUT_S)",
             )
 
     def first_walk(self, folder: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -74,29 +75,15 @@ def blueprint() -> Blueprint:
             request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         )
         logs = bool_arg("logs", True)
-        response = await make_response(
-            event_stream(sup, job_id, offsets, logs=logs),
-            200,
-            {
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            },
+        return await _stream_response(
+            event_stream(sup, job_id, offsets, logs=logs), {"X-Accel-Buffering": "no"}
         )
-        response.timeout = None  # type: ignore[union-attr]
-        return response  # type: ignore[return-value]
 
     @bp.get("/events")
     @tag(["outputs"])
     async def all_events() -> Response:
         """Server-Sent Events: a ``jobs`` event (counts by status) whenever any job changes."""
-        response = await make_response(
-            jobs_stream(supervisor()),
-            200,
-            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
-        response.timeout = None  # type: ignore[union-attr]
-        return response  # type: ignore[return-value]
+        return await _stream_response(jobs_stream(supervisor()), {})
 
     @bp.get("/job/<int:job_id>/results")
     @tag(["outputs"])
@@ -151,3 +138,14 @@ def blueprint() -> Blueprint:
         return response
 
     return bp
+
+
+async def _stream_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
+    """An event stream; a HEAD gets its headers at once (the stream would never end, and a
+    HEAD answer has no body to wait for)."""
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+    if request.method == "HEAD":
+        return Response(b"", 200, headers)  # the generator, never started, just goes away
+    response = await make_response(events, 200, headers)
+    response.timeout = None  # type: ignore[union-attr]
+    return response  # type: ignore[return-value]
