@@ -139,6 +139,7 @@ class Supervisor:
         self._send, self._receive = trio.open_memory_channel[int](math.inf)
         self._live: dict[int, LiveJob] = {}
         self._submitting = 0  # submissions past the queue-bound check, not yet queued
+        self._creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
         self._nursery: trio.Nursery | None = None
         self._dispatch_scope = trio.CancelScope()
         self._warm_scope = trio.CancelScope()
@@ -293,10 +294,7 @@ class Supervisor:
             await self._admit(request)
             command.check(request)
             self._check_gpus(request.get("num_gpus"))
-            record = await self.store.create(self._draft(request, resumed_from), utc_now())
-            if resumed_from is not None:
-                await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
-            self._enqueue(record)
+            record = await self._create_and_enqueue(request, resumed_from)
         self.metrics.submissions.inc()
         log.info(  # not the argv: model_args may carry credentials
             "job %s queued (model=%s, tasks=%s)",
@@ -306,6 +304,37 @@ class Supervisor:
             extra={"job_id": record.id},
         )
         return record
+
+    async def _create_and_enqueue(
+        self, request: dict[str, Any], resumed_from: JobRecord | None
+    ) -> JobRecord:
+        """Store the job and give it its queue place, or leave nothing behind.
+
+        While a resumed job's cache is copied the record exists but is not queued yet; a
+        delete waits for that (``_creating``), and a failure or cancellation on the way
+        removes the record and folder again, so no Queued record is ever left without its
+        place in the queue."""
+        record = await self.store.create(self._draft(request, resumed_from), utc_now())
+        created = self._creating[record.id] = trio.Event()
+        try:
+            if resumed_from is not None:
+                await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+            self._enqueue(record)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._discard(record)
+            raise
+        finally:
+            del self._creating[record.id]
+            created.set()
+        return record
+
+    async def _discard(self, record: JobRecord) -> None:
+        """Undo a half-done submission (its record, its folder), logging what could not be."""
+        try:
+            await self._remove([record])
+        except Exception:
+            log.exception("job %s: could not undo a failed submission", record.id)
 
     async def _admit(self, request: dict[str, Any]) -> None:
         """The policy's verdict, its work bounded (see admission) and cancelled with the
@@ -423,17 +452,31 @@ class Supervisor:
 
     async def delete(self, job_id: int) -> None:
         """Stop the job if it is active, then remove its record and files."""
+        await self._wait_created(job_id)
         record = await self.get(job_id)
-        live = self._live.get(job_id)
-        if live is not None:
-            await self._stop_live(live, StopReason.DELETE)
-        await self._remove([record])
+        await self._delete_records([record])
 
     async def delete_all(self) -> int:
-        await self.stop_all()
+        """Delete the jobs that exist now (a snapshot): jobs submitted while these stop
+        (each may take its grace) are not touched."""
+        for job_id in list(self._creating):
+            await self._wait_created(job_id)
         records = await self.store.select()
-        await self._remove(records)
+        await self._delete_records(records)
         return len(records)
+
+    async def _wait_created(self, job_id: int) -> None:
+        created = self._creating.get(job_id)
+        if created is not None:
+            await created.wait()
+
+    async def _delete_records(self, records: Sequence[JobRecord]) -> None:
+        """Stop those of ``records`` that are active, then remove them all."""
+        lives = [self._live[r.id] for r in records if r.id in self._live]
+        async with trio.open_nursery() as nursery:
+            for live in lives:
+                nursery.start_soon(self._stop_live, live, StopReason.DELETE)
+        await self._remove(records)
 
     async def resume(self, job_id: int) -> JobRecord:
         """Queue a new job with a Stopped/Failed job's request and a copy of its cache."""
