@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import signal
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import admission, command, process
+from lmeval_trio import admission, command, process, unrecorded
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.logs import REPLAY_MAX_BYTES, LogPump, read_segments, read_tail_lines
@@ -45,6 +46,10 @@ from lmeval_trio.store import Draft, JobStore
 from lmeval_trio.warm import WarmPool
 
 log = logging.getLogger("lmeval_trio.supervisor")
+#: What a store write raises when the database cannot be written (full disk, read-only, I/O).
+STORE_FAULTS = (sqlite3.Error, OSError)
+RETRY_FIRST_S = 0.1  # first wait before writing again to a store that refused a write
+RETRY_MAX_S = 30.0
 
 
 class SupervisorError(Exception):
@@ -140,6 +145,13 @@ class Supervisor:
         self._live: dict[int, LiveJob] = {}
         self._submitting = 0  # submissions past the queue-bound check, not yet queued
         self._creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
+        # What the store refused, for _reconcile to finish once it takes writes again: ends
+        # to record, jobs whose start it refused (held), submissions to undo.
+        self._held: list[LiveJob] = []
+        self._to_discard: list[JobRecord] = []
+        self._unrecorded: dict[int, tuple[LiveJob, JobStatus, dict[str, Any]]] = {}
+        self._store_fault = trio.Event()
+        self._reconcile_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._dispatch_scope = trio.CancelScope()
         self._warm_scope = trio.CancelScope()
@@ -165,6 +177,7 @@ class Supervisor:
             self.warm.prime(local_environment(self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
         self._nursery.start_soon(self._dispatch)
+        self._nursery.start_soon(self._reconcile)
         self._accepting = self._alive = True
         return self
 
@@ -249,8 +262,14 @@ class Supervisor:
         started = [live for live in self._live.values() if live.dispatched]
         for live in started:
             self._cancel(live, StopReason.SHUTDOWN)
-        for live in started:
-            await live.done.wait()
+        with trio.move_on_after(self.settings.shutdown_timeout_s):
+            for live in started:
+                await self._settled_or_refused(live)
+        self._reconcile_scope.cancel()
+        for live, status, fields in self._unrecorded.values():
+            log.error("job %s: the store never took its end; kept for the next start", live.id)
+            await trio.to_thread.run_sync(unrecorded.save, live.record.job_dir, status, fields)
+            self._forget(live)
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -260,6 +279,11 @@ class Supervisor:
             if record.backend == self.runner.name and await self.runner.recover(record):
                 log.info("job %s: re-attaching to %s", record.id, record.external_id)
                 self._enqueue(record, reattach=True)
+                continue
+            kept = await trio.to_thread.run_sync(unrecorded.load, record.job_dir)
+            if kept is not None:  # it ended, but the store could not take that then
+                await self.store.transition(record.id, record.status, kept[0], **kept[1])
+                await trio.to_thread.run_sync(unrecorded.discard, record.job_dir)
                 continue
             reason = f"interrupted: the server stopped while this job ran (pid {record.pid})"
             await self._finish_interrupted(record, reason)
@@ -334,7 +358,9 @@ class Supervisor:
         try:
             await self._remove([record])
         except Exception:
-            log.exception("job %s: could not undo a failed submission", record.id)
+            log.exception("job %s: could not undo a failed submission; retrying", record.id)
+            self._to_discard.append(record)
+            self._store_fault.set()
 
     async def _admit(self, request: dict[str, Any]) -> None:
         """The policy's verdict, its work bounded (see admission) and cancelled with the
@@ -517,7 +543,16 @@ class Supervisor:
                 self._forget(live)
             return
         self._cancel(live, reason)
-        await live.done.wait()
+        await self._settled_or_refused(live)
+
+    async def _settled_or_refused(self, live: LiveJob) -> None:
+        """Until the job's end is recorded, or its process ended and the store refused it
+        (the reconciler records it later: nobody should wait for a disk to be freed)."""
+        while not live.done.is_set() and live.id not in self._unrecorded:
+            version = live.changed.version
+            if live.done.is_set() or live.id in self._unrecorded:
+                return
+            await live.changed.wait_past(version)
 
     def _cancel(self, live: LiveJob, reason: StopReason) -> None:
         if live.stop_reason is None:
@@ -545,6 +580,14 @@ class Supervisor:
         """One job from Running to its end; nothing it does may escape to the nursery."""
         try:
             status, fields = await self._execute(live, gpus)
+        except _StartRefused as refused:
+            log.error(
+                "job %s: the store refused its start (%s); it keeps its place", live.id, refused
+            )
+            if live.stop_reason is None:
+                self._hold(live)
+                return
+            status, fields = JobStatus.STOPPED, {"reason": live.stop_reason.value}
         except Exception as error:  # a bug must cost one job, never the supervisor
             log.exception("job %s: internal error", live.id)
             status = JobStatus.FAILED
@@ -554,20 +597,108 @@ class Supervisor:
         with trio.CancelScope(shield=True):
             try:
                 await self._settle(live, status, **fields)
-                await self._prune()
+            except STORE_FAULTS:
+                log.exception("job %s: the store refused its end; retrying", live.id)
+                self._unrecorded[live.id] = (live, status, fields)  # stays live meanwhile
+                self._store_fault.set()
+                live.changed.fire()
+                return
             except Exception:
                 log.exception("job %s: could not record its end", live.id)
-            finally:
-                self._forget(live)  # waiters wake once retention has run too
+            await self._prune_logged()
+            self._forget(live)  # waiters wake once retention has run too
+
+    def _hold(self, live: LiveJob) -> None:
+        """A job whose start the store refused goes back to waiting (still Queued, in the
+        store and in the counters) until the store takes writes; then it is queued again."""
+        live.dispatched = False
+        live.scope = trio.CancelScope()
+        self._held.append(live)
+        self._store_fault.set()
+        live.changed.fire()
+        self.changed.fire()
+
+    async def _prune_logged(self) -> None:
+        try:
+            await self._prune()
+        except Exception:
+            log.exception("retention: could not prune finished jobs")
+
+    async def _reconcile(self) -> None:
+        """Record the ends the store refused, once it takes writes again (retrying with
+        backoff); then make sure no record says Running without a live job."""
+        with self._reconcile_scope:
+            while True:
+                await self._store_fault.wait()
+                delay_s = RETRY_FIRST_S
+                while not await self._store_recovered():
+                    await trio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, RETRY_MAX_S)
+                self._store_fault = trio.Event()
+                await self._sweep_orphans()
+
+    async def _store_recovered(self) -> bool:
+        """Once the store takes writes: record refused ends, undo refused submissions and
+        queue held jobs again. False while it still refuses."""
+        if not await self.store.writable() or not await self._record_unrecorded():
+            return False
+        while self._to_discard:
+            try:
+                await self._remove([self._to_discard[0]])
+            except STORE_FAULTS:
+                return False
+            self._to_discard.pop(0)
+        held, self._held = self._held, []
+        for live in held:
+            if self._live.get(live.id) is live and not live.scope.cancel_called:
+                self._send.send_nowait(live.id)
+        return True
+
+    async def _record_unrecorded(self) -> bool:
+        """Try each refused end again; False while the store still refuses."""
+        for job_id, (live, status, fields) in list(self._unrecorded.items()):
+            try:
+                await self._settle(live, status, **fields)
+            except STORE_FAULTS:
+                return False
+            except Exception:
+                log.exception("job %s: could not record its end", job_id)
+            log.info("job %s: its end is recorded now", job_id)
+            del self._unrecorded[job_id]
+            await self._prune_logged()
+            self._forget(live)
+        return True
+
+    async def _sweep_orphans(self) -> None:
+        """Running records with no live job (their process is gone): settle them as a
+        restart would. A store fault on the way starts another round."""
+        try:
+            for record in await self.store.select([JobStatus.RUNNING, JobStatus.QUEUED]):
+                undone = any(r.id == record.id for r in self._to_discard)
+                if record.id in self._live or record.id in self._creating or undone:
+                    continue
+                if record.status is JobStatus.QUEUED:
+                    self._enqueue(record)  # a Queued record always has its queue place
+                    continue
+                reason = "interrupted: its process ended while the store took no writes"
+                settled = await self._finish_interrupted(record, reason)
+                if settled.status is JobStatus.QUEUED:
+                    self._enqueue(settled)
+        except STORE_FAULTS:
+            log.exception("the store refused a write while reconciling; retrying")
+            self._store_fault.set()
 
     async def _execute(
         self, live: LiveJob, gpus: tuple[str, ...]
     ) -> tuple[JobStatus, dict[str, Any]]:
         returncode: int | None = None
         with live.scope:
-            await trio.to_thread.run_sync(_prepare_dirs, live.record)
-            if not live.reattach:
-                await self._mark_running(live, gpus)
+            try:
+                await trio.to_thread.run_sync(_prepare_dirs, live.record)
+                if not live.reattach:
+                    await self._mark_running(live, gpus)
+            except STORE_FAULTS as error:
+                raise _StartRefused(error) from error
             try:
                 env = self.job_environment(live.record.env, gpus)
                 returncode = await self._run_with_logs(live, env)
@@ -676,9 +807,13 @@ class Supervisor:
             seen = await live.changed.wait_past(seen)
             snapshot = live.progress.snapshot()
             if snapshot != stored:
-                stored = snapshot
-                await self.store.set_progress(live.id, snapshot.to_dict(), snapshot.percent)
-                self.changed.fire()
+                try:
+                    await self.store.set_progress(live.id, snapshot.to_dict(), snapshot.percent)
+                except STORE_FAULTS as error:  # progress is best effort: the job runs on
+                    log.warning("job %s: could not store its progress: %s", live.id, error)
+                else:
+                    stored = snapshot
+                    self.changed.fire()
                 await trio.sleep(self.settings.progress_flush_s)
 
     async def _outcome(
@@ -756,6 +891,10 @@ class Supervisor:
         if doomed:
             log.info("retention: deleting %d finished jobs", len(doomed))
             await self._remove(doomed)
+
+
+class _StartRefused(Exception):
+    """The store refused the write that starts a job (it has not started)."""
 
 
 def warm_pool(settings: Settings, launcher: command.Launcher) -> WarmPool | None:

@@ -8,6 +8,7 @@ also name the ``field`` and the ``rule``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from pydantic import ValidationError
@@ -167,6 +168,15 @@ def install(app: Quart) -> None:
     async def _not_accepting(error: NotAccepting) -> Response:
         response = error_response(503, str(error))
         response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(sqlite3.Error)
+    async def _store_fault(error: sqlite3.Error) -> Response:
+        # A full disk or a read-only database: nothing was half-done (the supervisor undoes
+        # or retries), and the client may retry once the operator has freed the store.
+        log.error("the job store refused a request's write: %s", error)
+        response = error_response(503, "the job store cannot take writes right now; retry later")
+        response.headers["Retry-After"] = "30"
         return response
 
     @app.errorhandler(HTTPException)
