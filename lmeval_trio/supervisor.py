@@ -42,7 +42,7 @@ from lmeval_trio.records import JobRecord, utc_now
 from lmeval_trio.runner import LocalRunner, Runner, Started, local_environment
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
-from lmeval_trio.store import Draft, JobStore
+from lmeval_trio.store import Draft, JobStore, StoreError
 from lmeval_trio.warm import WarmPool
 
 log = logging.getLogger("lmeval_trio.supervisor")
@@ -169,9 +169,17 @@ class Supervisor:
         self._nursery = await self._nursery_manager.__aenter__()
         try:
             await self.store.open()
+            await self._check_store_matches_folders()
             await self._recover()
         except BaseException as error:
-            await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+            with trio.CancelScope(shield=True):
+                await self.store.close()
+            try:
+                await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+            except BaseExceptionGroup as group:
+                if list(group.exceptions) == [error]:  # the start failed: say why, unwrapped
+                    raise error from None
+                raise
             raise
         if self.warm is not None:
             self.warm.prime(local_environment(self.job_environment({})))
@@ -290,6 +298,20 @@ class Supervisor:
         for record in await self.store.select([JobStatus.QUEUED], order="queue"):
             self._enqueue(record)
         await self._prune()
+
+    async def _check_store_matches_folders(self) -> None:
+        """Refuse to start on a database that does not know the data directory's jobs: a
+        missing, empty or older jobs.db beside job folders it never handed out would give
+        new jobs the ids (and the files) of old ones."""
+        last_id = await self.store.last_id()
+        newest = await trio.to_thread.run_sync(_newest_job_folder, self.settings.data_dir)
+        if newest is not None and newest > last_id:
+            raise StoreError(
+                f"{self.store.path} does not match {self.settings.data_dir / 'jobs'}: the "
+                f"folder of job {newest} exists but the database has handed out ids only up "
+                f"to {last_id} (it is missing, empty or older than the folders). Restore the "
+                "database, or move the job folders away, then start again."
+            )
 
     async def _finish_interrupted(self, record: JobRecord, reason: str) -> JobRecord:
         if self.settings.requeue_interrupted:
@@ -940,6 +962,15 @@ def _unwrap_spawn_error() -> Iterator[None]:
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
         raise leaf from None
+
+
+def _newest_job_folder(data_dir: Path) -> int | None:
+    """The highest id among the job folders (names of ASCII digits) under data_dir/jobs."""
+    jobs = data_dir / "jobs"
+    if not jobs.is_dir():
+        return None
+    ids = [int(p.name) for p in jobs.iterdir() if p.name.isascii() and p.name.isdigit()]
+    return max(ids, default=None)
 
 
 def _prepare_dirs(record: JobRecord) -> None:

@@ -6,14 +6,17 @@ query_only``: every write fails with sqlite3.OperationalError), around real chil
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from lmeval_trio.config import Settings
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.store import JobStore
+from lmeval_trio.store import JobStore, StoreError
 from lmeval_trio.supervisor import StopOutcome, Supervisor
 from tests.conftest import fake_job, make_settings, pid_alive, start_server
 from tests.test_trust_races import assert_consistent
@@ -154,3 +157,64 @@ async def test_an_end_refused_until_shutdown_is_recorded_at_the_next_start(
         assert final.status is JobStatus.COMPLETED and final.exit_code == 0, final
         assert final.attempts == 1 and restarted.statistics().queued == 0
         await assert_consistent(restarted, settings)
+
+
+# -- a database that does not match its data directory -------------------------------------
+
+
+async def _one_finished_job(settings: Settings) -> int:
+    async with Supervisor(settings) as supervisor:
+        record = await supervisor.submit(fake_job("env"))
+        assert (await supervisor.wait(record.id)).status is JobStatus.COMPLETED
+        return record.id
+
+
+def _database_files(settings: Settings) -> list[Path]:
+    db = settings.data_dir / "jobs.db"
+    return [db, db.with_name("jobs.db-wal"), db.with_name("jobs.db-shm")]
+
+
+async def test_a_missing_or_empty_database_beside_job_folders_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    job_id = await _one_finished_job(settings)
+    results = (settings.data_dir / "jobs" / str(job_id) / "stdout.log").read_bytes()
+    for damage in ("missing", "empty"):
+        for path in _database_files(settings):
+            path.unlink(missing_ok=True)
+        if damage == "empty":
+            _database_files(settings)[0].write_bytes(b"")
+        with pytest.raises(StoreError, match=f"folder of job {job_id} exists"):
+            async with Supervisor(settings):
+                raise AssertionError("started on a database that lost its jobs")
+    # The old job's files are untouched, ready for the operator to restore the database.
+    assert (settings.data_dir / "jobs" / str(job_id) / "stdout.log").read_bytes() == results
+
+
+async def test_an_older_database_refuses_to_start(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    await _one_finished_job(settings)
+    backup = tmp_path / "backup.db"
+    async with Supervisor(settings) as supervisor:  # a consistent copy, as sqlite3 makes one
+        await supervisor.store._run(supervisor.store.conn.execute, f"VACUUM INTO '{backup}'")
+    await _one_finished_job(settings)  # job 2
+    for path in _database_files(settings):
+        path.unlink(missing_ok=True)
+    shutil.copy(backup, settings.data_dir / "jobs.db")
+    with pytest.raises(StoreError, match="handed out ids only up to 1"):
+        async with Supervisor(settings):
+            raise AssertionError("started on an older database")
+
+
+async def test_an_id_whose_folder_exists_is_never_handed_out(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_concurrency=0)
+    async with Supervisor(settings) as supervisor:
+        for stray in ("1", "2", "4"):  # appear while the server runs
+            (settings.data_dir / "jobs" / stray).mkdir(parents=True)
+            (settings.data_dir / "jobs" / stray / "stdout.log").write_text(f"old {stray}\n")
+        ids = [(await supervisor.submit(fake_job("env"))).id for _ in range(3)]
+        assert ids == [3, 5, 6]
+        for stray in ("1", "2", "4"):
+            log = settings.data_dir / "jobs" / stray / "stdout.log"
+            assert log.read_text() == f"old {stray}\n"
