@@ -18,7 +18,7 @@ from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import JobStore, StoreError
 from lmeval_trio.supervisor import StopOutcome, Supervisor
-from tests.conftest import fake_job, make_settings, pid_alive, start_server
+from tests.conftest import Server, fake_job, make_settings, pid_alive, start_server
 from tests.test_trust_races import assert_consistent
 
 
@@ -218,3 +218,33 @@ async def test_an_id_whose_folder_exists_is_never_handed_out(tmp_path: Path) -> 
         for stray in ("1", "2", "4"):
             log = settings.data_dir / "jobs" / stray / "stdout.log"
             assert log.read_text() == f"old {stray}\n"
+
+
+ODD_RESULTS = [
+    "[]",
+    '"results"',
+    "1",
+    "null",
+    '{"results": []}',
+    '{"results": {"task": []}}',
+    '{"results": {"task": {"acc,none": 1, "acc_stderr,none": "x"}}, "groups": 7}',
+    '{"results": {"1": {"2": 3}}, "config": [1], "n-samples": "x", "lm_eval_version": {}}',
+    "[" * 100_000 + "]" * 100_000,
+    '{"results": {"task": {"acc,none": {"deep": [1, 2]}}}}',
+]
+
+
+async def test_results_of_an_unexpected_shape_are_never_a_5xx(server: Server) -> None:
+    job_id = await server.submit(fake_job("env"))
+    await server.wait_status(job_id)
+    settings = server.app.extensions["lmeval_trio.settings"]
+    model_dir = settings.data_dir / "jobs" / str(job_id) / "output" / "model"
+    model_dir.mkdir(parents=True)
+    for n, text in enumerate(ODD_RESULTS):
+        (model_dir / f"results_2026-01-01T00-00-{n:02d}.json").write_text(text)  # the newest
+        response = await server.client.get(f"/job/{job_id}/results")
+        assert response.status_code in (200, 404), (text[:80], response.text)
+        body = response.json()
+        assert body["detail"] if response.status_code == 404 else body["job_id"] == job_id
+        if response.status_code == 200:
+            assert isinstance(body["metrics"], list)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from lmeval_trio.config import Settings
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from lmeval_trio.supervisor import JobNotFound, StopOutcome, Supervisor
-from tests.conftest import fake_job, make_settings, pid_alive, start_server
+from tests.conftest import Server, fake_job, make_settings, pid_alive, start_server
 
 
 async def assert_consistent(supervisor: Supervisor, settings: Settings) -> None:
@@ -68,7 +70,8 @@ async def _wait_tree(supervisor: Supervisor, job_id: int) -> None:
 async def _wait_stopping(supervisor: Supervisor, job_id: int) -> None:
     """Until a stop of ``job_id`` is under way (its grace is running)."""
     with trio.fail_after(30):
-        while not supervisor._live[job_id].scope.cancel_called:
+        while job_id not in supervisor._live or not supervisor._live[job_id].scope.cancel_called:
+            assert job_id in supervisor._live, await supervisor.get(job_id)
             await trio.testing.wait_all_tasks_blocked(cushion=0.01)
 
 
@@ -184,3 +187,45 @@ async def _quiesce(supervisor: Supervisor) -> None:
             if stats.running == min(live, stats.slots_total) and all(r.pid for r in running):
                 return
             await supervisor.changed.wait_past(version)
+
+
+async def test_artifacts_while_the_job_folder_churns(server: Server) -> None:
+    """Files appear and vanish (and a file turns into a folder) while artifacts are listed
+    and downloaded: every answer is a 200 listing or a JSON 404, never a 5xx."""
+    job_id = await server.submit(fake_job("env"))
+    await server.wait_status(job_id)
+    settings = server.app.extensions["lmeval_trio.settings"]
+    folder = settings.data_dir / "jobs" / str(job_id) / "output"
+    folder.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            path = folder / f"f{n % 50}"
+            try:
+                if path.is_dir():
+                    path.rmdir()
+                elif path.exists():
+                    path.unlink()
+                    if n % 7 == 0:
+                        path.mkdir()
+                else:
+                    path.write_bytes(b"x" * (n % 100))
+            except OSError:
+                pass
+            n += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.to_thread.run_sync, churn))
+        try:
+            for _ in range(150):
+                listing = await server.client.get(f"/job/{job_id}/artifacts")
+                assert listing.status_code == 200, listing.text
+                for artifact in listing.json()["artifacts"][-3:]:
+                    response = await server.client.get(artifact["url"])
+                    assert response.status_code in (200, 404), response.text
+                    if response.status_code == 404:
+                        assert response.json()["detail"]
+        finally:
+            stop.set()

@@ -7,12 +7,13 @@ from typing import Any
 
 import trio
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, jsonify, make_response, request, send_file
+from quart import Blueprint, Response, jsonify, make_response, request
 from quart_schema import document_querystring, document_response, tag
 from werkzeug.exceptions import NotFound
 
 from lmeval_trio import results
 from lmeval_trio.http import schemas
+from lmeval_trio.http.download import file_response
 from lmeval_trio.http.errors import Conflict
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
@@ -129,9 +130,10 @@ def blueprint() -> Blueprint:
         found = await trio.to_thread.run_sync(results.resolve_artifact, record, name)
         if found is None:
             raise NotFound(f"job {job_id} has no artifact {name!r}")
-        response = await send_file(
-            found.path, as_attachment=True, attachment_filename=found.path.name
-        )
+        try:
+            response = await file_response(found.path)
+        except OSError:  # removed (or replaced by a folder) since it was listed
+            raise NotFound(f"job {job_id} has no artifact {name!r}") from None
         response.timeout = None
         # Logs grow and may need a key: never from a shared or stale cache.
         response.headers["Cache-Control"] = "private, no-cache"
