@@ -571,10 +571,7 @@ class Supervisor:
         """Until the job's end is recorded, or its process ended and the store refused it
         (the reconciler records it later: nobody should wait for a disk to be freed)."""
         while not live.done.is_set() and live.id not in self._unrecorded:
-            version = live.changed.version
-            if live.done.is_set() or live.id in self._unrecorded:
-                return
-            await live.changed.wait_past(version)
+            await live.changed.wait_past(live.changed.version)
 
     def _cancel(self, live: LiveJob, reason: StopReason) -> None:
         if live.stop_reason is None:
@@ -681,11 +678,11 @@ class Supervisor:
         for job_id, (live, status, fields) in list(self._unrecorded.items()):
             try:
                 await self._settle(live, status, **fields)
+                log.info("job %s: its end is recorded now", job_id)
             except STORE_FAULTS:
                 return False
-            except Exception:
+            except Exception:  # deleted meanwhile, say: nothing left to record it on
                 log.exception("job %s: could not record its end", job_id)
-            log.info("job %s: its end is recorded now", job_id)
             del self._unrecorded[job_id]
             await self._prune_logged()
             self._forget(live)
