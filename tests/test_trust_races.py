@@ -17,12 +17,11 @@ from typing import Any
 
 import httpx
 import trio
-import trio.testing
 
 from lmeval_trio.config import Settings
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import JobNotFound, StopOutcome, Supervisor
+from lmeval_trio.supervisor import JobNotFound, LiveJob, StopOutcome, StopReason, Supervisor
 from tests.conftest import Server, fake_job, make_settings, pid_alive, start_server
 
 
@@ -67,17 +66,25 @@ async def _wait_tree(supervisor: Supervisor, job_id: int) -> None:
             await pulse.wait_past(version)
 
 
-async def _wait_stopping(supervisor: Supervisor, job_id: int) -> None:
-    """Until a stop of ``job_id`` is under way (its grace is running)."""
-    with trio.fail_after(30):
-        while job_id not in supervisor._live or not supervisor._live[job_id].scope.cancel_called:
-            assert job_id in supervisor._live, await supervisor.get(job_id)
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+class ObservedSupervisor(Supervisor):
+    """The real supervisor, telling the test when it starts stopping a job."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.stopping: dict[int, trio.Event] = {}
+
+    def _cancel(self, live: LiveJob, reason: StopReason) -> None:
+        super()._cancel(live, reason)
+        self.stopping.setdefault(live.id, trio.Event()).set()
+
+    async def wait_stopping(self, job_id: int) -> None:
+        await self.stopping.setdefault(job_id, trio.Event()).wait()
 
 
 async def test_delete_all_spares_a_job_submitted_during_a_stop_grace(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, kill_grace_s=2.0, max_concurrency=2)
-    async with Supervisor(settings) as supervisor:
+    supervisor = ObservedSupervisor(settings)
+    async with supervisor:
         slow = await supervisor.submit(fake_job("tree"))  # takes its whole grace to stop
         queued_before = await supervisor.submit(fake_job("block"))
         await _wait_tree(supervisor, slow.id)
@@ -88,7 +95,8 @@ async def test_delete_all_spares_a_job_submitted_during_a_stop_grace(tmp_path: P
                 deleted.append(await supervisor.delete_all())
 
             nursery.start_soon(delete_all)
-            await _wait_stopping(supervisor, slow.id)
+            with trio.fail_after(30):
+                await supervisor.wait_stopping(slow.id)
             newer = await supervisor.submit(fake_job("block"))
             await _wait_running(supervisor, newer.id)
         assert deleted == [2]
