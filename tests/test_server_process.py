@@ -59,8 +59,8 @@ def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
         LMEVAL_ALLOWED_PATH_ROOTS=str(SUPPORT),
         LMEVAL_KILL_GRACE_S="2",
         LMEVAL_CACHE_DIR=str(CACHE_DIR),
-        **extra,
     )
+    env.update(extra)  # the test's own settings win
     return env
 
 

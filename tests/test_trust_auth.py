@@ -3,8 +3,10 @@ connections held open by bodies that never finish."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import trio
 
 from lmeval_trio import admission
 from lmeval_trio.config import Settings, SettingsError
-from tests.conftest import make_settings, start_server
+from tests.conftest import SUPPORT, fake_job, make_settings, start_server
 from tests.support import raw_http
 
 KEY = "key-for-the-trust-tests"
@@ -265,3 +267,61 @@ async def _leave_mid_admission(settings: Settings, chain: list[str]) -> None:
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/jobs")).json()["jobs"] == []
         shutdown.set()
+
+
+async def test_shutdown_stays_within_its_bound_under_held_connections(tmp_path: Path) -> None:
+    """The shipped launch path, SIGTERM while it holds partial bodies (with and without a
+    key), a submission whose paths are being walked, an open event stream and a running job
+    whose tree ignores SIGTERM: the server exits within LMEVAL_SHUTDOWN_TIMEOUT_S."""
+    from tests.test_server_process import hypercorn_server
+
+    chain = _nested_chain(tmp_path / "nest", depth=30, files=3000)
+    env = {
+        "LMEVAL_API_KEYS": KEY,
+        "LMEVAL_SHUTDOWN_TIMEOUT_S": "15",
+        "LMEVAL_ALLOWED_PATH_ROOTS": f"{SUPPORT},{tmp_path}",
+    }
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with hypercorn_server(tmp_path / "data", **env) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=auth) as client:
+            job = (await client.post("/job", json=fake_job("tree"))).json()["job_id"]
+            async with trio.open_nursery() as nursery:
+                for n in range(40):
+                    headers = auth if n % 2 else {}
+                    nursery.start_soon(_hold_quietly, server.url, headers)
+                body = {"model": "dummy", "tasks": chain}
+                nursery.start_soon(_post_quietly, client, body)
+                nursery.start_soon(_follow_quietly, client, f"/job/{job}/events")
+                await trio.sleep(0.5)  # let them all arrive
+                server.proc.send_signal(signal.SIGTERM)
+                with trio.fail_after(15):
+                    returncode = await server.proc.wait()
+                nursery.cancel_scope.cancel()
+        assert returncode == 0
+
+
+def _nested_chain(root: Path, *, depth: int, files: int) -> list[str]:
+    path, chain = root, []
+    for n in range(depth):
+        path = path / f"d{n}"
+        chain.append(str(path))
+    path.mkdir(parents=True)
+    for n in range(files):
+        (path / f"f{n}").touch()
+    return chain
+
+
+async def _hold_quietly(url: str, headers: dict[str, str]) -> None:
+    with contextlib.suppress(OSError, ConnectionError, trio.BrokenResourceError):
+        await _hold_partial_body(url, headers, [])
+
+
+async def _post_quietly(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        await client.post("/job", json=body)
+
+
+async def _follow_quietly(client: httpx.AsyncClient, path: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        async with client.stream("GET", path) as stream:
+            await stream.aread()
