@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import shutil
 import signal
 import sqlite3
@@ -976,9 +977,15 @@ def _prepare_dirs(record: JobRecord) -> None:
 
 
 def _copy_cache(old_dir: Path, new_dir: Path) -> None:
+    """Copy the earlier job's response cache; symlinks are left behind, not followed (a job
+    could plant one to make its resume copy a file it may not read into its folder)."""
     source = old_dir / "cache"
-    if source.is_dir():
-        shutil.copytree(source, new_dir / "cache", dirs_exist_ok=True)
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, new_dir / "cache", ignore=_symlinks, dirs_exist_ok=True)
+
+
+def _symlinks(folder: str, names: list[str]) -> set[str]:
+    return {name for name in names if os.path.islink(os.path.join(folder, name))}
 
 
 def _seconds_between(start: str | None, end: str | None) -> float:

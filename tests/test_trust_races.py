@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import threading
 from functools import partial
 from pathlib import Path
@@ -237,3 +238,31 @@ async def test_artifacts_while_the_job_folder_churns(server: Server) -> None:
                         assert response.json()["detail"]
         finally:
             stop.set()
+
+
+async def test_resume_copies_the_cache_without_following_symlinks(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the job\n")
+    (tmp_path / "secret-dir").mkdir()
+    (tmp_path / "secret-dir" / "key").write_text("k\n")
+    settings = make_settings(tmp_path)
+    async with Supervisor(settings) as supervisor:
+        failed = [await supervisor.submit(fake_job("exit")) for _ in range(2)]
+        for record in failed:
+            assert (await supervisor.wait(record.id)).status is JobStatus.FAILED
+        planted = failed[0].job_dir / "cache"
+        (planted / "responses_rank0.db").write_text("real cache\n")
+        (planted / "leak.db").symlink_to(secret)
+        (planted / "sub").mkdir()
+        (planted / "sub" / "leak").symlink_to(tmp_path / "secret-dir", target_is_directory=True)
+        whole = failed[1].job_dir / "cache"
+        shutil.rmtree(whole)
+        whole.symlink_to(tmp_path / "secret-dir", target_is_directory=True)
+        resumed = [await supervisor.resume(record.id) for record in failed]
+        copied = resumed[0].job_dir / "cache"
+        assert (copied / "responses_rank0.db").read_text() == "real cache\n"
+        assert not (copied / "leak.db").exists() and not (copied / "leak.db").is_symlink()
+        assert list((copied / "sub").iterdir()) == []
+        assert not (resumed[1].job_dir / "cache" / "key").exists()
+        for record in resumed:
+            await supervisor.wait(record.id)
