@@ -42,6 +42,9 @@ _LIST_FIELDS = frozenset(
 _SECRET_FIELDS = frozenset({"api_keys"})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+# Set to an empty value these are an error, not "unset": an empty key list would open the
+# server (a deployment that writes LMEVAL_API_KEYS=$KEY with KEY unset must not start open).
+_FAIL_CLOSED_FIELDS = frozenset({"api_keys"})
 
 
 class SettingsError(ValueError):
@@ -105,9 +108,13 @@ class Settings(BaseModel):
     )
     # Safety (see README "Security").
     api_keys: tuple[str, ...] = Field(
-        default=(), repr=False, description="Bearer keys; empty = open."
+        default=(),
+        repr=False,
+        description="Bearer keys. Unset = open server; set, it must hold at least one key.",
     )
-    api_keys_file: Path | None = Field(default=None, description="File with one key per line.")
+    api_keys_file: Path | None = Field(
+        default=None, description="File with one key per line; it must hold at least one."
+    )
     allowed_lm_eval_paths: tuple[str, ...] = Field(
         default=(), description="Executables a request may name as lm_eval_path."
     )
@@ -131,6 +138,20 @@ class Settings(BaseModel):
     cors_origins: tuple[str, ...] = Field(default=(), description="Allowed CORS origins.")
     max_queued_jobs: int = Field(default=10_000, ge=1, description="Queue bound (429 beyond).")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="Body size bound.")
+    admission_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Longest the checks of one submission (path resolution, folder walks) may "
+        "take (403 beyond).",
+    )
+    body_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest a request body may take to arrive once its route reads it "
+        "(408 and the connection closed beyond).",
+    )
     retention_max_age_s: float | None = Field(
         default=None, gt=0, description="Delete finished jobs older than this."
     )
@@ -236,6 +257,25 @@ class Settings(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _strip_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(key.strip() for key in value if key.strip())
+
+    @model_validator(mode="after")
+    def _key_sources_hold_keys(self) -> Settings:
+        """A key source that is configured but empty must not silently open the server."""
+        if "api_keys" in self.model_fields_set and not self.api_keys:
+            raise ValueError(
+                "LMEVAL_API_KEYS is set but holds no key; unset it to run an open server"
+            )
+        if self.api_keys_file is not None and not self._file_keys():
+            raise ValueError(
+                f"LMEVAL_API_KEYS_FILE: {self.api_keys_file} holds no key; remove the setting "
+                "to run an open server"
+            )
+        return self
+
     @model_validator(mode="after")
     def _shutdown_outlasts_grace(self) -> Settings:
         if self.shutdown_timeout_s <= self.kill_grace_s:
@@ -273,7 +313,7 @@ class Settings(BaseModel):
         values: dict[str, Any] = _config_file_values(env.get(CONFIG_FILE_VARIABLE))
         for name in cls.model_fields:
             raw = env.get(env_name(name))
-            if raw is not None and raw.strip() != "":
+            if raw is not None and (raw.strip() != "" or name in _FAIL_CLOSED_FIELDS):
                 values[name] = _parse_raw(name, raw)
         values.update(overrides)
         try:
@@ -293,14 +333,16 @@ class Settings(BaseModel):
 
     def all_api_keys(self) -> frozenset[str]:
         """Keys from the setting and the key file (read at start, so rotation = restart)."""
-        keys = set(self.api_keys)
-        if self.api_keys_file is not None:
-            try:
-                text = self.api_keys_file.read_text(encoding="utf-8")
-            except OSError as error:
-                raise SettingsError(f"LMEVAL_API_KEYS_FILE: cannot read: {error}") from None
-            keys.update(line.strip() for line in text.splitlines() if line.strip())
-        return frozenset(keys)
+        return frozenset(self.api_keys) | self._file_keys()
+
+    def _file_keys(self) -> frozenset[str]:
+        if self.api_keys_file is None:
+            return frozenset()
+        try:
+            text = self.api_keys_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise SettingsError(f"LMEVAL_API_KEYS_FILE: cannot read: {error}") from None
+        return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
     def public_dict(self) -> dict[str, Any]:
         """Effective settings with secrets masked, for GET /config and the start-up log."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmeval_trio import admission
 from lmeval_trio.cli_schema import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.config import Settings
 from lmeval_trio.paths import Where, inside, resolve
@@ -300,7 +301,7 @@ class Policy:
         if isinstance(samples, str) and _is_samples_file(samples):
             flags["samples"] = self.check_path(prefix + "samples", samples, read=True)
         tasks = {}
-        for task in _task_paths(values.get("tasks")):
+        for task in dict.fromkeys(_task_paths(values.get("tasks"))):  # each spelling once
             tasks[task] = self._check_task(prefix + "tasks", task)
         return flags, tasks
 
@@ -345,6 +346,7 @@ class Policy:
         the server's own files; with ``read`` it must exist (the job reads it); with
         ``scan``, every symlink in the folder it names obeys the same rule (lm-eval reads
         every YAML file in it); with ``write``, the built-in read-only roots do not count."""
+        admission.charge(field)
         where = self.resolve(field, value)
         if where.own is not None:
             if any(len(os.fsencode(part)) > NAME_MAX for part in where.own.parts):
@@ -356,7 +358,7 @@ class Policy:
         self._allowed(field, where.path, self.write_roots if write else None)
         if read and not _exists(field, where.path):
             raise MissingPath(field, f"{_short(value)} does not exist")
-        if scan and _is_dir(field, where.path):
+        if scan and _is_dir(field, where.path) and admission.first_walk(where.path):
             for link in _symlinks_under(field, where.path):
                 self._allowed(field, Path(os.path.realpath(link)))
         return where
@@ -378,7 +380,7 @@ class Policy:
 
     def _glob(self, pattern: str) -> list[str]:
         """What lm-eval's own expansion of a task glob would match (bounded)."""
-        matches = list(itertools.islice(glob.iglob(pattern), MAX_GLOB_MATCHES + 1))
+        matches = list(itertools.islice(_charged(glob.iglob(pattern)), MAX_GLOB_MATCHES + 1))
         if len(matches) > MAX_GLOB_MATCHES:
             raise PolicyViolation("tasks", f"the pattern matches over {MAX_GLOB_MATCHES} paths")
         return matches
@@ -439,6 +441,12 @@ def _hijacks_loader(name: str) -> bool:
     return upper in DENIED_ENV_NAMES or upper.startswith(DENIED_ENV_PREFIXES)
 
 
+def _charged(matches: Iterator[str]) -> Iterator[str]:
+    for match in matches:
+        admission.charge("tasks")
+        yield match
+
+
 def _task_names(tasks: Any) -> Iterable[str]:
     if isinstance(tasks, str):
         return [t.strip() for t in tasks.split(",")]
@@ -473,6 +481,7 @@ def _is_dir(field: str, path: Path) -> bool:
 def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
     seen = 0
     for parent, dirs, files in os.walk(folder):
+        admission.charge(field, len(dirs) + len(files))
         seen += len(dirs) + len(files)
         if seen > MAX_SCANNED_ENTRIES:
             raise PolicyViolation(field, f"the folder holds over {MAX_SCANNED_ENTRIES} entries")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,20 +40,26 @@ def find_results_file(record: JobRecord) -> Path | None:
         stem = Path(requested).stem
         candidates = [
             p
-            for p in _walk(record.output_dir, record.job_dir, depth=0)
+            for p, _size in _walk(record.output_dir, record.job_dir, depth=0)
             if p.name.startswith(f"{stem}_") and p.suffix == ".json"
         ]
     else:
         candidates = [
             p
-            for p in _walk(record.output_dir, record.job_dir)
+            for p, _size in _walk(record.output_dir, record.job_dir)
             if p.name.startswith("results_") and p.suffix == ".json"
         ]
-    return (
-        max(candidates, key=lambda p: (p.name.rsplit("_", 1)[-1], p.stat().st_mtime_ns))
-        if (candidates)
-        else None
-    )
+    stamped = [(c.name.rsplit("_", 1)[-1], mtime, c) for c in candidates if (mtime := _mtime(c))]
+    return max(stamped)[2] if stamped else None
+
+
+def _mtime(path: Path) -> int | None:
+    """A regular file's mtime; None for anything else, or a file removed meanwhile."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_mtime_ns if stat.S_ISREG(info.st_mode) else None
 
 
 def load_results(record: JobRecord) -> dict[str, Any]:
@@ -60,19 +67,21 @@ def load_results(record: JobRecord) -> dict[str, Any]:
     path = find_results_file(record)
     if path is None:
         raise ResultsUnavailable(f"job {record.id} wrote no results file")
-    if path.stat().st_size > MAX_RESULTS_BYTES:
-        raise ResultsUnavailable(f"job {record.id}: results file is too large to parse")
     try:
+        if path.stat().st_size > MAX_RESULTS_BYTES:
+            raise ResultsUnavailable(f"job {record.id}: results file is too large to parse")
         with open(open_regular_file(path), "rb") as file:
             data = json.loads(file.read().decode("utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ResultsUnavailable(f"job {record.id}: results file unreadable: {error}") from None
+    if not isinstance(data, dict):
+        raise ResultsUnavailable(f"job {record.id}: the results file does not hold an object")
     return {
         "job_id": record.id,
         "file": str(path),
         "lm_eval_version": data.get("lm_eval_version"),
-        "n_samples": data.get("n-samples", {}),
-        "config": data.get("config", {}),
+        "n_samples": _mapping(data.get("n-samples")),
+        "config": _mapping(data.get("config")),
         "metrics": metrics_table(data),
         "results": data,
     }
@@ -82,8 +91,8 @@ def metrics_table(data: dict[str, Any]) -> list[dict[str, Any]]:
     """``[{task, metric, filter, value, stderr}]`` from lm-eval's "<metric>,<filter>" keys."""
     rows = []
     for section in ("results", "groups"):
-        for task, metrics in (data.get(section) or {}).items():
-            for key, value in metrics.items():
+        for task, metrics in _mapping(data.get(section)).items():
+            for key, value in _mapping(metrics).items():
                 if "," not in key or key.split(",", 1)[0].endswith("_stderr"):
                     continue
                 metric, filter_name = key.split(",", 1)
@@ -101,6 +110,14 @@ def metrics_table(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is an object with string keys, else empty: a results file of an
+    unexpected shape yields fewer rows, never an error."""
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return value
+    return {}
+
+
 def list_artifacts(record: JobRecord) -> list[Artifact]:
     """Every file of the job: logs and outputs in its folder, and a custom output folder."""
     roots = {"": record.job_dir}
@@ -108,8 +125,8 @@ def list_artifacts(record: JobRecord) -> list[Artifact]:
         roots["output-path/"] = record.output_dir
     found = []
     for prefix, root in roots.items():
-        for path in sorted(_walk(root, record.job_dir)):
-            found.append(Artifact(prefix + str(path.relative_to(root)), path, path.stat().st_size))
+        for path, size in sorted(_walk(root, record.job_dir)):
+            found.append(Artifact(prefix + str(path.relative_to(root)), path, size))
     return found
 
 
@@ -118,9 +135,10 @@ def resolve_artifact(record: JobRecord, name: str) -> Artifact | None:
     return next((a for a in list_artifacts(record) if a.name == name), None)
 
 
-def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[Path]:
-    """Regular files under ``root`` (``depth`` levels of folders below it; None: all),
-    never through a symlink (see _unmoved)."""
+def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[tuple[Path, int]]:
+    """Regular files under ``root`` (``depth`` levels of folders below it; None: all) with
+    their sizes, never through a symlink (see _unmoved). The job may create and remove files
+    meanwhile: one that vanishes between listing and stat is left out, never an error."""
     if not _unmoved(root, job_dir) or not root.is_dir():
         return []
     files = []
@@ -129,8 +147,12 @@ def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[Path]:
             dirs.clear()
         for name in names:
             path = Path(directory) / name
-            if path.is_file() and not path.is_symlink():
-                files.append(path)
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                files.append((path, info.st_size))
     return files
 
 

@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import trio
-
 MASK = "***"
 MIN_SECRET_CHARS = 4  # shorter values ("1", "yes") would mask ordinary text everywhere
 # An env_vars value this long is hidden in served text whatever its name (a token under a
@@ -46,7 +44,6 @@ _NOT_SECRET_WORDS = frozenset(
     | {"max", "min", "num", "tokenizer", "id", "ids", "cache", "sort", "dict"}
 )
 _WORD_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])")
-CHUNK_BYTES = 64 * 1024
 
 
 def secret_name(name: str) -> bool:
@@ -149,24 +146,21 @@ def public_argument(argv: list[str], secrets: tuple[str, ...]) -> str:
     return shlex.join(mask_text(word, secrets) for word in argv)
 
 
-async def masked_file(path: Path, secrets: tuple[str, ...]) -> AsyncIterator[bytes]:
-    """A file's bytes with every secret replaced, read in chunks; the last ``longest - 1``
-    bytes of each chunk wait for the next, so a secret across a boundary is still found."""
+async def masked_chunks(
+    chunks: AsyncIterator[bytes], secrets: tuple[str, ...]
+) -> AsyncIterator[bytes]:
+    """``chunks`` with every secret replaced; the last ``longest - 1`` bytes of each chunk
+    wait for the next, so a secret across a boundary is still found."""
     needles = [s.encode() for s in secrets]
     keep = max(len(n) for n in needles) - 1
-    file = await trio.open_file(path, "rb")
-    async with file:
-        pending = b""
-        while True:
-            chunk = await file.read(CHUNK_BYTES)
-            data = pending + chunk
-            for needle in needles:
-                data = data.replace(needle, MASK.encode())
-            if not chunk:
-                if data:
-                    yield data
-                return
-            cut = max(0, len(data) - keep)
-            pending = data[cut:]
-            if cut:
-                yield data[:cut]
+    pending = b""
+    async for chunk in chunks:
+        data = pending + chunk
+        for needle in needles:
+            data = data.replace(needle, MASK.encode())
+        cut = max(0, len(data) - keep)
+        pending = data[cut:]
+        if cut:
+            yield data[:cut]
+    if pending:
+        yield pending

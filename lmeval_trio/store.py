@@ -10,6 +10,7 @@ readers may cache what they derive from a row under it (the job listing does).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +24,8 @@ from lmeval_trio.records import JobRecord
 from lmeval_trio.status import JobStatus, check_transition
 
 T = TypeVar("T")
+log = logging.getLogger("lmeval_trio.store")
+MAX_SKIPPED_IDS = 1000
 
 # Each entry upgrades the schema by one version; PRAGMA user_version records how far we are.
 MIGRATIONS: tuple[str, ...] = (
@@ -162,13 +165,7 @@ class JobStore:
 
     def _create(self, draft_for: Callable[[int], Draft], queued_at: str) -> JobRecord:
         with _transaction(self.conn) as conn:
-            cursor = conn.execute(
-                "INSERT INTO jobs (status, request, argv, env, job_dir, output_dir, created_at,"
-                " queued_at) VALUES (?, '{}', '[]', '{}', '', '', ?, ?)",
-                (JobStatus.QUEUED.value, queued_at, queued_at),
-            )
-            job_id = int(cursor.lastrowid or 0)
-            draft = draft_for(job_id)
+            job_id, draft = self._fresh_id(conn, draft_for, queued_at)
             conn.execute(
                 "UPDATE jobs SET request=?, argv=?, env=?, job_dir=?, output_dir=?,"
                 " resumed_from=?, backend=? WHERE id=?",
@@ -186,6 +183,33 @@ class JobStore:
         record = self._get(job_id)
         assert record is not None
         return record
+
+    def _fresh_id(
+        self, conn: sqlite3.Connection, draft_for: Callable[[int], Draft], queued_at: str
+    ) -> tuple[int, Draft]:
+        """A new row whose id names no existing folder: an id whose folder exists (left by
+        an older database) is skipped, never handed out, so no job inherits another's files."""
+        for _ in range(MAX_SKIPPED_IDS):
+            cursor = conn.execute(
+                "INSERT INTO jobs (status, request, argv, env, job_dir, output_dir, created_at,"
+                " queued_at) VALUES (?, '{}', '[]', '{}', '', '', ?, ?)",
+                (JobStatus.QUEUED.value, queued_at, queued_at),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            draft = draft_for(job_id)
+            if not os.path.lexists(draft.job_dir):
+                return job_id, draft
+            log.warning("job id %s skipped: its folder %s already exists", job_id, draft.job_dir)
+            conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))  # the sequence moves on
+        raise StoreError(f"{MAX_SKIPPED_IDS} new ids in a row name existing job folders")
+
+    async def last_id(self) -> int:
+        """The highest id ever handed out (0 for a new database)."""
+        return await self._run(self._last_id)
+
+    def _last_id(self) -> int:
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='jobs'").fetchone()
+        return 0 if row is None else int(row[0])
 
     async def transition(
         self, job_id: int, old: JobStatus, new: JobStatus, **fields: Any

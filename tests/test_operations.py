@@ -275,7 +275,9 @@ async def test_the_operators_log_tells_the_story(
         await _wait_running(supervisor, blocking.id)
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     startup = f"start-up: data in {settings.data_dir}; 0 jobs re-attached [], 0 queued"
-    assert messages[0][1].startswith(startup), messages[0]
+    # Start-up comes before any job's story (a warning about the settings may precede it).
+    first = next(i for i, (_, m) in enumerate(messages) if m.startswith(startup))
+    assert not any(m.startswith("job ") for _, m in messages[:first]), messages[:first]
     cause = "lm-eval exited with code 3: ValueError: fake failure for the test"
     assert (logging.WARNING, f"job {failing.id}: Running -> Failed: {cause}") in messages
     assert (
@@ -288,7 +290,7 @@ async def test_the_operators_log_tells_the_story(
     caplog.clear()
     async with Supervisor(settings.model_copy(update={"max_concurrency": 0})):
         pass
-    restarted = [r.getMessage() for r in caplog.records]
+    restarted = [r.getMessage() for r in caplog.records if r.name == "lmeval_trio.supervisor"]
     assert f"start-up: data in {settings.data_dir}; 0 jobs re-attached [], 2 queued" in (
         restarted[0] if restarted else ""
     ), restarted

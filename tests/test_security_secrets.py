@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from lmeval_trio.secrets import CHUNK_BYTES, job_secrets, masked_file, secret_name
+from lmeval_trio.http.download import CHUNK_BYTES
+from lmeval_trio.secrets import job_secrets, masked_chunks, secret_name
 from lmeval_trio.status import JobStatus
 from tests.conftest import Server, fake_job, make_settings, start_server
 
@@ -117,7 +119,13 @@ async def test_masking_a_file_finds_secrets_across_chunks(tmp_path: Path) -> Non
     path = tmp_path / "big.log"
     head = b"x" * (CHUNK_BYTES - 5)
     path.write_bytes(head + API_KEY.encode() + b"y" * CHUNK_BYTES + TOKEN.encode())
-    data = b"".join([chunk async for chunk in masked_file(path, (TOKEN, API_KEY))])
+    raw = path.read_bytes()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), CHUNK_BYTES):
+            yield raw[start : start + CHUNK_BYTES]
+
+    data = b"".join([chunk async for chunk in masked_chunks(chunks(), (TOKEN, API_KEY))])
     assert data == head + b"***" + b"y" * CHUNK_BYTES + b"***"
 
 

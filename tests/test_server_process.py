@@ -60,7 +60,7 @@ def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
         LMEVAL_KILL_GRACE_S="2",
         LMEVAL_CACHE_DIR=str(CACHE_DIR),
     )
-    env.update(extra)
+    env.update(extra)  # the test's own settings win
     return env
 
 

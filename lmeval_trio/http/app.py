@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import trio
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
@@ -17,6 +19,7 @@ from lmeval_trio import cli_schema
 from lmeval_trio.config import Settings
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.http.routing import StrictMap
 from lmeval_trio.http.signals import forward_sigterm
 from lmeval_trio.http.strict_json import StrictJSONProvider
 from lmeval_trio.supervisor import Supervisor
@@ -25,14 +28,39 @@ STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("lmeval_trio.http")
 
 
+class App(QuartTrio):
+    """QuartTrio on the strict URL map (ASCII ids, no redirects; see routing)."""
+
+    url_map_class = StrictMap
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one ASGI connection; every send is shielded from the app's cancellation.
+
+        Quart cancels its request task as soon as the server reports the client gone, and
+        hypercorn 0.18 closes a connection whose request body was not read (a 401 answered
+        before the body arrived) from inside that final send: cancelled there, it never
+        closed the socket, and the connection stayed open until the client left.
+        """
+        if scope.get("type") != "http":
+            await super().__call__(scope, receive, send)
+            return
+
+        async def shielded_send(message: Any) -> None:
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        await super().__call__(scope, receive, shielded_send)
+
+
 def create_app(
     settings: Settings | None = None, *, supervisor: Supervisor | None = None
 ) -> QuartTrio:
     """Build the app; pass ``supervisor`` to serve one you own, else the app runs its own."""
     settings = settings or (supervisor.settings if supervisor else Settings.from_env())
-    app = QuartTrio(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app = App(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        BODY_TIMEOUT=settings.body_read_timeout_s,
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=settings.shutdown_timeout_s,
         QUART_SCHEMA_SWAGGER_JS_URL="/static/swagger-ui/swagger-ui-bundle.js",
         QUART_SCHEMA_SWAGGER_CSS_URL="/static/swagger-ui/swagger-ui.css",

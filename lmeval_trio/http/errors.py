@@ -8,10 +8,11 @@ also name the ``field`` and the ``rule``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Quart, Response, current_app, jsonify, request
+from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
@@ -25,6 +26,8 @@ from lmeval_trio.supervisor import (
 )
 
 log = logging.getLogger("lmeval_trio.http")
+#: Set on ``g`` when authentication refused the request (its body is then never read).
+UNAUTHENTICATED = "lmeval_unauthenticated"
 
 
 class InvalidParameter(Exception):
@@ -78,10 +81,17 @@ def _too_large() -> Response:
 
 
 async def _drain_body(response: Response) -> Response:
-    """Read what is left of the request body before answering. Hypercorn 0.18 hangs a
-    kept-alive connection whose response went out before the request body had arrived (a
-    401 or 405 to a POST, say); a body too large to read closes the connection instead."""
+    """Read what is left of the request body before answering, so that the connection can
+    serve the next request (a 405 to a POST, say); the read is bounded by
+    LMEVAL_BODY_READ_TIMEOUT_S, and a body too large or too slow closes the connection.
+
+    A client without a valid key is answered at once and its connection closed, its body
+    never read: otherwise a partial body would hold the connection (and a file descriptor)
+    for as long as the client cared to trickle it."""
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if g.get(UNAUTHENTICATED, False):
+        response.headers["Connection"] = "close"
+        return response
     if chunked or (request.content_length or 0) > 0:
         try:
             await request.get_data()
@@ -163,6 +173,15 @@ def install(app: Quart) -> None:
     async def _not_accepting(error: NotAccepting) -> Response:
         response = error_response(503, str(error))
         response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(sqlite3.Error)
+    async def _store_fault(error: sqlite3.Error) -> Response:
+        # A full disk or a read-only database: nothing was half-done (the supervisor undoes
+        # or retries), and the client may retry once the operator has freed the store.
+        log.error("the job store refused a request's write: %s", error)
+        response = error_response(503, "the job store cannot take writes right now; retry later")
+        response.headers["Retry-After"] = "30"
         return response
 
     @app.errorhandler(HTTPException)

@@ -15,6 +15,7 @@ import trio
 
 from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
+from lmeval_trio.http.params import ascii_int
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import collapse_redraws, read_range
 from lmeval_trio.secrets import mask_lines
@@ -29,10 +30,12 @@ COALESCE_S = 0.25  # gather bursts of changes into one round of events (and rate
 def parse_last_event_id(raw: str | None) -> dict[str, int]:
     if not raw:
         return dict.fromkeys(STREAMS, 0)
-    parts = raw.split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise InvalidParameter("header", "Last-Event-ID", "expected '<stdout>-<stderr>' offsets")
-    return {"stdout": int(parts[0]), "stderr": int(parts[1])}
+    parts = [ascii_int(part) for part in raw.split("-")]
+    if len(parts) != 2 or parts[0] is None or parts[1] is None:
+        raise InvalidParameter(
+            "header", "Last-Event-ID", "expected '<stdout>-<stderr>' offsets in ASCII digits"
+        )
+    return {"stdout": parts[0], "stderr": parts[1]}
 
 
 def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, jsonify, make_response, request, send_file
+from quart import Blueprint, Response, jsonify, make_response, request
 from quart_schema import document_querystring, document_response, tag
 from werkzeug.exceptions import NotFound
 
 from lmeval_trio import results
 from lmeval_trio.http import schemas
+from lmeval_trio.http.download import file_response
 from lmeval_trio.http.errors import Conflict
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.logs import collapse_redraws, read_range
-from lmeval_trio.secrets import mask_json, mask_lines, mask_text, masked_file
+from lmeval_trio.secrets import mask_json, mask_lines, mask_text
 from lmeval_trio.status import TERMINAL
 
 MAX_LOG_READ_BYTES = 1024 * 1024
@@ -77,29 +78,15 @@ def blueprint() -> Blueprint:
             request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         )
         logs = bool_arg("logs", True)
-        response = await make_response(
-            event_stream(sup, job_id, offsets, logs=logs),
-            200,
-            {
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            },
+        return await _stream_response(
+            event_stream(sup, job_id, offsets, logs=logs), {"X-Accel-Buffering": "no"}
         )
-        response.timeout = None  # type: ignore[union-attr]
-        return response  # type: ignore[return-value]
 
     @bp.get("/events")
     @tag(["outputs"])
     async def all_events() -> Response:
         """Server-Sent Events: a ``jobs`` event (counts by status) whenever any job changes."""
-        response = await make_response(
-            jobs_stream(supervisor()),
-            200,
-            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
-        response.timeout = None  # type: ignore[union-attr]
-        return response  # type: ignore[return-value]
+        return await _stream_response(jobs_stream(supervisor()), {})
 
     @bp.get("/job/<int:job_id>/results")
     @tag(["outputs"])
@@ -146,13 +133,10 @@ def blueprint() -> Blueprint:
         if found is None:
             raise NotFound(f"job {job_id} has no artifact {name!r}")
         hidden = await supervisor().output_secrets(record)
-        if hidden:  # the child may have written a credential anywhere: stream it masked
-            response = Response(masked_file(found.path, hidden), mimetype=_mimetype(found.path))
-            response.headers["Content-Disposition"] = f'attachment; filename="{found.path.name}"'
-        else:
-            response = await send_file(
-                found.path, as_attachment=True, attachment_filename=found.path.name
-            )
+        try:
+            response = await file_response(found.path, hidden)
+        except OSError:  # removed (or replaced by a folder) since it was listed
+            raise NotFound(f"job {job_id} has no artifact {name!r}") from None
         response.timeout = None
         # Logs grow and may need a key: never from a shared or stale cache.
         response.headers["Cache-Control"] = "private, no-cache"
@@ -161,7 +145,12 @@ def blueprint() -> Blueprint:
     return bp
 
 
-def _mimetype(path: Path) -> str:
-    import mimetypes
-
-    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+async def _stream_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
+    """An event stream; a HEAD gets its headers at once (the stream would never end, and a
+    HEAD answer has no body to wait for)."""
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+    if request.method == "HEAD":
+        return Response(b"", 200, headers)  # the generator, never started, just goes away
+    response = await make_response(events, 200, headers)
+    response.timeout = None  # type: ignore[union-attr]
+    return response  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import cast
 
 from quart import current_app, request
@@ -12,6 +13,9 @@ from lmeval_trio.supervisor import NotAccepting, Supervisor
 SUPERVISOR_KEY = "lmeval_trio.supervisor"
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
+# int() also takes other scripts' digits, signs, spaces and underscores: a query integer is
+# ASCII digits only, and few enough that int() stays cheap (every bound is below 2**63).
+_ASCII_INT = re.compile(r"[0-9]{1,20}")
 
 
 def supervisor() -> Supervisor:
@@ -37,13 +41,19 @@ def int_arg(name: str, default: int | None, *, minimum: int, maximum: int) -> in
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidParameter("query", name, f"expected an integer, got {raw!r}") from None
+    value = ascii_int(raw)
+    if value is None:
+        raise InvalidParameter(
+            "query", name, f"expected a non-negative integer in ASCII digits, got {raw!r}"
+        )
     if not minimum <= value <= maximum:
         raise InvalidParameter("query", name, f"must be between {minimum} and {maximum}")
     return value
+
+
+def ascii_int(raw: str) -> int | None:
+    """``raw`` as a non-negative integer if it is 1 to 20 ASCII digits, else None."""
+    return int(raw) if _ASCII_INT.fullmatch(raw) else None
 
 
 def choice_arg(name: str, default: str, choices: tuple[str, ...]) -> str:

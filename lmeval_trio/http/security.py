@@ -12,11 +12,11 @@ import hmac
 import logging
 from typing import Any
 
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from quart_schema import OpenAPIProvider, QuartSchema
 
 from lmeval_trio.config import Settings
-from lmeval_trio.http.errors import error_response
+from lmeval_trio.http.errors import UNAUTHENTICATED, error_response
 from lmeval_trio.http.schemas import Error
 
 log = logging.getLogger("lmeval_trio.security")
@@ -44,7 +44,10 @@ def install(app: Quart, settings: Settings) -> None:
             return _preflight()
         if not keys or _is_open(request.path):
             return None
-        return _check_bearer(request.headers.get("Authorization"), keys)
+        refusal = _check_bearer(request.headers.get("Authorization"), keys)
+        if refusal is not None:
+            setattr(g, UNAUTHENTICATED, True)  # answered at once, the body left unread
+        return refusal
 
     @app.after_request
     async def cors(response: Response) -> Response:
