@@ -69,11 +69,17 @@ DENIED_ENV_NAMES = frozenset(
 )
 # Harmless interpreter knobs a job may still set.
 ALLOWED_PYTHON_ENV = frozenset({"PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUNBUFFERED"})
+#: Variables naming the Hugging Face caches a job writes (job_walls grants them): one list,
+#: so every folder the wall opens for writing was judged (and made absolute) by the policy.
+HF_CACHE_VARIABLES = (
+    *("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE"),
+    *("HF_ASSETS_CACHE", "HF_XET_CACHE"),
+)
 # Variables naming a folder or file the job reads or writes: their values obey the path rule.
 PATH_ENV_NAMES = frozenset(
     {
-        *("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"),
-        *("HF_ASSETS_CACHE", "HF_TOKEN_PATH", "TRANSFORMERS_CACHE", "LM_HARNESS_CACHE_PATH"),
+        *HF_CACHE_VARIABLES,
+        *("HF_HOME", "HF_TOKEN_PATH", "LM_HARNESS_CACHE_PATH"),
         *("TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT", "NUMBA_CACHE_DIR"),
         *("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "WANDB_DIR"),
         *("TMPDIR", "TMP", "TEMP"),
