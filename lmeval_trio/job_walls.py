@@ -162,7 +162,7 @@ class JobWalls:
         builtin = [str(root) for root in self.settings.builtin_read_roots]  # shipped examples
         read = [*SYSTEM_READ, *_python_paths(), str(index_cache), *roots, *builtin]
         write = [DEVICES, *roots]
-        own = [self.settings.data_dir, self.settings.effective_cache_dir, *builtin]
+        own = [str(self.settings.data_dir), str(self.settings.effective_cache_dir), *builtin]
         own += [*_python_paths(), _source_root()]
         self._server_files = tuple(Path(os.path.realpath(p)) for p in own)
         return tuple(self._granted(read)), tuple(self._granted(write))

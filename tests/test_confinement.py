@@ -371,7 +371,8 @@ async def test_hf_cache_variables_never_open_the_servers_own_files(tmp_path: Pat
     for name, value in attacks.items():
         env = local_environment({name: value})
         wall = await trio.to_thread.run_sync(walls.walls, job_dir, {name: value}, env, [])
-        assert wall is not None and wall.write == plain.write, (name, wall.write)
+        assert wall is not None
+        assert wall.write == plain.write, (name, wall.write)
     assert not (SHIPPED_EXAMPLE_TASKS / "planted").exists()
     assert not (settings.data_dir / "jobs" / "1").exists()
     own = str(root / "hf-xet")
