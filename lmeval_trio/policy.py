@@ -85,6 +85,8 @@ PATH_ENV_NAMES = frozenset(
         *("TMPDIR", "TMP", "TEMP"),
     }
 )
+# A credential variable so named holds a path, judged (and passed resolved) like any other.
+FILE_NAME_SUFFIXES = ("_FILE", "_PATH", "_DIR", "FILE", "PATH")
 # Gated by allow_code_execution.
 CODE_ENV_NAMES = frozenset({"HF_ALLOW_CODE_EVAL", "HF_DATASETS_TRUST_REMOTE_CODE"})
 # Set by the server when code execution is off (the effective value, whatever the server's
@@ -251,8 +253,9 @@ class Policy:
 
         Any other value that looks like a path (or a list of them, ``:``-separated) obeys
         the path rule too: a variable the server does not know can still tell a library
-        where to read or write. Credentials (secrets.secret_name) are exempt: a token may
-        hold a ``/``."""
+        where to read or write. A credential (secrets.secret_name) is a path when its name
+        says so (``…_FILE``, ``…CREDENTIALS…``) or when its value names an existing thing;
+        a token that merely holds a ``/`` is not judged."""
         known = {}
         for name, value in env.items():
             field = f"env_vars.{name}"
@@ -261,10 +264,25 @@ class Policy:
                 raise PolicyViolation(field, rule)
             if name.upper() in PATH_ENV_NAMES:  # caches and temp folders: written to
                 known[name] = self.check_path(field, value, write=True)
-            elif not secret_name(name):  # a credential is no path, whatever it spells
+            elif secret_name(name) and _names_a_file(name):  # a key file: read by the job
+                known[name] = self.check_path(field, value)
+            elif secret_name(name):  # a token may hold a "/": judged if it names a thing
+                for entry in _path_entries(value):
+                    if self._names_something(entry):
+                        self.check_path(field, entry)
+            else:
                 for entry in _path_entries(value):
                     self.check_path(field, entry)
         return known
+
+    def _names_something(self, value: str) -> bool:
+        """``value`` read as a path names something that exists (outside the job's new
+        folder, where nothing exists yet): a credential's value that is in truth a path."""
+        try:
+            where = resolve(value, self.jobs_dir)
+            return where.path is not None and os.path.lexists(where.path)
+        except (ValueError, OSError):
+            return False
 
     def _env_rule(self, name: str) -> str | None:
         """Why ``name`` may not be set, or None."""
@@ -438,6 +456,13 @@ class Policy:
             # The server's own environment reaches jobs: what it says must not lift the rule.
             env.update(CODE_OFF_ENV)
         return env
+
+
+def _names_a_file(name: str) -> bool:
+    """A credential variable whose name says its value is a file or folder
+    (``GOOGLE_APPLICATION_CREDENTIALS``, ``AWS_SHARED_CREDENTIALS_FILE``, ``SSL_KEY_FILE``)."""
+    upper = name.upper()
+    return upper.endswith(FILE_NAME_SUFFIXES) or "CREDENTIALS" in upper
 
 
 def _hijacks_loader(name: str) -> bool:

@@ -236,6 +236,29 @@ async def test_path_like_env_values_obey_the_rule(tmp_path: Path) -> None:
         assert (await server.client.post("/job", json=body)).status_code == 200
 
 
+async def test_credential_variables_that_name_files_obey_the_rule(tmp_path: Path) -> None:
+    """A credential's name does not exempt a path: a key file variable, or a token variable
+    whose value names an existing thing, is judged; a real token still is not."""
+    data = tmp_path / "data"
+    async with serving(make_settings(tmp_path, max_concurrency=0)) as server:
+        (data / "jobs" / "1").mkdir(parents=True, exist_ok=True)
+        attacks = {
+            "GOOGLE_APPLICATION_CREDENTIALS": str(data / "jobs.db"),
+            "AWS_SHARED_CREDENTIALS_FILE": "../../jobs.db",
+            "SSL_KEY_FILE": str(data / "jobs" / "1"),
+            "HF_TOKEN": str(data / "jobs.db"),
+            "OPENAI_API_KEY": "/etc/passwd",
+        }
+        for name, value in attacks.items():
+            body = {**DUMMY_JOB, "env_vars": {name: value}}
+            rule = await refused(server.client, body, f"env_vars.{name}")
+            assert DATA_DIR_RULE in rule or "allowed root" in rule, (name, rule)
+        for name, value in {"HF_TOKEN": "/hf_k3y+abc/def==", "SSL_KEY_FILE": "key.pem"}.items():
+            body = {**DUMMY_JOB, "env_vars": {name: value}}
+            response = await server.client.post("/job", json=body)
+            assert response.status_code == 200, (name, response.text)
+
+
 # -- what the child sees is what was judged -------------------------------------------------
 
 
