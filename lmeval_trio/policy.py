@@ -345,7 +345,7 @@ class Policy:
         where = self.check_path(field, task)
         matches = self._glob(str(where.at(self.jobs_dir / "_")))
         if not matches:
-            raise MissingPath(field, f"the pattern {_short(task)} matches no file")
+            raise MissingPath(field, f"the pattern {_shown(field, task)} matches no file")
         for match in matches:
             self.check_path(field, match, scan=True)
         return where
@@ -354,8 +354,9 @@ class Policy:
         """Where ``value`` points for the job (see paths.py)."""
         try:
             return resolve(value, self.jobs_dir)
-        except (ValueError, OSError) as error:  # NUL bytes, names too long
-            raise PolicyViolation(field, f"not a usable path: {error}") from None
+        except (ValueError, OSError) as error:  # names too long (the message, not the name)
+            why = getattr(error, "strerror", None) or str(error)
+            raise PolicyViolation(field, f"not a usable path: {why}") from None
 
     def check_path(
         self,
@@ -371,17 +372,21 @@ class Policy:
         ``scan``, every symlink in the folder it names obeys the same rule (lm-eval reads
         every YAML file in it); with ``write``, the built-in read-only roots do not count."""
         admission.charge(field)
+        if "\0" in value:  # no process can use it; a relative one would pass unresolved
+            raise PolicyViolation(field, "not a usable path: it holds a NUL byte")
         where = self.resolve(field, value)
         if where.own is not None:
             if any(len(os.fsencode(part)) > NAME_MAX for part in where.own.parts):
                 raise PolicyViolation(field, "not a usable path: File name too long")
             if read:  # the job's folder is new: nothing in it exists yet
-                raise MissingPath(field, f"{_short(value)} does not exist in the job's folder")
+                raise MissingPath(
+                    field, f"{_shown(field, value)} does not exist in the job's folder"
+                )
             return where
         assert where.path is not None
         self._allowed(field, where.path, self.write_roots if write else None)
         if read and not _exists(field, where.path):
-            raise MissingPath(field, f"{_short(value)} does not exist")
+            raise MissingPath(field, f"{_shown(field, value)} does not exist")
         if scan and _is_dir(field, where.path) and admission.first_walk(where.path):
             for link in _symlinks_under(field, where.path):
                 self._allowed(field, Path(os.path.realpath(link)))
@@ -506,7 +511,7 @@ def _is_dir(field: str, path: Path) -> bool:
     try:
         return path.is_dir()
     except OSError as error:  # a name too long, say: lm-eval could not use it either
-        raise PolicyViolation(field, f"not a usable path: {error}") from None
+        raise PolicyViolation(field, f"not a usable path: {error.strerror or error}") from None
 
 
 def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
@@ -551,6 +556,12 @@ def _path_entries(value: str) -> Iterator[str]:
             yield entry
 
 
+def _shown(field: str, value: str) -> str:
+    """``value`` as a refusal shows it: quoted for the request's own fields, never for the
+    config file's (it may be someone else's file, and its values secrets)."""
+    return "the file's value" if field.startswith("config.") else _short(value)
+
+
 def _short(value: str) -> str:
     """A value quoted in a message, cut to a readable length."""
     return repr(value if len(value) <= 200 else value[:200] + "...")
@@ -562,7 +573,7 @@ def _exists(field: str, path: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError as error:  # a name too long, a loop: no process could use it either
-        raise PolicyViolation(field, f"not a usable path: {error}") from None
+        raise PolicyViolation(field, f"not a usable path: {error.strerror or error}") from None
     return True
 
 
