@@ -395,3 +395,35 @@ async def test_a_relative_hf_cache_is_the_jobs_own_folder(tmp_path: Path) -> Non
         response = await server.client.post("/job", json=body)
         assert response.status_code == 403, response.text
         assert response.json()["field"] == "env_vars.HF_XET_CACHE"
+
+
+async def test_task_code_cannot_write_the_server_through_an_hf_cache(tmp_path: Path) -> None:
+    """The reported attack, end to end: HF_XET_CACHE=lmeval_trio and a !function task that
+    writes into the server's own package (then run, unconfined, by every later job)."""
+    from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
+
+    settings = confined_settings(tmp_path)
+    source = SUPPORT.parent.parent / "lmeval_trio"
+    async with serving(settings) as server:
+        other = await finished(server, fake_job("env"))
+        folder = escape_task(settings, other.job_dir, other.stdout_path)
+        targets = {
+            "write:server_source": str(source),
+            "write:builtin_root": str(SHIPPED_EXAMPLE_TASKS),
+            "write:own_cache": "lmeval_trio",
+        }
+        (folder / "targets.json").write_text(json.dumps(targets))
+        for value in ("lmeval_trio", "./lmeval_trio"):
+            body = {
+                "model": "dummy",
+                "tasks": "escape",
+                "include_path": str(folder),
+                "env_vars": {"HF_XET_CACHE": value},
+            }
+            record = await finished(server, body)
+            seen = json.loads((record.job_dir / "escape.json").read_text())
+            assert seen == {
+                "write:server_source": "PermissionError",
+                "write:builtin_root": "PermissionError",
+                "write:own_cache": "ok",  # the job's own folder/lmeval_trio, created for it
+            }, seen
