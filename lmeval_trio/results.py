@@ -145,22 +145,24 @@ def resolve_artifact(record: JobRecord, name: str) -> Artifact | None:
 
 def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[tuple[Path, int]]:
     """Regular files under ``root`` (``depth`` levels of folders below it; None: all) with
-    their sizes, never through a symlink (see _unmoved). The job may create and remove files
-    meanwhile: one that vanishes between listing and stat is left out, never an error."""
+    their sizes, never through a symlink (see _unmoved), even one swapped in mid-walk. The
+    job may create and remove files meanwhile: one that vanishes between listing and stat is
+    left out, never an error."""
     if not _unmoved(root, job_dir) or not root.is_dir():
         return []
     files = []
-    for directory, dirs, names in os.walk(root):
+    # fwalk, not walk: it enters each folder through a descriptor and checks it is the
+    # folder it listed, so a folder swapped for a symlink meanwhile is never entered.
+    for directory, dirs, names, dir_fd in os.fwalk(root):
         if depth is not None and len(Path(directory).relative_to(root).parts) >= depth:
             dirs.clear()
         for name in names:
-            path = Path(directory) / name
             try:
-                info = path.lstat()
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 continue
             if stat.S_ISREG(info.st_mode):
-                files.append((path, info.st_size))
+                files.append((Path(directory) / name, info.st_size))
     return files
 
 

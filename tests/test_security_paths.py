@@ -385,6 +385,7 @@ async def test_downloads_racing_a_job_swapping_links_never_leak(tmp_path: Path) 
     victim = tmp_path / "data" / "victim"
     victim.mkdir(parents=True)
     (victim / "f.txt").write_text("SECRET of another job")
+    (victim / "victim-only.txt").write_text("SECRET, listed nowhere")
     (tmp_path / "data" / "jobs.db-victim").write_text("SECRET in the data dir")
     env = {"FAKE_TARGET": "jobs.db-victim", "FAKE_TARGET_DIR": "victim"}
     async with serving(make_settings(tmp_path)) as server:
@@ -394,6 +395,7 @@ async def test_downloads_racing_a_job_swapping_links_never_leak(tmp_path: Path) 
         for _ in range(150):
             listing = await server.client.get(f"/job/{job_id}/artifacts")
             assert listing.status_code == 200, listing.text
+            assert "victim-only" not in listing.text
             for name in ("out.txt", "d/f.txt"):
                 response = await server.client.get(f"/job/{job_id}/artifacts/{name}")
                 assert response.status_code in (200, 404), response.text
