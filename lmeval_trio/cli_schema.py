@@ -282,6 +282,9 @@ def flag_words(values: dict[str, Any]) -> list[str]:
 
 
 _OPTION_IN_ERROR = re.compile(r"argument (--[\w-]+)")
+#: argparse names a converter without a __name__ by its repr ("invalid functools.partial(
+#: <function … at 0x7f…>, …) value:"): an address and internals, no help to the client.
+_CONVERTER_REPR = re.compile(r"invalid (?:functools\.partial\(.*?\)|<[^>]*>) value:")
 
 
 def check_with_parser(words: list[str]) -> argparse.Namespace:
@@ -292,7 +295,7 @@ def check_with_parser(words: list[str]) -> argparse.Namespace:
     def fail(message: str) -> NoReturn:
         found = _OPTION_IN_ERROR.search(message)
         field = _field_for_option(found.group(1)) if found else None
-        raise RequestRejected(field, message)
+        raise RequestRejected(field, _CONVERTER_REPR.sub("invalid value:", message))
 
     original = parser.error
     parser.error = fail  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +57,10 @@ class Settings(BaseModel):
 
     # validate_default: pydantic skips validators on defaults otherwise, and a default path
     # left relative would be read against whatever folder a process happens to run in.
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # allow_inf_nan: "inf" or "nan" as a duration (every *_s setting) would never end a wait.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     data_dir: Path = Field(
         default=Path("lmeval-data"),
@@ -228,6 +232,15 @@ class Settings(BaseModel):
                 raise ValueError(f"{text!r}: separate entries with commas, not ':'")
         return value
 
+    @field_validator("gpus", mode="after")
+    @classmethod
+    def _gpu_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """``0:1`` would be one GPU id that names no GPU (CUDA_VISIBLE_DEVICES uses commas)."""
+        bad = [gpu for gpu in value if ":" in gpu or not gpu.strip()]
+        if bad:
+            raise ValueError(f"{bad}: separate GPU ids with commas, not ':'")
+        return value
+
     @field_validator("env_allowlist", mode="after")
     @classmethod
     def _variable_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -283,6 +296,24 @@ class Settings(BaseModel):
                 "LMEVAL_SHUTDOWN_TIMEOUT_S must exceed LMEVAL_KILL_GRACE_S, "
                 "or a shutdown would cut the jobs' grace short"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _confinement_fits_backend(self) -> Settings:
+        if self.job_confinement == "landlock" and self.backend != "local":
+            raise ValueError(
+                "LMEVAL_JOB_CONFINEMENT=landlock confines local jobs only, and "
+                f"LMEVAL_BACKEND={self.backend} runs them elsewhere unconfined; use auto or off"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_dir_is_private(self) -> Settings:
+        """The server makes its data dir private (0700) at start: a folder others share (or
+        hold, or reach through an allowed root) must not be silently taken over."""
+        why = _shared_folder_reason(self.data_dir, self.allowed_path_roots)
+        if why:
+            raise ValueError(f"LMEVAL_DATA_DIR={self.data_dir} {why}; name a folder of its own")
         return self
 
     @field_validator("allowed_path_roots", mode="after")
@@ -363,6 +394,26 @@ def _absolute_path(path: Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
+def _shared_folder_reason(data_dir: Path, roots: tuple[Path, ...]) -> str | None:
+    """Why ``data_dir`` cannot be the server's private folder, or None."""
+    real = Path(os.path.realpath(data_dir))
+    if real == Path("/"):
+        return "is the root folder"
+    for root in roots:
+        root_real = Path(os.path.realpath(root))
+        if root_real == real or real in root_real.parents:
+            return f"is or contains the allowed path root {root} (LMEVAL_ALLOWED_PATH_ROOTS)"
+    try:
+        info = os.stat(real)
+    except FileNotFoundError:
+        return None  # created at start, private
+    if info.st_mode & (stat.S_ISVTX | stat.S_IWOTH):
+        return "is a shared folder (sticky or writable by everyone, like /tmp)"
+    if info.st_uid != os.geteuid():
+        return "is not owned by the server's user"
+    return None
+
+
 def _config_file_values(path: str | None) -> dict[str, Any]:
     """Settings from an optional TOML file (keys are the field names); the env wins."""
     if not path:
@@ -424,6 +475,10 @@ def _parse_raw(name: str, raw: str) -> Any:
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"] and message.startswith(("LMEVAL_", "MAX_", "QUEUE_")):
+            parts.append(message)  # a rule across settings names its variables itself
+            continue
         name = env_name(str(item["loc"][0])) if item["loc"] else "settings"
-        parts.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+        parts.append(f"{name}: {message}")
     return "invalid settings: " + "; ".join(parts)

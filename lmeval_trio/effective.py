@@ -7,11 +7,12 @@ spelling or a config file all arrive here as the dict lm-eval's model class will
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lmeval_trio.cli_schema import RequestRejected
+from lmeval_trio.cli_schema import FlagKind, RequestRejected
 
 #: EvaluatorConfig.model's default in lm-eval 0.4.13 (the model when a request names none).
 LM_EVAL_DEFAULT_MODEL = "hf"
@@ -56,9 +57,59 @@ def _merge(config: Mapping[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(EvaluatorConfig)}
     if not set(config) <= known:
         raise RequestRejected("config", "the config file sets keys lm-eval does not know")
+    check_config_values(config)
     values = {**asdict(EvaluatorConfig()), **config, **cli}
     try:
-        parsed = EvaluatorConfig(**values)._parse_dict_args()
+        parsed = EvaluatorConfig(**values)._parse_dict_args()._normalize_seed()
     except (TypeError, ValueError, AttributeError):
         raise RequestRejected("config", "lm-eval cannot parse the config file's values") from None
     return {name: getattr(parsed, name) for name in known}
+
+
+def check_config_values(config: Mapping[str, Any]) -> None:
+    """Each value of the config file that is one of lm-eval's flags, judged as the request's
+    own flag would be: its YAML type, then lm-eval's parser on the word it makes. lm-eval uses
+    a file's values as they are (a string ``limit`` fails minutes into the job), so a value
+    the flag's type would not produce is refused now. Refusals name ``config.<key>`` and
+    never quote the value (the file may be someone else's)."""
+    from lmeval_trio.cli_schema import PATH_FIELDS, check_with_parser, flag_specs
+
+    for spec in flag_specs():
+        value = config.get(spec.name)
+        if value is None:
+            continue
+        field = f"config.{spec.name}"
+        problem = _type_problem(spec.kind, value, path=spec.name in PATH_FIELDS)
+        if problem:
+            raise RequestRejected(field, problem)
+        if spec.name in PATH_FIELDS:
+            continue  # judged as paths by the policy
+        if isinstance(value, list) and kind_joins_lists(spec.kind):
+            value = ",".join(str(item) for item in value)  # `seed: [0, 1, 2, 3]`
+        try:
+            check_with_parser(spec.words(value))
+        except RequestRejected:
+            raise RequestRejected(field, "lm-eval's parser refuses the file's value") from None
+
+
+def kind_joins_lists(kind: FlagKind) -> bool:
+    """A YAML list for a text flag (``seed``) is lm-eval's comma-separated word."""
+    return kind in (FlagKind.TEXT, FlagKind.LIST)
+
+
+def _type_problem(kind: FlagKind, value: Any, *, path: bool) -> str | None:
+    """Why ``value`` (read from YAML) is not what the flag's own parser would produce."""
+    if path:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) and "\0" not in item for item in items):
+            return "must be a path (text without NUL bytes)"
+        return None
+    if kind is FlagKind.SWITCH and not isinstance(value, bool):
+        return "must be true or false"
+    if kind is FlagKind.INTEGER and (isinstance(value, bool) or not isinstance(value, int)):
+        return "must be an integer"
+    if kind is FlagKind.NUMBER and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ):
+        return "must be a finite number"
+    return None

@@ -25,6 +25,7 @@ import trio
 from lmeval_trio import confinement
 from lmeval_trio.config import Settings
 from lmeval_trio.confinement import Walls
+from lmeval_trio.policy import HF_CACHE_VARIABLES
 
 log = logging.getLogger("lmeval_trio.confinement")
 
@@ -35,11 +36,6 @@ SYSTEM_READ = (
 )
 #: Device files: GPUs (/dev/nvidia*, /dev/dri), /dev/shm for data loaders, /dev/null.
 DEVICES = "/dev"
-#: Variables naming the Hugging Face caches a job writes (datasets keeps lock files there).
-HF_CACHE_VARIABLES = (
-    *("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE"),
-    *("HF_ASSETS_CACHE", "HF_XET_CACHE"),
-)
 TEMP_VARIABLES = ("TMPDIR", "TMP", "TEMP")
 #: Native threads that importing lm-eval starts (OpenBLAS's pool with numpy, jemalloc's purger
 #: with pyarrow) would stay outside a warm runner's wall, which confines only the thread that
@@ -78,6 +74,7 @@ class JobWalls:
         self._data_dir = settings.data_dir.resolve()
         self._read: tuple[str, ...] = ()
         self._write: tuple[str, ...] = ()
+        self._server_files: tuple[Path, ...] = ()
 
     @property
     def confined(self) -> bool:
@@ -125,7 +122,8 @@ class JobWalls:
         the process gets."""
         if not self.confined:
             return None
-        write = [str(job_dir.resolve()), *self._write, *self._hf_caches(env)]
+        job_dir = job_dir.resolve()
+        write = [str(job_dir), *self._write, *self._hf_caches(job_dir, env)]
         read = [*self._read, *_executable(argv)]
         tmpdir = None if any(name in own_env for name in TEMP_VARIABLES) else job_dir / "tmp"
         return Walls(
@@ -164,18 +162,28 @@ class JobWalls:
         builtin = [str(root) for root in self.settings.builtin_read_roots]  # shipped examples
         read = [*SYSTEM_READ, *_python_paths(), str(index_cache), *roots, *builtin]
         write = [DEVICES, *roots]
+        own = [str(self.settings.data_dir), str(self.settings.effective_cache_dir), *builtin]
+        own += [*_python_paths(), _source_root()]
+        self._server_files = tuple(Path(os.path.realpath(p)) for p in own)
         return tuple(self._granted(read)), tuple(self._granted(write))
 
-    def _hf_caches(self, env: Mapping[str, str]) -> list[str]:
+    def _hf_caches(self, job_dir: Path, env: Mapping[str, str]) -> list[str]:
         """The Hugging Face caches the job will use, created now: the job cannot create them
-        itself when their parent lies outside its walls."""
+        itself when their parent lies outside its walls. A job's own values arrive absolute
+        (the policy resolved them, policy.HF_CACHE_VARIABLES); a relative one, or one in the
+        server's own files (the data and cache dirs, the shipped read-only roots, the Python
+        environment and the server's source), is never granted nor created."""
         home = env.get("HOME") or os.path.expanduser("~")
         xdg = env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
         folders = [env.get("HF_HOME") or os.path.join(xdg, "huggingface")]
         folders += [env[name] for name in HF_CACHE_VARIABLES if env.get(name)]
         made = []
         for folder in folders:
-            path = Path(folder.replace("~", home, 1) if folder.startswith("~") else folder)
+            expanded = folder.replace("~", home, 1) if folder.startswith("~") else folder
+            path = Path(os.path.realpath(expanded))
+            if not os.path.isabs(expanded) or not self._may_write_cache(path, job_dir):
+                log.warning("not granting the Hugging Face cache %r to the job", folder)
+                continue
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -183,6 +191,12 @@ class JobWalls:
                 continue
             made.append(str(path))
         return made
+
+    def _may_write_cache(self, path: Path, job_dir: Path) -> bool:
+        """``path`` is in the job's folder, or neither in nor around the server's own files."""
+        if _contains(job_dir, path):
+            return True
+        return not any(_contains(path, own) or _contains(own, path) for own in self._server_files)
 
     def _granted(self, paths: Iterable[str]) -> Iterable[str]:
         """Resolved, deduplicated, existing paths, none containing the data directory."""
@@ -213,6 +227,13 @@ def _python_paths() -> list[str]:
     paths.add(os.path.dirname(lmeval_trio.__file__ or ""))
     paths |= {p for p in sys.path if p and os.path.isdir(p)}
     return sorted(p for p in paths if p)
+
+
+def _source_root() -> str:
+    """The folder around the server's package (its project, for a source checkout)."""
+    import lmeval_trio
+
+    return os.path.dirname(os.path.dirname(os.path.realpath(lmeval_trio.__file__ or "")))
 
 
 def _executable(argv: Sequence[str]) -> list[str]:

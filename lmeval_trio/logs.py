@@ -45,6 +45,23 @@ def open_regular_file(path: Path, flags: int = os.O_RDONLY) -> int:
     return fd
 
 
+def open_inside(path: Path, roots: tuple[Path, ...]) -> int:
+    """A read-only descriptor of the regular file at ``path`` that really lies in one of
+    ``roots`` (absolute, symlinks resolved). O_NOFOLLOW guards only the last name: a job
+    can swap a parent folder for a symlink between any check and the open, so the
+    descriptor's own path (``/proc/self/fd``) decides. Raises NotALog otherwise."""
+    fd = open_regular_file(path)
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        os.close(fd)
+        raise
+    if not any(real == root or root in real.parents for root in roots):
+        os.close(fd)
+        raise NotALog(errno.ENOENT, f"not a file of the job: {path}")
+    return fd
+
+
 def _append_fd(path: Path) -> int:
     """Open a log for appending; a non-file the job left in its place is removed first."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT

@@ -69,16 +69,24 @@ DENIED_ENV_NAMES = frozenset(
 )
 # Harmless interpreter knobs a job may still set.
 ALLOWED_PYTHON_ENV = frozenset({"PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUNBUFFERED"})
+#: Variables naming the Hugging Face caches a job writes (job_walls grants them): one list,
+#: so every folder the wall opens for writing was judged (and made absolute) by the policy.
+HF_CACHE_VARIABLES = (
+    *("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE"),
+    *("HF_ASSETS_CACHE", "HF_XET_CACHE"),
+)
 # Variables naming a folder or file the job reads or writes: their values obey the path rule.
 PATH_ENV_NAMES = frozenset(
     {
-        *("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"),
-        *("HF_ASSETS_CACHE", "HF_TOKEN_PATH", "TRANSFORMERS_CACHE", "LM_HARNESS_CACHE_PATH"),
+        *HF_CACHE_VARIABLES,
+        *("HF_HOME", "HF_TOKEN_PATH", "LM_HARNESS_CACHE_PATH"),
         *("TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT", "NUMBA_CACHE_DIR"),
         *("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "WANDB_DIR"),
         *("TMPDIR", "TMP", "TEMP"),
     }
 )
+# A credential variable so named holds a path, judged (and passed resolved) like any other.
+FILE_NAME_SUFFIXES = ("_FILE", "_PATH", "_DIR", "FILE", "PATH")
 # Gated by allow_code_execution.
 CODE_ENV_NAMES = frozenset({"HF_ALLOW_CODE_EVAL", "HF_DATASETS_TRUST_REMOTE_CODE"})
 # Set by the server when code execution is off (the effective value, whatever the server's
@@ -245,8 +253,9 @@ class Policy:
 
         Any other value that looks like a path (or a list of them, ``:``-separated) obeys
         the path rule too: a variable the server does not know can still tell a library
-        where to read or write. Credentials (secrets.secret_name) are exempt: a token may
-        hold a ``/``."""
+        where to read or write. A credential (secrets.secret_name) is a path when its name
+        says so (``…_FILE``, ``…CREDENTIALS…``) or when its value names an existing thing;
+        a token that merely holds a ``/`` is not judged."""
         known = {}
         for name, value in env.items():
             field = f"env_vars.{name}"
@@ -255,10 +264,25 @@ class Policy:
                 raise PolicyViolation(field, rule)
             if name.upper() in PATH_ENV_NAMES:  # caches and temp folders: written to
                 known[name] = self.check_path(field, value, write=True)
-            elif not secret_name(name):  # a credential is no path, whatever it spells
+            elif secret_name(name) and _names_a_file(name):  # a key file: read by the job
+                known[name] = self.check_path(field, value)
+            elif secret_name(name):  # a token may hold a "/": judged if it names a thing
+                for entry in _path_entries(value):
+                    if self._names_something(entry):
+                        self.check_path(field, entry)
+            else:
                 for entry in _path_entries(value):
                     self.check_path(field, entry)
         return known
+
+    def _names_something(self, value: str) -> bool:
+        """``value`` read as a path names something that exists (outside the job's new
+        folder, where nothing exists yet): a credential's value that is in truth a path."""
+        try:
+            where = resolve(value, self.jobs_dir)
+            return where.path is not None and os.path.lexists(where.path)
+        except (ValueError, OSError):
+            return False
 
     def _env_rule(self, name: str) -> str | None:
         """Why ``name`` may not be set, or None."""
@@ -321,7 +345,7 @@ class Policy:
         where = self.check_path(field, task)
         matches = self._glob(str(where.at(self.jobs_dir / "_")))
         if not matches:
-            raise MissingPath(field, f"the pattern {_short(task)} matches no file")
+            raise MissingPath(field, f"the pattern {_shown(field, task)} matches no file")
         for match in matches:
             self.check_path(field, match, scan=True)
         return where
@@ -330,8 +354,9 @@ class Policy:
         """Where ``value`` points for the job (see paths.py)."""
         try:
             return resolve(value, self.jobs_dir)
-        except (ValueError, OSError) as error:  # NUL bytes, names too long
-            raise PolicyViolation(field, f"not a usable path: {error}") from None
+        except (ValueError, OSError) as error:  # names too long (the message, not the name)
+            why = getattr(error, "strerror", None) or str(error)
+            raise PolicyViolation(field, f"not a usable path: {why}") from None
 
     def check_path(
         self,
@@ -347,17 +372,21 @@ class Policy:
         ``scan``, every symlink in the folder it names obeys the same rule (lm-eval reads
         every YAML file in it); with ``write``, the built-in read-only roots do not count."""
         admission.charge(field)
+        if "\0" in value:  # no process can use it; a relative one would pass unresolved
+            raise PolicyViolation(field, "not a usable path: it holds a NUL byte")
         where = self.resolve(field, value)
         if where.own is not None:
             if any(len(os.fsencode(part)) > NAME_MAX for part in where.own.parts):
                 raise PolicyViolation(field, "not a usable path: File name too long")
             if read:  # the job's folder is new: nothing in it exists yet
-                raise MissingPath(field, f"{_short(value)} does not exist in the job's folder")
+                raise MissingPath(
+                    field, f"{_shown(field, value)} does not exist in the job's folder"
+                )
             return where
         assert where.path is not None
         self._allowed(field, where.path, self.write_roots if write else None)
         if read and not _exists(field, where.path):
-            raise MissingPath(field, f"{_short(value)} does not exist")
+            raise MissingPath(field, f"{_shown(field, value)} does not exist")
         if scan and _is_dir(field, where.path) and admission.first_walk(where.path):
             for link in _symlinks_under(field, where.path):
                 self._allowed(field, Path(os.path.realpath(link)))
@@ -434,6 +463,13 @@ class Policy:
         return env
 
 
+def _names_a_file(name: str) -> bool:
+    """A credential variable whose name says its value is a file or folder
+    (``GOOGLE_APPLICATION_CREDENTIALS``, ``AWS_SHARED_CREDENTIALS_FILE``, ``SSL_KEY_FILE``)."""
+    upper = name.upper()
+    return upper.endswith(FILE_NAME_SUFFIXES) or "CREDENTIALS" in upper
+
+
 def _hijacks_loader(name: str) -> bool:
     upper = name.upper()
     if upper in ALLOWED_PYTHON_ENV:
@@ -475,7 +511,7 @@ def _is_dir(field: str, path: Path) -> bool:
     try:
         return path.is_dir()
     except OSError as error:  # a name too long, say: lm-eval could not use it either
-        raise PolicyViolation(field, f"not a usable path: {error}") from None
+        raise PolicyViolation(field, f"not a usable path: {error.strerror or error}") from None
 
 
 def _symlinks_under(field: str, folder: Path) -> Iterator[Path]:
@@ -520,6 +556,12 @@ def _path_entries(value: str) -> Iterator[str]:
             yield entry
 
 
+def _shown(field: str, value: str) -> str:
+    """``value`` as a refusal shows it: quoted for the request's own fields, never for the
+    config file's (it may be someone else's file, and its values secrets)."""
+    return "the file's value" if field.startswith("config.") else _short(value)
+
+
 def _short(value: str) -> str:
     """A value quoted in a message, cut to a readable length."""
     return repr(value if len(value) <= 200 else value[:200] + "...")
@@ -531,7 +573,7 @@ def _exists(field: str, path: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError as error:  # a name too long, a loop: no process could use it either
-        raise PolicyViolation(field, f"not a usable path: {error}") from None
+        raise PolicyViolation(field, f"not a usable path: {error.strerror or error}") from None
     return True
 
 

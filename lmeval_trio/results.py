@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmeval_trio.logs import open_regular_file
+from lmeval_trio.logs import open_inside
 from lmeval_trio.paths import inside
 from lmeval_trio.records import JobRecord
 
@@ -68,9 +68,9 @@ def load_results(record: JobRecord) -> dict[str, Any]:
     if path is None:
         raise ResultsUnavailable(f"job {record.id} wrote no results file")
     try:
-        if path.stat().st_size > MAX_RESULTS_BYTES:
-            raise ResultsUnavailable(f"job {record.id}: results file is too large to parse")
-        with open(open_regular_file(path), "rb") as file:
+        with open(open_inside(path, job_roots(record)), "rb") as file:
+            if os.fstat(file.fileno()).st_size > MAX_RESULTS_BYTES:
+                raise ResultsUnavailable(f"job {record.id}: results file is too large to parse")
             data = json.loads(file.read().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as error:
         raise ResultsUnavailable(f"job {record.id}: results file unreadable: {error}") from None
@@ -118,9 +118,17 @@ def _mapping(value: Any) -> dict[str, Any]:
     return {}
 
 
+def job_roots(record: JobRecord) -> tuple[Path, ...]:
+    """Where the job's files really lie: its folder (which only the server can replace, so
+    resolving it is safe) and its output folder (stored resolved)."""
+    return (Path(os.path.realpath(record.job_dir)), record.output_dir)
+
+
 def list_artifacts(record: JobRecord) -> list[Artifact]:
-    """Every file of the job: logs and outputs in its folder, and a custom output folder."""
-    roots = {"": record.job_dir}
+    """Every file of the job: logs and outputs in its folder, and a custom output folder.
+    Paths start at the resolved folder, so a listed path holds no symlink at all (the
+    download checks that the file it opened is at exactly that path)."""
+    roots = {"": Path(os.path.realpath(record.job_dir))}
     if not inside(record.output_dir, record.job_dir):  # lexically: both stored absolute
         roots["output-path/"] = record.output_dir
     found = []
@@ -137,22 +145,24 @@ def resolve_artifact(record: JobRecord, name: str) -> Artifact | None:
 
 def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[tuple[Path, int]]:
     """Regular files under ``root`` (``depth`` levels of folders below it; None: all) with
-    their sizes, never through a symlink (see _unmoved). The job may create and remove files
-    meanwhile: one that vanishes between listing and stat is left out, never an error."""
+    their sizes, never through a symlink (see _unmoved), even one swapped in mid-walk. The
+    job may create and remove files meanwhile: one that vanishes between listing and stat is
+    left out, never an error."""
     if not _unmoved(root, job_dir) or not root.is_dir():
         return []
     files = []
-    for directory, dirs, names in os.walk(root):
+    # fwalk, not walk: it enters each folder through a descriptor and checks it is the
+    # folder it listed, so a folder swapped for a symlink meanwhile is never entered.
+    for directory, dirs, names, dir_fd in os.fwalk(root):
         if depth is not None and len(Path(directory).relative_to(root).parts) >= depth:
             dirs.clear()
         for name in names:
-            path = Path(directory) / name
             try:
-                info = path.lstat()
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 continue
             if stat.S_ISREG(info.st_mode):
-                files.append((path, info.st_size))
+                files.append((Path(directory) / name, info.st_size))
     return files
 
 

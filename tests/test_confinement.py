@@ -28,7 +28,7 @@ from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.confinement import Walls, abi_version
 from lmeval_trio.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.job_walls import ConfinementUnavailable, JobWalls
+from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runner import local_environment
 from lmeval_trio.supervisor import Supervisor
@@ -255,10 +255,9 @@ async def test_required_confinement_confines_or_refuses_to_start(tmp_path: Path)
     async with serving(required) as server:
         health = (await server.client.get("/healthz")).json()
         assert health["jobs_confined"] is True and health["job_confinement"] == "landlock"
-    ray = make_settings(tmp_path / "ray", backend="ray", job_confinement="landlock")
-    with pytest.raises(ConfinementUnavailable, match="Ray jobs run unconfined"):
-        async with Supervisor(ray):
-            pass
+    # With Ray the wall cannot be had at all: a settings error, before anything starts.
+    with pytest.raises(SettingsError, match="LMEVAL_BACKEND=ray runs them elsewhere"):
+        make_settings(tmp_path / "ray", backend="ray", job_confinement="landlock")
 
 
 def test_walls_travel_intact() -> None:
@@ -341,3 +340,89 @@ async def test_the_server_never_reads_through_what_a_job_planted(tmp_path: Path)
     assert answers[3].status_code == 404
     for answer in answers:
         assert "TOP-SECRET" not in answer.text
+
+
+async def test_hf_cache_variables_never_open_the_servers_own_files(tmp_path: Path) -> None:
+    """HF_XET_CACHE=lmeval_trio once granted the server's source (relative to the server's
+    cwd) for writing: every HF cache variable is judged and made absolute by the policy, and
+    the wall grants none that is relative or lies in (or around) the server's own files."""
+    from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
+    from lmeval_trio.policy import HF_CACHE_VARIABLES, PATH_ENV_NAMES
+
+    assert set(HF_CACHE_VARIABLES) <= PATH_ENV_NAMES
+    settings = confined_settings(tmp_path)
+    walls = JobWalls(settings, None)
+    await walls.check()
+    job_dir = settings.data_dir / "jobs" / "2"
+    job_dir.mkdir(parents=True)
+    source = SUPPORT.parent.parent / "lmeval_trio"
+    root = settings.allowed_path_roots[1]
+    attacks = {
+        "HF_XET_CACHE": "lmeval_trio",
+        "HF_HUB_CACHE": "./decoy",
+        "HF_ASSETS_CACHE": str(SHIPPED_EXAMPLE_TASKS / "planted"),
+        "HF_DATASETS_CACHE": str(settings.data_dir / "jobs" / "1"),
+        "TRANSFORMERS_CACHE": str(source),
+        "HUGGINGFACE_HUB_CACHE": sysconfig.get_paths()["purelib"],
+    }
+    plain = await trio.to_thread.run_sync(walls.walls, job_dir, {}, local_environment({}), [])
+    assert plain is not None
+    for name, value in attacks.items():
+        env = local_environment({name: value})
+        wall = await trio.to_thread.run_sync(walls.walls, job_dir, {name: value}, env, [])
+        assert wall is not None
+        assert wall.write == plain.write, (name, wall.write)
+    assert not (SHIPPED_EXAMPLE_TASKS / "planted").exists()
+    assert not (settings.data_dir / "jobs" / "1").exists()
+    own = str(root / "hf-xet")
+    wall = await trio.to_thread.run_sync(
+        walls.walls, job_dir, {"HF_XET_CACHE": own}, local_environment({"HF_XET_CACHE": own}), []
+    )
+    assert wall is not None and own in wall.write  # tmp_path is already resolved
+
+
+async def test_a_relative_hf_cache_is_the_jobs_own_folder(tmp_path: Path) -> None:
+    """The policy resolves HF_XET_CACHE where the job uses it; a built-in root is refused."""
+    from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
+
+    settings = confined_settings(tmp_path)
+    async with serving(settings) as server:
+        for value in ("lmeval_trio", "./decoy"):
+            record = await finished(server, fake_job("env", HF_XET_CACHE=value))
+            assert record.env["HF_XET_CACHE"] == str(record.job_dir / value.lstrip("./"))
+        body = fake_job("env", HF_XET_CACHE=str(SHIPPED_EXAMPLE_TASKS))
+        response = await server.client.post("/job", json=body)
+        assert response.status_code == 403, response.text
+        assert response.json()["field"] == "env_vars.HF_XET_CACHE"
+
+
+async def test_task_code_cannot_write_the_server_through_an_hf_cache(tmp_path: Path) -> None:
+    """The reported attack, end to end: HF_XET_CACHE=lmeval_trio and a !function task that
+    writes into the server's own package (then run, unconfined, by every later job)."""
+    from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
+
+    settings = confined_settings(tmp_path)
+    source = SUPPORT.parent.parent / "lmeval_trio"
+    async with serving(settings) as server:
+        other = await finished(server, fake_job("env"))
+        folder = escape_task(settings, other.job_dir, other.stdout_path)
+        targets = {
+            "write:server_source": str(source),
+            "write:builtin_root": str(SHIPPED_EXAMPLE_TASKS),
+            "write:own_cache": "lmeval_trio",
+        }
+        (folder / "targets.json").write_text(json.dumps(targets))
+        for value in ("lmeval_trio", "./lmeval_trio"):
+            body = {
+                "model": "dummy",
+                "tasks": "escape",
+                "include_path": str(folder),
+                "env_vars": {"HF_XET_CACHE": value},
+            }
+            record = await finished(server, body)
+            seen = json.loads((record.job_dir / "escape.json").read_text())
+            assert seen == {
+                "write:server_source": "PermissionError",
+                "write:builtin_root": "PermissionError",
+                "write:own_cache": "ok",  # the job's own folder/lmeval_trio, created for it
+            }, seen

@@ -246,6 +246,64 @@ def test_settings_refuse_what_they_cannot_mean(tmp_path: Path) -> None:
     assert fine.allowed_path_roots == (a, b)
 
 
+def test_settings_refuse_unbounded_durations_gpu_lists_and_impossible_walls(
+    tmp_path: Path,
+) -> None:
+    """Every *_s setting must be a finite duration; GPU ids are comma-separated; a required
+    wall that the backend cannot put up is a settings error, not a failed start."""
+    cases = [
+        ({"LMEVAL_GPUS": "0:1"}, "LMEVAL_GPUS: ", "separate GPU ids with commas"),
+        (
+            {"LMEVAL_JOB_CONFINEMENT": "landlock", "LMEVAL_BACKEND": "ray"},
+            "LMEVAL_JOB_CONFINEMENT=landlock",
+            "LMEVAL_BACKEND=ray",
+        ),
+    ]
+    durations = [name for name in Settings.model_fields if name.endswith("_s")]
+    assert len(durations) >= 8
+    for name in durations:
+        for value in ("inf", "nan", "-1"):
+            variable = env_name(name)
+            cases.append(({variable: value}, f"{variable}: ", "Input should be"))
+    for environ, start, message in cases:
+        with pytest.raises(SettingsError, match=re.escape(message)) as refused:
+            Settings.from_env({**environ, "LMEVAL_DATA_DIR": str(tmp_path / "data")})
+        assert str(refused.value).startswith(f"invalid settings: {start}"), refused.value
+
+
+def test_a_shared_data_dir_is_refused_not_taken_over(tmp_path: Path) -> None:
+    """The server makes its data dir 0700: /tmp, a folder of another user, / or one holding
+    an allowed root would be silently taken over (or exposed), so the start stops instead."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    holder = tmp_path / "holder"
+    (holder / "root").mkdir(parents=True)
+    cases = [
+        ({"LMEVAL_DATA_DIR": "/tmp"}, "shared folder"),
+        ({"LMEVAL_DATA_DIR": str(shared)}, "shared folder"),
+        ({"LMEVAL_DATA_DIR": "/"}, "root folder"),
+        (
+            {"LMEVAL_DATA_DIR": str(holder), "LMEVAL_ALLOWED_PATH_ROOTS": str(holder / "root")},
+            "allowed path root",
+        ),
+        (
+            {"LMEVAL_DATA_DIR": str(holder), "LMEVAL_ALLOWED_PATH_ROOTS": str(holder)},
+            "allowed path root",
+        ),
+    ]
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 65534, 65534)
+        cases.append(({"LMEVAL_DATA_DIR": str(foreign)}, "not owned by the server's user"))
+    for environ, message in cases:
+        with pytest.raises(SettingsError, match=re.escape(message)) as refused:
+            Settings.from_env(environ)
+        assert str(refused.value).startswith("invalid settings: LMEVAL_DATA_DIR="), refused.value
+    assert shared.stat().st_mode & 0o7777 == 0o1777  # untouched
+
+
 def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
     env = {**os.environ, "LMEVAL_ALLOWED_PATH_ROOTS": "/nonexistent-a:/nonexistent-b"}
     result = subprocess.run(
@@ -258,6 +316,17 @@ def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_ALLOWED_PATH_ROOTS:")
     assert "Traceback" not in result.stderr
+    env = {**os.environ, "LMEVAL_JOB_CONFINEMENT": "landlock", "LMEVAL_BACKEND": "ray"}
+    env["LMEVAL_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-c", "import lmeval_trio.asgi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_JOB_CONFINEMENT")
 
 
 async def test_the_operators_log_tells_the_story(

@@ -236,6 +236,29 @@ async def test_path_like_env_values_obey_the_rule(tmp_path: Path) -> None:
         assert (await server.client.post("/job", json=body)).status_code == 200
 
 
+async def test_credential_variables_that_name_files_obey_the_rule(tmp_path: Path) -> None:
+    """A credential's name does not exempt a path: a key file variable, or a token variable
+    whose value names an existing thing, is judged; a real token still is not."""
+    data = tmp_path / "data"
+    async with serving(make_settings(tmp_path, max_concurrency=0)) as server:
+        (data / "jobs" / "1").mkdir(parents=True, exist_ok=True)
+        attacks = {
+            "GOOGLE_APPLICATION_CREDENTIALS": str(data / "jobs.db"),
+            "AWS_SHARED_CREDENTIALS_FILE": "../../jobs.db",
+            "SSL_KEY_FILE": str(data / "jobs" / "1"),
+            "HF_TOKEN": str(data / "jobs.db"),
+            "OPENAI_API_KEY": "/etc/passwd",
+        }
+        for name, value in attacks.items():
+            body = {**DUMMY_JOB, "env_vars": {name: value}}
+            rule = await refused(server.client, body, f"env_vars.{name}")
+            assert DATA_DIR_RULE in rule or "allowed root" in rule, (name, rule)
+        for name, value in {"HF_TOKEN": "/hf_k3y+abc/def==", "SSL_KEY_FILE": "key.pem"}.items():
+            body = {**DUMMY_JOB, "env_vars": {name: value}}
+            response = await server.client.post("/job", json=body)
+            assert response.status_code == 200, (name, response.text)
+
+
 # -- what the child sees is what was judged -------------------------------------------------
 
 
@@ -353,3 +376,61 @@ async def test_links_planted_where_the_job_will_write_are_refused(tmp_path: Path
         assert DATA_DIR_RULE in await refused(server.client, body, "output_path")
         body = {**DUMMY_JOB, "use_cache": str(shared / "e"), "output_path": str(shared / "o")}
         assert (await server.client.post("/job", json=body)).status_code == 200
+
+
+async def test_downloads_racing_a_job_swapping_links_never_leak(tmp_path: Path) -> None:
+    """A running job swaps out.txt for a symlink to the store's neighbour and its folder d/
+    for one to another folder, in a loop: every listing and download is 200 or 404 (never
+    a 500) and never carries the foreign bytes."""
+    victim = tmp_path / "data" / "victim"
+    victim.mkdir(parents=True)
+    (victim / "f.txt").write_text("SECRET of another job")
+    (victim / "victim-only.txt").write_text("SECRET, listed nowhere")
+    (tmp_path / "data" / "jobs.db-victim").write_text("SECRET in the data dir")
+    env = {"FAKE_TARGET": "jobs.db-victim", "FAKE_TARGET_DIR": "victim"}
+    async with serving(make_settings(tmp_path)) as server:
+        job_id = await server.submit(fake_job("swap", **env))
+        await server.wait_status(job_id, JobStatus.RUNNING)
+        served = set()
+        for _ in range(150):
+            listing = await server.client.get(f"/job/{job_id}/artifacts")
+            assert listing.status_code == 200, listing.text
+            assert "victim-only" not in listing.text
+            for name in ("out.txt", "d/f.txt"):
+                response = await server.client.get(f"/job/{job_id}/artifacts/{name}")
+                assert response.status_code in (200, 404), response.text
+                assert b"SECRET" not in response.content
+                if response.status_code == 200:
+                    served.add(name)
+        assert served, "the race never let the job's own files through"
+        await server.client.post(f"/job/{job_id}/stop")
+
+
+async def test_results_racing_a_swapped_output_folder_never_leak(tmp_path: Path) -> None:
+    """The output folder's parent swapped for a symlink between the server's walk and its
+    open (here by the test, the job having ended): the results never come from elsewhere."""
+    secret_dir = tmp_path / "elsewhere" / "dummy"
+    secret_dir.mkdir(parents=True)
+    (secret_dir / "results_2999.json").write_text('{"results": {"SECRET": {"acc,none": 1}}}')
+    async with serving(make_settings(tmp_path)) as server:
+        job_id = await server.submit({**fake_job("env"), "output_path": "out"})
+        await server.wait_status(job_id, JobStatus.COMPLETED)
+        own = tmp_path / "data" / "jobs" / str(job_id) / "out"
+        (own / "dummy").mkdir(parents=True)
+        (own / "dummy" / "results_2999.json").write_text('{"results": {"own": {"acc,none": 0}}}')
+        done = trio.Event()
+
+        def swap() -> None:
+            while not done.is_set():
+                os.rename(own / "dummy", own / "dummy.real")
+                (own / "dummy").symlink_to(secret_dir, target_is_directory=True)
+                (own / "dummy").unlink()
+                os.rename(own / "dummy.real", own / "dummy")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, swap)
+            for _ in range(150):
+                response = await server.client.get(f"/job/{job_id}/results")
+                assert response.status_code in (200, 404), response.text
+                assert "SECRET" not in response.text
+            done.set()

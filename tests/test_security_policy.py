@@ -143,6 +143,33 @@ async def test_config_refusals_never_quote_the_file(tmp_path: Path) -> None:
         assert "line 2" in data["rule"] or "line 3" in data["rule"], data
 
 
+async def test_config_values_are_judged_at_submission_and_never_quoted(tmp_path: Path) -> None:
+    """A config file's values go through lm-eval's own parser (and the flag's type) when the
+    job is submitted, not minutes into it; refusals name config.<key> and never quote it."""
+    shared = tmp_path / "shared"
+    cases = {
+        "include_path": "include_path: TOPSECRET-alpha-123\n",
+        "seed": 'seed: "TOPSECRET,eps"\n',
+        "limit": 'limit: "5"\n',
+        "num_fewshot": 'num_fewshot: "3"\n',
+        "output_path": 'output_path: "out\\0TOPSECRET"\n',
+        "log_samples": "log_samples: TOPSECRET\n",
+    }
+    async with judge(tmp_path) as client:
+        for key, text in cases.items():
+            (shared / f"{key}.yaml").write_text(text)
+            status, data = await verdict(client, {"config": str(shared / f"{key}.yaml")})
+            assert status in (403, 422), (key, data)
+            shown = json.dumps(data)
+            assert "TOPSECRET" not in shown and f"config.{key}" in shown, (key, data)
+        (shared / "fine.yaml").write_text("seed: [1, 2, 3, 4]\nlimit: 5\nnum_fewshot: 0\n")
+        status, data = await verdict(client, {"config": str(shared / "fine.yaml")})
+        assert status == 200, data
+        status, data = await verdict(client, {"seed": "x,y"})
+        assert status == 422, data
+        assert "functools" not in json.dumps(data) and "0x" not in json.dumps(data), data
+
+
 async def test_config_contents_are_merged_as_lm_eval_merges_them(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -154,10 +181,9 @@ async def test_config_contents_are_merged_as_lm_eval_merges_them(tmp_path: Path)
         # lm-eval: a model_args on the command line replaces the file's entirely.
         body = {"config": str(config), "model_args": "pretrained=x"}
         assert (await verdict(client, body))[0] == 200
-        config.write_text("trust_remote_code: 'no'\n")  # a non-empty string is truthy
-        assert (await refused_field(client, {"config": str(config)}))[0] == (
-            "config.trust_remote_code"
-        )
+        config.write_text("trust_remote_code: 'no'\n")  # truthy for lm-eval: not a switch
+        status, data = await verdict(client, {"config": str(config)})
+        assert status == 422 and "config.trust_remote_code" in json.dumps(data), data
         config.write_text("model: sglang\n")  # a default that trusts remote code
         assert (await refused_field(client, {"config": str(config), "model": None}))[0] == (
             "config.model"

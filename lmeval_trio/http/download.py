@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import mimetypes
 import os
-import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -14,22 +13,20 @@ from typing import BinaryIO
 import trio
 from quart import Response
 
+from lmeval_trio.logs import open_inside
 from lmeval_trio.secrets import masked_chunks
 
 CHUNK_BYTES = 256 * 1024
 
 
 def _open_regular(path: Path) -> tuple[BinaryIO, int]:
-    """The file open for reading and its size; OSError if it is gone or not a regular file."""
-    file = open(path, "rb", buffering=0)  # noqa: SIM115  (closed by the stream)
-    try:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise IsADirectoryError(f"{path} is not a regular file")
-    except BaseException:
-        file.close()
-        raise
-    return file, info.st_size
+    """The file open for reading and its size; OSError if it is gone, not a regular file, or
+    not at ``path`` itself. Artifact paths hold no symlink (results.list_artifacts builds them
+    from resolved roots, never through a link), so a descriptor whose real path differs was
+    reached through a link the job swapped in (for the file or a folder above it)."""
+    fd = open_inside(path, (path,))
+    file = open(fd, "rb", buffering=0)  # noqa: SIM115  (closed by the stream)
+    return file, os.fstat(fd).st_size
 
 
 async def file_response(path: Path, secrets: tuple[str, ...] = ()) -> Response:

@@ -9,6 +9,9 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
   tree     start a grandchild that ignores SIGTERM, print both pids, wait forever
   tree_once  like tree when FAKE_MARKER does not exist yet (and create it), else exit 0
+  swap     in its folder, swap out.txt between a file and a symlink to FAKE_TARGET, and the
+           folder d/ (holding f.txt) with a symlink to FAKE_TARGET_DIR (names in the data
+           directory), until killed
   bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
            FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
 """
@@ -45,8 +48,30 @@ def main() -> None:
             open(marker, "w").close()
             tree()
         print("second run", flush=True)
+    elif mode == "swap":
+        swap(os.environ["FAKE_TARGET"], os.environ["FAKE_TARGET_DIR"])
     elif mode == "bars":
         bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
+
+
+def swap(target: str, target_dir: str) -> None:
+    """Race the server's reads: each name is a plain file (folder) one moment and a symlink
+    to someone else's file (folder) the next."""
+    target, target_dir = (os.path.join("..", "..", name) for name in (target, target_dir))
+    os.makedirs("d", exist_ok=True)
+    with open("d/f.txt", "w") as file:
+        file.write("own folder file")
+    print("ready", flush=True)
+    while True:
+        with open("out.tmp", "w") as file:
+            file.write("own file")
+        os.replace("out.tmp", "out.txt")
+        os.symlink(target, "out.lnk")
+        os.replace("out.lnk", "out.txt")
+        os.rename("d", "d.real")
+        os.symlink(target_dir, "d")
+        os.unlink("d")
+        os.rename("d.real", "d")
 
 
 def flood(megabytes: int) -> None:
