@@ -7,7 +7,7 @@ sent afresh on every connect. The stream waits on the job's change signal, never
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.params import ascii_int
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import collapse_redraws, read_range
-from lmeval_trio.secrets import mask_lines
+from lmeval_trio.secrets import margin_bytes
 from lmeval_trio.supervisor import JobNotFound, Supervisor
 
 STREAMS = ("stdout", "stderr")
@@ -59,13 +59,13 @@ async def event_stream(
             yield _event("end", {"job_id": job_id, "reason": "deleted"})
             return
         more = False
+        if logs and hidden is None and await _has_logs(record.log_path):
+            # Read once the job has written: its --config copy (secrets too) exists by then.
+            hidden = await supervisor.output_secrets(record)
         for stream in STREAMS if logs else ():
             frame, offsets[stream], full = await _log_frame(
-                record.log_path(stream), stream, offsets[stream], ended=pulse is None
+                record.log_path(stream), stream, offsets[stream], hidden or (), pulse is None
             )
-            if frame is not None:
-                hidden = hidden if hidden is not None else await supervisor.output_secrets(record)
-                frame["lines"] = mask_lines(frame["lines"], hidden)
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")
@@ -89,12 +89,20 @@ async def event_stream(
         await trio.sleep(COALESCE_S)
 
 
+async def _has_logs(log_path: Callable[[str], Path]) -> bool:
+    sizes = [await trio.to_thread.run_sync(read_range, log_path(s), 0, 0) for s in STREAMS]
+    return any(chunk.size for chunk in sizes)
+
+
 async def _log_frame(
-    path: Path, stream: str, offset: int, *, ended: bool
+    path: Path, stream: str, offset: int, hidden: tuple[str, ...], ended: bool
 ) -> tuple[dict[str, Any] | None, int, bool]:
     """New complete lines of one log from ``offset`` (and, once the job ``ended``, its
-    unfinished last line): (frame or None, new offset, more?)."""
-    chunk = await trio.to_thread.run_sync(read_range, path, offset, CHUNK_BYTES)
+    unfinished last line), ``hidden`` masked even where a secret straddles the resumed
+    offset: (frame or None, new offset, more?)."""
+    chunk = await trio.to_thread.run_sync(
+        read_range, path, offset, CHUNK_BYTES, margin_bytes(hidden)
+    )
     data = chunk.data
     full = len(data) >= CHUNK_BYTES - 4
     end_of_line = data.rfind(b"\n")
@@ -105,7 +113,7 @@ async def _log_frame(
         data = data[: end_of_line + 1]
     if not data:
         return None, offset, False
-    text = data.decode("utf-8", errors="replace")
+    text = chunk.cut(len(data)).masked_text(hidden)
     frame = {"stream": stream, "offset": chunk.offset, "lines": collapse_redraws(text)}
     return frame, chunk.offset + len(data), full
 
