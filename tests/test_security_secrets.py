@@ -21,7 +21,7 @@ import trio
 from lmeval_trio.http.download import CHUNK_BYTES
 from lmeval_trio.secrets import job_secrets, mask_text, masked_chunks, secret_forms, secret_name
 from lmeval_trio.status import JobStatus
-from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server
+from tests.conftest import DUMMY_JOB, Server, fake_job, job_files, make_settings, start_server
 from tests.test_cli import cli
 
 TOKEN = "hf_tok_0123456789abcdef"
@@ -319,3 +319,22 @@ def test_url_credentials_anywhere_in_the_request() -> None:
     for secret in ("gk-PASS-1", "bob:gk-PASS-1", "md%40PASS2", "md@PASS2", "tok-ONLY-3"):
         assert secret in found, secret
     assert not any("example" in s or s == "bob" for s in found)
+
+
+async def test_a_secret_printed_as_a_phase_name_is_masked(server: Server, tmp_path: Path) -> None:
+    """Progress phases are named from the child's log lines: a key printed where lm-eval
+    names a request type must not come back as a phase name."""
+    key = "sk_VICTIM7phase"
+    text = f"INFO [evaluator:589] Running {key} requests\n{key}:  50%|#  | 1/2 [00:01<00:01]\n"
+    (job_files(tmp_path) / "say.txt").write_text(text)
+    job = {
+        **fake_job("say", FAKE_TEXT_FILE=str(job_files(tmp_path) / "say.txt")),
+        "model_args": f"pretrained=x,api_key={key}",
+    }
+    job_id = await server.submit(job)
+    await server.wait_status(job_id, JobStatus.COMPLETED)
+    raw = (await server.client.get(f"/job/{job_id}/logs?limit=1")).json()
+    assert raw["text"] == "I"  # the job did print it
+    texts = await served_texts(server, job_id)
+    for view, shown in texts.items():
+        assert "VICTIM7" not in shown, view

@@ -9,6 +9,7 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
   tree     start a grandchild that ignores SIGTERM, print both pids, wait forever
   tree_once  like tree when FAKE_MARKER does not exist yet (and create it), else exit 0
+  say      copy the file FAKE_TEXT_FILE to stderr, exit 0
   bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
            FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
 """
@@ -45,6 +46,9 @@ def main() -> None:
             open(marker, "w").close()
             tree()
         print("second run", flush=True)
+    elif mode == "say":
+        with open(os.environ["FAKE_TEXT_FILE"]) as text:
+            sys.stderr.write(text.read())
     elif mode == "bars":
         bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
 
