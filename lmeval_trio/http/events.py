@@ -7,7 +7,7 @@ sent afresh on every connect. The stream waits on the job's change signal, never
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.params import ascii_int
 from lmeval_trio.http.schemas import summary
-from lmeval_trio.logs import collapse_redraws, read_range
+from lmeval_trio.logs import LogChunk, collapse_redraws, read_range
+from lmeval_trio.records import JobRecord
 from lmeval_trio.secrets import margin_bytes
 from lmeval_trio.supervisor import JobNotFound, Supervisor
 
@@ -49,7 +50,7 @@ async def event_stream(
     """Yield SSE frames until the job has ended (and, with ``logs``, its logs are drained)."""
     last_status: dict[str, Any] | None = None
     last_progress: dict[str, Any] | None = None
-    hidden: tuple[str, ...] | None = None  # the job's secrets, read once
+    hidden = _Secrets(supervisor)
     while True:
         pulse = supervisor.live_changes(job_id)
         version = pulse.version if pulse is not None else 0
@@ -59,12 +60,9 @@ async def event_stream(
             yield _event("end", {"job_id": job_id, "reason": "deleted"})
             return
         more = False
-        if logs and hidden is None and await _has_logs(record.log_path):
-            # Read once the job has written: its --config copy (secrets too) exists by then.
-            hidden = await supervisor.output_secrets(record)
         for stream in STREAMS if logs else ():
             frame, offsets[stream], full = await _log_frame(
-                record.log_path(stream), stream, offsets[stream], hidden or (), pulse is None
+                record, stream, offsets[stream], hidden, ended=pulse is None
             )
             more = more or full
             if frame is not None:
@@ -89,20 +87,31 @@ async def event_stream(
         await trio.sleep(COALESCE_S)
 
 
-async def _has_logs(log_path: Callable[[str], Path]) -> bool:
-    sizes = [await trio.to_thread.run_sync(read_range, log_path(s), 0, 0) for s in STREAMS]
-    return any(chunk.size for chunk in sizes)
+class _Secrets:
+    """A job's secrets, read once (when its log first has bytes: by then the job has
+    started, so its --config copy, whose credentials count too, exists)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self.known: tuple[str, ...] | None = None
+
+    async def read(self, record: JobRecord) -> tuple[str, ...]:
+        if self.known is None:
+            self.known = await self._supervisor.output_secrets(record)
+        return self.known
 
 
 async def _log_frame(
-    path: Path, stream: str, offset: int, hidden: tuple[str, ...], ended: bool
+    record: JobRecord, stream: str, offset: int, hidden: _Secrets, *, ended: bool
 ) -> tuple[dict[str, Any] | None, int, bool]:
     """New complete lines of one log from ``offset`` (and, once the job ``ended``, its
-    unfinished last line), ``hidden`` masked even where a secret straddles the resumed
-    offset: (frame or None, new offset, more?)."""
-    chunk = await trio.to_thread.run_sync(
-        read_range, path, offset, CHUNK_BYTES, margin_bytes(hidden)
-    )
+    unfinished last line), secrets masked even where one straddles the resumed offset:
+    (frame or None, new offset, more?)."""
+    path = record.log_path(stream)
+    chunk = await _read(path, offset, hidden.known or ())
+    if chunk.data and hidden.known is None:
+        chunk = await _read(path, offset, await hidden.read(record))
+    secrets = hidden.known or ()
     data = chunk.data
     full = len(data) >= CHUNK_BYTES - 4
     end_of_line = data.rfind(b"\n")
@@ -113,9 +122,15 @@ async def _log_frame(
         data = data[: end_of_line + 1]
     if not data:
         return None, offset, False
-    text = chunk.cut(len(data)).masked_text(hidden)
+    text = chunk.cut(len(data)).masked_text(secrets)
     frame = {"stream": stream, "offset": chunk.offset, "lines": collapse_redraws(text)}
     return frame, chunk.offset + len(data), full
+
+
+async def _read(path: Path, offset: int, secrets: tuple[str, ...]) -> LogChunk:
+    return await trio.to_thread.run_sync(
+        read_range, path, offset, CHUNK_BYTES, margin_bytes(secrets)
+    )
 
 
 async def jobs_stream(supervisor: Supervisor) -> AsyncIterator[bytes]:
