@@ -15,13 +15,14 @@ import codecs
 import errno
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
 
 from lmeval_trio.pulse import Pulse
+from lmeval_trio.secrets import margin_bytes, mask_window
 
 MAX_SEGMENT_CHARS = 64 * 1024
 
@@ -195,41 +196,58 @@ def collapse_redraws(text: str) -> list[str]:
     return lines
 
 
-def read_tail_lines(path: Path, max_lines: int, max_bytes: int) -> list[str]:
-    """The last ``max_lines`` collapsed lines, reading at most ``max_bytes`` from the end."""
+def read_tail_lines(
+    path: Path, max_lines: int, max_bytes: int, secrets: Sequence[str] = ()
+) -> list[str]:
+    """The last ``max_lines`` collapsed lines, reading at most ``max_bytes`` from the end,
+    ``secrets`` masked."""
     if max_lines <= 0:
         return []
-    try:
-        with open(open_regular_file(path), "rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
-            file.seek(start)
-            data = file.read(max_bytes)
-    except FileNotFoundError:
-        return []
-    text = data.decode("utf-8", errors="replace")
-    lines = collapse_redraws(text)
-    if start > 0 and lines:
+    chunk = read_range(path, -max_bytes, max_bytes, margin_bytes(secrets))
+    lines = collapse_redraws(chunk.masked_text(secrets))
+    if chunk.offset > 0 and lines:
         lines = lines[1:]  # the first line was cut by the window
     return lines[-max_lines:]
 
 
 @dataclass(frozen=True)
 class LogChunk:
-    """A byte range of a log file, decoded."""
+    """A byte range of a log file, with up to a margin of the bytes on either side (so a
+    secret cut by the window's edge can still be recognised and masked)."""
 
     offset: int
     next_offset: int
     size: int
     data: bytes
+    before: bytes = b""
+    after: bytes = b""
+    ends_file: bool = True  # nothing was left to read after ``after``
 
     @property
     def text(self) -> str:
         return self.data.decode("utf-8", errors="replace")
 
+    def masked_text(self, secrets: Sequence[str]) -> str:
+        """The window's text with every byte of it that belongs to a secret masked; the
+        offsets still count the file's bytes."""
+        if not secrets:
+            return self.text
+        data = mask_window(self.before, self.data, self.after, secrets, open_end=self.ends_file)
+        return data.decode("utf-8", errors="replace")
 
-def read_range(path: Path, offset: int, limit: int) -> LogChunk:
-    """Up to ``limit`` bytes from ``offset``, cut back to a UTF-8 boundary.
+    def cut(self, length: int) -> LogChunk:
+        """The first ``length`` bytes of the window (the rest becomes context after it)."""
+        return replace(
+            self,
+            data=self.data[:length],
+            after=self.data[length:] + self.after,
+            next_offset=self.offset + length,
+        )
+
+
+def read_range(path: Path, offset: int, limit: int, margin_bytes: int = 0) -> LogChunk:
+    """Up to ``limit`` bytes from ``offset``, cut back to a UTF-8 boundary, with up to
+    ``margin_bytes`` of the bytes before and after it.
 
     A negative offset counts from the end (``tail``). The returned ``next_offset`` is where
     the next read should start, so a follower never skips or repeats a byte.
@@ -238,15 +256,28 @@ def read_range(path: Path, offset: int, limit: int) -> LogChunk:
         with open(open_regular_file(path), "rb") as file:
             size = file.seek(0, os.SEEK_END)
             start = max(0, size + offset) if offset < 0 else min(offset, size)
-            file.seek(start)
-            data = file.read(limit)
+            head = max(0, start - margin_bytes)
+            file.seek(head)
+            wanted = start - head + limit + margin_bytes
+            raw = file.read(wanted)
     except FileNotFoundError:
         return LogChunk(offset=0, next_offset=0, size=0, data=b"")
+    skip = start - head
+    before, data, after = raw[:skip], raw[skip : skip + limit], raw[skip + limit :]
     if start > 0 and offset < 0:
         skipped = _continuation_prefix(data)
-        data, start = data[skipped:], start + skipped
-    data = _cut_partial_character(data)
-    return LogChunk(offset=start, next_offset=start + len(data), size=size, data=data)
+        before, data, start = before + data[:skipped], data[skipped:], start + skipped
+    whole = _cut_partial_character(data)
+    data, after = whole, data[len(whole) :] + after
+    return LogChunk(
+        offset=start,
+        next_offset=start + len(data),
+        size=size,
+        data=data,
+        before=before,
+        after=after,
+        ends_file=len(raw) < wanted,
+    )
 
 
 def _continuation_prefix(data: bytes) -> int:

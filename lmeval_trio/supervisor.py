@@ -620,12 +620,16 @@ class Supervisor:
             output_secrets, record.request, record.job_dir / CONFIG_COPY
         )
 
-    async def log_tail(self, record: JobRecord, stream: str) -> list[str]:
+    async def log_tail(
+        self, record: JobRecord, stream: str, secrets: tuple[str, ...] = ()
+    ) -> list[str]:
+        """The newest lines of a log, ``secrets`` masked."""
         return await trio.to_thread.run_sync(
             read_tail_lines,
             record.log_path(stream),
             self.settings.log_tail_lines,
             self.settings.log_tail_max_bytes,
+            secrets,
         )
 
     # -- internals ------------------------------------------------------------------------
@@ -950,7 +954,8 @@ class Supervisor:
                 signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "?"
             )
             return f"lm-eval was killed by signal {name} ({returncode})"
-        lines = await self.log_tail(live.record, "stderr")
+        # Stored masked: the summary masks a reason with the request's secrets only.
+        lines = await self.log_tail(live.record, "stderr", await self.output_secrets(live.record))
         cause = next((ln.strip() for ln in reversed(lines) if _looks_like_error(ln)), None)
         base = f"lm-eval exited with code {returncode}"
         return f"{base}: {cause}" if cause else base

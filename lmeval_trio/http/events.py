@@ -17,8 +17,9 @@ from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.params import ascii_int
 from lmeval_trio.http.schemas import summary
-from lmeval_trio.logs import collapse_redraws, read_range
-from lmeval_trio.secrets import mask_lines
+from lmeval_trio.logs import LogChunk, collapse_redraws, read_range
+from lmeval_trio.records import JobRecord
+from lmeval_trio.secrets import margin_bytes
 from lmeval_trio.supervisor import JobNotFound, Supervisor
 
 STREAMS = ("stdout", "stderr")
@@ -49,7 +50,7 @@ async def event_stream(
     """Yield SSE frames until the job has ended (and, with ``logs``, its logs are drained)."""
     last_status: dict[str, Any] | None = None
     last_progress: dict[str, Any] | None = None
-    hidden: tuple[str, ...] | None = None  # the job's secrets, read once
+    hidden = _Secrets(supervisor)
     while True:
         pulse = supervisor.live_changes(job_id)
         version = pulse.version if pulse is not None else 0
@@ -61,11 +62,8 @@ async def event_stream(
         more = False
         for stream in STREAMS if logs else ():
             frame, offsets[stream], full = await _log_frame(
-                record.log_path(stream), stream, offsets[stream], ended=pulse is None
+                record, stream, offsets[stream], hidden, ended=pulse is None
             )
-            if frame is not None:
-                hidden = hidden if hidden is not None else await supervisor.output_secrets(record)
-                frame["lines"] = mask_lines(frame["lines"], hidden)
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")
@@ -89,12 +87,31 @@ async def event_stream(
         await trio.sleep(COALESCE_S)
 
 
+class _Secrets:
+    """A job's secrets, read once (when its log first has bytes: by then the job has
+    started, so its --config copy, whose credentials count too, exists)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self.known: tuple[str, ...] | None = None
+
+    async def read(self, record: JobRecord) -> tuple[str, ...]:
+        if self.known is None:
+            self.known = await self._supervisor.output_secrets(record)
+        return self.known
+
+
 async def _log_frame(
-    path: Path, stream: str, offset: int, *, ended: bool
+    record: JobRecord, stream: str, offset: int, hidden: _Secrets, *, ended: bool
 ) -> tuple[dict[str, Any] | None, int, bool]:
     """New complete lines of one log from ``offset`` (and, once the job ``ended``, its
-    unfinished last line): (frame or None, new offset, more?)."""
-    chunk = await trio.to_thread.run_sync(read_range, path, offset, CHUNK_BYTES)
+    unfinished last line), secrets masked even where one straddles the resumed offset:
+    (frame or None, new offset, more?)."""
+    path = record.log_path(stream)
+    chunk = await _read(path, offset, hidden.known or ())
+    if chunk.data and hidden.known is None:
+        chunk = await _read(path, offset, await hidden.read(record))
+    secrets = hidden.known or ()
     data = chunk.data
     full = len(data) >= CHUNK_BYTES - 4
     end_of_line = data.rfind(b"\n")
@@ -105,9 +122,15 @@ async def _log_frame(
         data = data[: end_of_line + 1]
     if not data:
         return None, offset, False
-    text = data.decode("utf-8", errors="replace")
+    text = chunk.cut(len(data)).masked_text(secrets)
     frame = {"stream": stream, "offset": chunk.offset, "lines": collapse_redraws(text)}
     return frame, chunk.offset + len(data), full
+
+
+async def _read(path: Path, offset: int, secrets: tuple[str, ...]) -> LogChunk:
+    return await trio.to_thread.run_sync(
+        read_range, path, offset, CHUNK_BYTES, margin_bytes(secrets)
+    )
 
 
 async def jobs_stream(supervisor: Supervisor) -> AsyncIterator[bytes]:

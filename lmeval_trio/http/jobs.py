@@ -16,7 +16,6 @@ from lmeval_trio.http.listing import JobListing
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
-from lmeval_trio.secrets import mask_lines
 from lmeval_trio.status import ACTIVE, JobStatus
 from lmeval_trio.supervisor import StopOutcome
 
@@ -86,8 +85,8 @@ def blueprint() -> Blueprint:
         record = await sup.get(job_id)
         detail = schemas.summary(record, sup.progress_dict(record))
         hidden = await sup.output_secrets(record)
-        detail["stdout"] = mask_lines(await sup.log_tail(record, "stdout"), hidden)
-        detail["stderr"] = mask_lines(await sup.log_tail(record, "stderr"), hidden)
+        detail["stdout"] = await sup.log_tail(record, "stdout", hidden)
+        detail["stderr"] = await sup.log_tail(record, "stderr", hidden)
         return jsonify(detail)
 
     @bp.route("/job/<int:job_id>/stop", methods=["GET", "POST"])

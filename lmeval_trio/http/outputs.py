@@ -18,7 +18,7 @@ from lmeval_trio.http.errors import Conflict
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.logs import collapse_redraws, read_range
-from lmeval_trio.secrets import mask_json, mask_lines, mask_text
+from lmeval_trio.secrets import margin_bytes, mask_json
 from lmeval_trio.status import TERMINAL
 
 MAX_LOG_READ_BYTES = 1024 * 1024
@@ -43,7 +43,8 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Error, 422)
     async def logs(job_id: int) -> Response:
         """A byte range of a log: ``offset``/``limit``, or the last ``tail`` bytes.
-        ``lines`` holds the text with tqdm redraws collapsed to their last state."""
+        ``lines`` holds the text with tqdm redraws collapsed to their last state. Offsets
+        count the file's bytes; a secret, or the part of one in the range, shows as ***."""
         sup = supervisor()
         record = await sup.get(job_id)
         stream = choice_arg("stream", "stderr", STREAMS)
@@ -52,8 +53,11 @@ def blueprint() -> Blueprint:
         offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
         if tail is not None:
             offset, limit = -tail, tail
-        chunk = await trio.to_thread.run_sync(read_range, record.log_path(stream), offset, limit)
         hidden = await sup.output_secrets(record)
+        chunk = await trio.to_thread.run_sync(
+            read_range, record.log_path(stream), offset, limit, margin_bytes(hidden)
+        )
+        text = chunk.masked_text(hidden)
         return jsonify(
             {
                 "job_id": job_id,
@@ -61,8 +65,8 @@ def blueprint() -> Blueprint:
                 "offset": chunk.offset,
                 "next_offset": chunk.next_offset,
                 "size": chunk.size,
-                "text": mask_text(chunk.text, hidden),
-                "lines": mask_lines(collapse_redraws(chunk.text), hidden),
+                "text": text,
+                "lines": collapse_redraws(text),
             }
         )
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmeval_trio.records import JobRecord
-from lmeval_trio.secrets import job_secrets, mask_text, public_argument, public_request
+from lmeval_trio.secrets import job_secrets, mask_json, mask_text, public_argument, public_request
 from lmeval_trio.status import JobStatus
 
 
@@ -151,6 +151,6 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
         "resumed_from": record.resumed_from,
         "attempts": record.attempts,
         "gpus": record.gpus,
-        "progress": {**progress, "percent": percent},
+        "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
         "request": public_request(record.request),
     }

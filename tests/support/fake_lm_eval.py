@@ -12,6 +12,7 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   swap     in its folder, swap out.txt between a file and a symlink to FAKE_TARGET, and the
            folder d/ (holding f.txt) with a symlink to FAKE_TARGET_DIR (names in the data
            directory), until killed
+  say      copy the file FAKE_TEXT_FILE to stderr, exit 0
   bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
            FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
 """
@@ -50,6 +51,9 @@ def main() -> None:
         print("second run", flush=True)
     elif mode == "swap":
         swap(os.environ["FAKE_TARGET"], os.environ["FAKE_TARGET_DIR"])
+    elif mode == "say":
+        with open(os.environ["FAKE_TEXT_FILE"]) as text:
+            sys.stderr.write(text.read())
     elif mode == "bars":
         bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
 
