@@ -11,6 +11,7 @@ compiling.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import dataclasses
 import importlib.metadata
@@ -20,6 +21,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -884,7 +886,11 @@ def test_import_snapshot_sees_changed_and_new_files(tmp_path: Path) -> None:
         module.write_text("X = 22\n")
         assert snapshot.changed() == str(module)
         module.write_text("X = 1\n")
+        shutil.rmtree(package / "__pycache__", ignore_errors=True)  # the import's own
         snapshot = _warm.ImportSnapshot()
+        compileall.compile_dir(package, quiet=1)  # the server's bytecode compile: no change
+        assert (package / "__pycache__").is_dir()
+        assert snapshot.changed() is None
         (package / "newly_installed.pth").write_text("")  # the sys.path directory changes
         assert snapshot.changed() in (str(package), str(module))
     finally:

@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ MAX_SPEC_BYTES = 1 << 20
 EXIT_BAD_SPEC = 2
 
 FileStamp = tuple[int, int, int]
+#: A file's stamp, a directory's entries, or None if it is gone.
+Stamp = FileStamp | frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,20 @@ def _watched_paths() -> Iterator[str]:
             yield path
 
 
-def _stamp(path: str) -> FileStamp | None:
+def _stamp(path: str) -> Stamp:
+    """A file's (mtime, size, inode); a directory's entries, but for ``__pycache__``: the
+    server's bytecode compile adds those (and so changes the folder's mtime) without changing
+    what any import finds, so a runner primed before the compile stays good."""
     try:
         st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return frozenset(name for name in os.listdir(path) if name != "__pycache__")
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, FileStamp | None]]:
+def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, Stamp]]:
     for path in paths:
         yield path, _stamp(path)
 
