@@ -22,6 +22,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ PRELOAD = (
 )
 #: A job spec is a few KB; anything longer is not one.
 MAX_SPEC_BYTES = 1 << 20
+#: The line on the ready pipe that ends the preload's output: the runner is ready.
+READY = b"ready\n"
 #: Exit code for a malformed spec (the server's bug, never a job's).
 EXIT_BAD_SPEC = 2
 
@@ -138,12 +141,39 @@ def preload(log: logging.Logger) -> None:
         patcher.preload()
 
 
+@contextmanager
+def output_to(fd: int | None) -> Iterator[None]:
+    """Send stdout and stderr to ``fd`` (the ready pipe: the server logs it as the operator's)
+    while preloading, so the job's own logs start at handover and hold none of it."""
+    if fd is None:
+        yield
+        return
+    saved = (os.dup(1), os.dup(2))
+    _flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        _flush()
+        for target, original in enumerate(saved, start=1):
+            os.dup2(original, target)
+            os.close(original)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
 def signal_ready(fd: int | None) -> None:
-    """Tell the server this runner has finished preloading (it may be gone: ignore)."""
+    """Tell the server this runner has finished preloading (it may be gone: ignore). READY
+    starts a line of its own, whatever the preload's last output line ended with."""
     if fd is None:
         return
     try:
-        os.write(fd, b"ready\n")
+        os.write(fd, b"\n" + READY)
     except OSError:
         pass
     finally:
@@ -218,8 +248,9 @@ main()
 def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
     """Preload, wait for the job, then run it with lm_eval's own CLI."""
     started = time.monotonic()
-    preload(log)
-    snapshot = ImportSnapshot()
+    with output_to(ready_fd):
+        preload(log)
+        snapshot = ImportSnapshot()
     signal_ready(ready_fd)
     spec = read_spec(log)
     if spec is None:
