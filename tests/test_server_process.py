@@ -7,6 +7,7 @@ process tree is gone, and interrupted and queued jobs run to the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -183,6 +184,26 @@ async def test_signals_shut_down_gracefully(
         assert job["reason"].startswith("interrupted: the server shut down")
         server.proc.send_signal(signal.SIGTERM)
         await server.proc.wait()
+
+
+async def test_repeated_sigterms_shut_down_once_and_promptly(tmp_path: Path) -> None:
+    """A SIGTERM to the whole group, then more to the parent, the worker and the group (uv,
+    systemd and an impatient operator all resend): the worker never signals the parent while
+    it handles its own (its handler deadlocks on a re-entrant SIGTERM), acts on the first one
+    only, and the server ends gracefully with its job stopped."""
+    async with hypercorn_server(tmp_path / "data") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            job_id = await _submit(client, fake_job("tree"))
+            pids = await _wait_for_pids(client, job_id)
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        for resend in (server.worker_pid, server.proc.pid, -server.proc.pid) * 3:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(resend, signal.SIGTERM)
+            await trio.sleep(0)
+        with trio.fail_after(30):
+            returncode = await server.proc.wait()
+        assert returncode == 0
+        assert _gone(pids), "a job process outlived the server"
 
 
 async def test_kill_9_loses_nothing(tmp_path: Path) -> None:
