@@ -9,6 +9,8 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
   tree     start a grandchild that ignores SIGTERM, print both pids, wait forever
   tree_once  like tree when FAKE_MARKER does not exist yet (and create it), else exit 0
+  daemon   double-fork a setsid daemon that beats (a line to ./heartbeat) forever, print
+           "daemon <pid>", exit 0 (daemon_block: then wait until killed)
   bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
            FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
 """
@@ -18,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 
 def main() -> None:
@@ -45,6 +48,10 @@ def main() -> None:
             open(marker, "w").close()
             tree()
         print("second run", flush=True)
+    elif mode in ("daemon", "daemon_block"):
+        print("daemon", daemonise(), flush=True)
+        while mode == "daemon_block":
+            signal.pause()
     elif mode == "bars":
         bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
 
@@ -75,6 +82,29 @@ def tree() -> None:
     print("leader", os.getpid(), flush=True)
     while True:
         signal.pause()
+
+
+def daemonise() -> int:
+    """The classic double fork: the daemon leaves the job's session and process group."""
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)  # a daemon lets go of the job's pipes
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            while True:
+                with open("heartbeat", "a") as beat:
+                    beat.write(f"{os.getpid()}\n")
+                if write >= 0:  # it beat once: report it
+                    os.write(write, f"{os.getpid()}\n".encode())
+                    os.close(write)
+                    write = -1
+                time.sleep(0.2)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        return int(pipe.readline())
 
 
 def bars(total: int, gate: str) -> None:
