@@ -71,6 +71,18 @@ def kill_descendants() -> int:
     return killed
 
 
+def reap_on_sigterm() -> None:
+    """On SIGTERM (a stop), kill what is below this process, then die of SIGTERM as before:
+    for a reaper that is itself the job's main program (fastrun)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        kill_descendants()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_reaped(command: Sequence[str]) -> int:
     """Run ``command`` as a child, pass on the signals that ask it to stop, and when it ends
     kill what it left behind; exit as the command did (the same signal, if one killed it)."""

@@ -4,6 +4,7 @@ is tested through the server in test_server_process.py)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,29 @@ def test_a_subreaper_kills_the_daemons_left_below_it(tmp_path: Path) -> None:
     assert killed >= 1  # the daemon (and the zombie of its first fork, if not yet reaped)
     assert _gone([daemon])
     assert (tmp_path / "heartbeat").read_text().startswith(f"{daemon}\n")
+
+
+SIGTERMED = f"""
+import os, signal, subprocess, sys
+from lmeval_trio import reaper
+reaper.become_subreaper()
+reaper.reap_on_sigterm()
+out = subprocess.run([sys.executable, {str(FAKE)!r}], env={{**os.environ, "FAKE_MODE": "daemon"}},
+                     capture_output=True, text=True, check=True).stdout
+print(out.split()[1], flush=True)
+signal.pause()
+"""
+
+
+def test_a_stopped_subreaper_kills_them_first(tmp_path: Path) -> None:
+    """A stop's SIGTERM reaches the job's main program: it kills the daemon below it, then
+    dies of the SIGTERM as it would have."""
+    with subprocess.Popen(
+        [sys.executable, "-c", SIGTERMED], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        daemon = int(proc.stdout.readline())
+        assert not _gone([daemon])
+        proc.terminate()
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    assert _gone([daemon])

@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _patch.install(cache_dir, get_logger())
 
     reaper.become_subreaper()  # a daemon the job starts is handed to us, not to init
+    reaper.reap_on_sigterm()
     try:
         if opts.warm:
             from lmeval_trio.fastrun import _warm
