@@ -228,7 +228,7 @@ USAGE = f"usage: python -I -S {__file__} (--read=PATH|--write=PATH|--tmpdir=PATH
 
 
 def main(args: Sequence[str]) -> int:
-    """The exec wrapper: confine this process, then become the command."""
+    """The exec wrapper: confine this process, then run the command as its reaper."""
     if list(args) == ["--probe"]:
         return probe()
     if "--" not in args or args.index("--") == len(args) - 1:
@@ -242,11 +242,13 @@ def main(args: Sequence[str]) -> int:
         print(f"lmeval-trio: cannot confine the job: {err}", file=sys.stderr)
         return EXIT_NO_WALL
     command = list(args[split + 1 :])
-    if not os.access(command[0], os.X_OK):
-        print(f"lmeval-trio: cannot start {command[0]}: not executable", file=sys.stderr)
+    if not os.access(command[0], os.X_OK):  # as execv would say (it runs in a child now)
+        reason = os.strerror(errno.EACCES if os.path.exists(command[0]) else errno.ENOENT)
+        print(f"lmeval-trio: cannot start {command[0]}: {reason}", file=sys.stderr)
         return EXIT_NO_COMMAND
+    # Run it as a child, so that no descendant outlives it (see reaper.py).
     code: int = reaper.run_reaped(command)
-    return code  # no descendant outlives the command (see reaper.py)
+    return code
 
 
 def _load_reaper() -> ModuleType:
