@@ -106,6 +106,11 @@ async def compile_environment(cache_dir: Path) -> bool:
         capture_stderr=True,
         check=False,
     )
+    if done.returncode < 0:  # killed (a SIGTERM to the server's group): not compiled
+        log.info(
+            "bytecode compile interrupted (signal %d); the next start resumes", -done.returncode
+        )
+        return False
     failures = done.stdout.count(b"***") + done.stderr.count(b"***")
     if failures:  # packages ship some files that are not Python 3 (test data, templates)
         log.info("bytecode: %d files could not be compiled (not Python 3, or read-only)", failures)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 # System call numbers: the same on x86_64 and aarch64 (the generic table).
 _SYSCALLS = {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446}
@@ -226,24 +228,38 @@ USAGE = f"usage: python -I -S {__file__} (--read=PATH|--write=PATH|--tmpdir=PATH
 
 
 def main(args: Sequence[str]) -> int:
-    """The exec wrapper: confine this process, then become the command."""
+    """The exec wrapper: confine this process, then run the command as its reaper."""
     if list(args) == ["--probe"]:
         return probe()
     if "--" not in args or args.index("--") == len(args) - 1:
         print(USAGE, file=sys.stderr)
         return 2
     split = list(args).index("--")
+    reaper = _load_reaper()  # before the wall, which may hide this folder
     try:
         enter(Walls.from_args(args[:split]))
     except (ConfinementError, ValueError) as err:
         print(f"lmeval-trio: cannot confine the job: {err}", file=sys.stderr)
         return EXIT_NO_WALL
     command = list(args[split + 1 :])
-    try:
-        os.execv(command[0], command)
-    except OSError as err:
-        print(f"lmeval-trio: cannot start {command[0]}: {err.strerror}", file=sys.stderr)
-    return EXIT_NO_COMMAND
+    if not os.access(command[0], os.X_OK):  # as execv would say (it runs in a child now)
+        reason = os.strerror(errno.EACCES if os.path.exists(command[0]) else errno.ENOENT)
+        print(f"lmeval-trio: cannot start {command[0]}: {reason}", file=sys.stderr)
+        return EXIT_NO_COMMAND
+    # Run it as a child, so that no descendant outlives it (see reaper.py).
+    code: int = reaper.run_reaped(command)
+    return code
+
+
+def _load_reaper() -> ModuleType:
+    """``reaper.py`` from this file's folder: run as a script (``-I -S``) this module has no
+    package to import it from."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
+    spec = importlib.util.spec_from_file_location("lmeval_trio_reaper", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def probe() -> int:

@@ -216,8 +216,8 @@ class Supervisor:
         with self._compile_scope:
             try:
                 changed = await bytecode.compile_environment(self.settings.effective_cache_dir)
-                if changed and self.launcher.warm is not None:
-                    await self._build_task_index(self.launcher.warm)
+                if changed and self.launcher.warm is not None and self._accepting:
+                    await self._build_task_index(self.launcher.warm)  # never once shutting down
             except OSError as error:
                 log.warning("could not prepare the caches for jobs: %s", error)
         self.caches_prepared.set()

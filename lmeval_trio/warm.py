@@ -27,12 +27,15 @@ import trio
 
 from lmeval_trio import process
 from lmeval_trio.confinement import Walls
-from lmeval_trio.fastrun._warm import Spec
+from lmeval_trio.fastrun._warm import READY, Spec
 
 log = logging.getLogger("lmeval_trio.warm")
 
 #: A spec up to this size fits an empty pipe, so handing it over never waits on the runner.
 MAX_SPEC_BYTES = 60 * 1024
+#: Preload output is read in chunks of this size, and logged in lines of at most the next.
+_PRELOAD_CHUNK_BYTES = 16 * 1024
+_PRELOAD_LINE_BYTES = 4096
 #: Environments remembered to notice one coming back.
 _SEEN_ENVIRONMENTS = 64
 
@@ -258,7 +261,7 @@ class WarmPool:
         assert spare.proc is not None
         started_at = trio.current_time()
         async with trio.lowlevel.FdStream(ready_fd) as ready:
-            if await ready.receive_some(16):
+            if await _read_preload_output(ready, spare.proc.pid):
                 spare.ready.set()
                 log.info(
                     "warm runner %s ready in %.1f s",
@@ -280,3 +283,25 @@ class WarmPool:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 await stream.aclose()
+
+
+async def _read_preload_output(ready: trio.lowlevel.FdStream, pid: int) -> bool:
+    """Log what the runner printed while preloading (the operator's, not its job's: see
+    ``fastrun._warm.output_to``) until its READY line; False if it ended without one."""
+    pending = b""
+    while chunk := await ready.receive_some(_PRELOAD_CHUNK_BYTES):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line + b"\n" == READY:
+                return True
+            if line.strip():
+                log.info(
+                    "warm runner %s: %s", pid, line[:_PRELOAD_LINE_BYTES].decode(errors="replace")
+                )
+        if len(pending) > _PRELOAD_LINE_BYTES:  # an endless line: keep memory bounded
+            log.info(
+                "warm runner %s: %s", pid, pending[:_PRELOAD_LINE_BYTES].decode(errors="replace")
+            )
+            pending = b""
+    return False

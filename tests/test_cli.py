@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -184,6 +185,23 @@ async def test_submit_follow_a_real_dummy_run(server: Server) -> None:
     }
     csv_run = await cli(server.url, "results", "1", "--format", "csv")
     assert [r["task"] for r in csv.DictReader(io.StringIO(csv_run.out))] == ["tiny_mc", "tiny_gen"]
+
+
+async def test_readme_bind_hint_names_the_client_url(server: Server) -> None:
+    """The README's "listen elsewhere" hint tells the first job where the server now is, and
+    its first job, given that --url (and no LMEVAL_URL), runs to its results table."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    intro = readme.split("Your first evaluation", 1)[0]
+    address = re.search(r"`--bind (\S+?)`", intro)
+    assert address is not None, intro
+    hint = " ".join(intro.split())
+    assert f"`--url http://{address[1]}`" in hint and f"LMEVAL_URL=http://{address[1]}" in hint
+    first_job = re.findall(r"```bash\n(.*?)```", readme, re.S)[1].strip()
+    words = shlex.split(first_job.replace("$PWD", str(ROOT)))
+    args = words[words.index("lmeval-trio") + 1 :]
+    run = await cli(None, *args, "--url", server.url)
+    assert run.code == 0, run.err
+    assert "example_arith" in run.out and "acc" in run.out, run.out
 
 
 async def test_jobs_show_logs_results(server: Server) -> None:

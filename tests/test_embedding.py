@@ -69,8 +69,8 @@ async def _running_tree(client: AsyncClient) -> tuple[int, int]:
     async with aclosing(client.follow_logs(job_id, ("stdout",))) as lines:
         async for line in lines:
             found = re.fullmatch(r"leader (\d+)\n", line.text)
-            if found:
-                return job_id, int(found.group(1))
+            if found:  # the job's group is led by its first process (reaper.py)
+                return job_id, os.getpgid(int(found.group(1)))
     raise AssertionError("the job ended before printing its pid")
 
 

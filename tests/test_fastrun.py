@@ -11,6 +11,7 @@ compiling.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import dataclasses
 import importlib.metadata
@@ -20,6 +21,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -794,6 +796,14 @@ def start_warm_runner(
     e2e: Env, cache_dir: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     """``fastrun --warm``, returned once it has said it finished preloading."""
+    return start_warm_runner_with_preload_output(e2e, cache_dir, env)[0]
+
+
+def start_warm_runner_with_preload_output(
+    e2e: Env, cache_dir: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``fastrun --warm`` once ready, and what it printed while preloading (on the ready
+    pipe, which the server logs as its own)."""
     ready_r, ready_w = os.pipe()
     argv = [PYTHON, "-m", fastrun.MODULE, "--index-cache", str(cache_dir), "--warm"]
     proc = subprocess.Popen(
@@ -808,8 +818,9 @@ def start_warm_runner(
     )
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as ready:
-        assert ready.read() == b"ready\n"  # blocks until the runner writes and closes it
-    return proc
+        said = ready.read()  # blocks until the runner writes and closes it
+    assert said.endswith(b"\n" + _warm.READY), said
+    return proc, said.decode()
 
 
 def give_job(e2e: Env, proc: subprocess.Popen[str], name: str, args: list[str]) -> Run:
@@ -824,10 +835,15 @@ def give_job(e2e: Env, proc: subprocess.Popen[str], name: str, args: list[str]) 
 
 
 def test_warm_runner_matches_stock(e2e: Env, slow_runs: SlowRuns, warm_run: Run) -> None:
-    proc = start_warm_runner(e2e, slow_runs.cache_dir)
+    proc, preloading = start_warm_runner_with_preload_output(e2e, slow_runs.cache_dir)
     run = give_job(e2e, proc, "warm-runner", LM_EVAL_ARGS)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert "[fastrun] warm start: this runner started " in run.stderr
+    # What it printed before its job existed is the server's, not the job's: the job's log
+    # starts at handover.
+    assert "[fastrun] task index: cache hit" in preloading
+    assert "task index: cache hit" not in run.stderr
+    first_line = run.stderr.splitlines()[0]
+    assert "[fastrun] warm start: this runner started " in first_line, run.stderr[:2000]
     assert "[fastrun] task index: preloaded by the warm runner" in run.stderr
     assert "WARNING  [fastrun]" not in run.stderr
     assert_same_results(slow_runs.stock, run)
@@ -884,7 +900,11 @@ def test_import_snapshot_sees_changed_and_new_files(tmp_path: Path) -> None:
         module.write_text("X = 22\n")
         assert snapshot.changed() == str(module)
         module.write_text("X = 1\n")
+        shutil.rmtree(package / "__pycache__", ignore_errors=True)  # the import's own
         snapshot = _warm.ImportSnapshot()
+        compileall.compile_dir(package, quiet=1)  # the server's bytecode compile: no change
+        assert (package / "__pycache__").is_dir()
+        assert snapshot.changed() is None
         (package / "newly_installed.pth").write_text("")  # the sys.path directory changes
         assert snapshot.changed() in (str(package), str(module))
     finally:

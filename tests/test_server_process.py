@@ -7,6 +7,7 @@ process tree is gone, and interrupted and queued jobs run to the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -183,6 +184,58 @@ async def test_signals_shut_down_gracefully(
         assert job["reason"].startswith("interrupted: the server shut down")
         server.proc.send_signal(signal.SIGTERM)
         await server.proc.wait()
+
+
+async def test_repeated_sigterms_shut_down_once_and_promptly(tmp_path: Path) -> None:
+    """A SIGTERM to the whole group, then more to the parent, the worker and the group (uv,
+    systemd and an impatient operator all resend): the worker never signals the parent while
+    it handles its own (its handler deadlocks on a re-entrant SIGTERM), acts on the first one
+    only, and the server ends gracefully with its job stopped."""
+    async with hypercorn_server(tmp_path / "data") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            job_id = await _submit(client, fake_job("tree"))
+            pids = await _wait_for_pids(client, job_id)
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        for resend in (server.worker_pid, server.proc.pid, -server.proc.pid) * 3:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(resend, signal.SIGTERM)
+            await trio.lowlevel.checkpoint()
+        with trio.fail_after(30):
+            returncode = await server.proc.wait()
+        assert returncode == 0
+        assert _gone(pids), "a job process outlived the server"
+
+
+@pytest.mark.parametrize(("mode", "end"), [("daemon", "Completed"), ("daemon_block", "Stopped")])
+async def test_a_daemonised_child_ends_with_its_job(tmp_path: Path, mode: str, end: str) -> None:
+    """A job's program double-forks a setsid daemon (out of the job's process group): once
+    the job has ended, or been stopped, the daemon is gone too."""
+    async with hypercorn_server(tmp_path / "data") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            job_id = await _submit(client, fake_job(mode))
+            daemon = await _daemon_pid(client, job_id)
+            if end == "Stopped":
+                assert not _gone([daemon])  # running, outside the job's process group
+                response = await client.post(f"/job/{job_id}/stop")
+                assert response.status_code == 200, response.text
+            await _wait_all_finished(client, [job_id])
+            job = (await client.get(f"/job/{job_id}")).json()
+            assert job["status"] == end, job
+            assert _gone([daemon]), "the daemon outlived its job"
+            beats = [p.read_text() for p in (tmp_path / "data").rglob("heartbeat")]
+            assert beats and beats[0].startswith(f"{daemon}\n"), beats  # it did run
+        server.proc.send_signal(signal.SIGTERM)
+        await server.proc.wait()
+
+
+async def _daemon_pid(client: httpx.AsyncClient, job_id: int) -> int:
+    with trio.fail_after(30):
+        async with client.stream("GET", f"/job/{job_id}/events") as stream:
+            async for line in stream.aiter_lines():
+                found = re.search(r"daemon (\d+)", line)
+                if found:
+                    return int(found.group(1))
+    raise AssertionError("the job never named its daemon")
 
 
 async def test_kill_9_loses_nothing(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmeval_trio import reaper
 from lmeval_trio.fastrun import ENV_DISABLE, default_cache_dir
 
 USAGE = (
@@ -138,12 +139,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         _patch.install(cache_dir, get_logger())
 
-    if opts.warm:
-        from lmeval_trio.fastrun import _warm
+    reaper.become_subreaper()  # a daemon the job starts is handed to us, not to init
+    reaper.reap_on_sigterm()
+    try:
+        if opts.warm:
+            from lmeval_trio.fastrun import _warm
 
-        _warm.run(cache_dir, opts.ready_fd, get_logger())
-        return
+            _warm.run(cache_dir, opts.ready_fd, get_logger())
+            return
 
-    from lm_eval.__main__ import cli_evaluate
+        from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+        cli_evaluate()
+    finally:
+        reaper.kill_descendants()  # the job is over: nothing it started outlives it

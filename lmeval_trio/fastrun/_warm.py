@@ -18,9 +18,11 @@ import importlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +44,14 @@ PRELOAD = (
 )
 #: A job spec is a few KB; anything longer is not one.
 MAX_SPEC_BYTES = 1 << 20
+#: The line on the ready pipe that ends the preload's output: the runner is ready.
+READY = b"ready\n"
 #: Exit code for a malformed spec (the server's bug, never a job's).
 EXIT_BAD_SPEC = 2
 
 FileStamp = tuple[int, int, int]
+#: A file's stamp, a directory's entries, or None if it is gone.
+Stamp = FileStamp | frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -103,15 +109,20 @@ def _watched_paths() -> Iterator[str]:
             yield path
 
 
-def _stamp(path: str) -> FileStamp | None:
+def _stamp(path: str) -> Stamp:
+    """A file's (mtime, size, inode); a directory's entries, but for ``__pycache__``: the
+    server's bytecode compile adds those (and so changes the folder's mtime) without changing
+    what any import finds, so a runner primed before the compile stays good."""
     try:
         st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return frozenset(name for name in os.listdir(path) if name != "__pycache__")
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, FileStamp | None]]:
+def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, Stamp]]:
     for path in paths:
         yield path, _stamp(path)
 
@@ -130,12 +141,39 @@ def preload(log: logging.Logger) -> None:
         patcher.preload()
 
 
+@contextmanager
+def output_to(fd: int | None) -> Iterator[None]:
+    """Send stdout and stderr to ``fd`` (the ready pipe: the server logs it as the operator's)
+    while preloading, so the job's own logs start at handover and hold none of it."""
+    if fd is None:
+        yield
+        return
+    saved = (os.dup(1), os.dup(2))
+    _flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        _flush()
+        for target, original in enumerate(saved, start=1):
+            os.dup2(original, target)
+            os.close(original)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
 def signal_ready(fd: int | None) -> None:
-    """Tell the server this runner has finished preloading (it may be gone: ignore)."""
+    """Tell the server this runner has finished preloading (it may be gone: ignore). READY
+    starts a line of its own, whatever the preload's last output line ended with."""
     if fd is None:
         return
     try:
-        os.write(fd, b"ready\n")
+        os.write(fd, b"\n" + READY)
     except OSError:
         pass
     finally:
@@ -210,8 +248,9 @@ main()
 def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
     """Preload, wait for the job, then run it with lm_eval's own CLI."""
     started = time.monotonic()
-    preload(log)
-    snapshot = ImportSnapshot()
+    with output_to(ready_fd):
+        preload(log)
+        snapshot = ImportSnapshot()
     signal_ready(ready_fd)
     spec = read_spec(log)
     if spec is None:

@@ -20,7 +20,7 @@ from lmeval_trio.config import Settings
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.routing import StrictMap
-from lmeval_trio.http.signals import forward_sigterm
+from lmeval_trio.http.signals import GracefulSigterm
 from lmeval_trio.http.strict_json import StrictJSONProvider
 from lmeval_trio.supervisor import Supervisor
 
@@ -100,13 +100,15 @@ def _strict_json(app: QuartTrio) -> StrictJSONProvider:
 
 
 def _own_supervisor(app: QuartTrio, settings: Settings) -> None:
+    sigterm = GracefulSigterm()
+
     @app.before_serving
     async def start() -> None:
         supervisor = Supervisor(settings)
         await app.nursery.start(supervisor.run)
         app.extensions[SUPERVISOR_KEY] = supervisor
         if settings.install_signal_handlers:
-            await app.nursery.start(forward_sigterm)
+            await app.nursery.start(sigterm.run)
         log.info(
             "lmeval-trio serving; data in %s, %d slots, jobs %s",
             settings.data_dir,
@@ -120,7 +122,8 @@ def _own_supervisor(app: QuartTrio, settings: Settings) -> None:
         if supervisor is not None:
             supervisor.shutdown()
             await supervisor.closed.wait()
-        app.nursery.cancel_scope.cancel()  # the signal forwarder
+        sigterm.finish()
+        app.nursery.cancel_scope.cancel()  # the signal receiver
 
 
 def _version() -> str:

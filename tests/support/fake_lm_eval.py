@@ -13,6 +13,8 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
            folder d/ (holding f.txt) with a symlink to FAKE_TARGET_DIR (names in the data
            directory), until killed
   say      copy the file FAKE_TEXT_FILE to stderr, exit 0
+  daemon   double-fork a setsid daemon that beats (a line to ./heartbeat) forever, print
+           "daemon <pid>", exit 0 (daemon_block: then wait until killed)
   bars     print FAKE_TOTAL tqdm redraws of a "Requesting API" bar, one per line of
            FAKE_GATE (a FIFO) read, then exit 0: lets a test hold the job mid-progress
 """
@@ -22,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 
 def main() -> None:
@@ -54,6 +57,10 @@ def main() -> None:
     elif mode == "say":
         with open(os.environ["FAKE_TEXT_FILE"]) as text:
             sys.stderr.write(text.read())
+    elif mode in ("daemon", "daemon_block"):
+        print("daemon", daemonise(), flush=True)
+        while mode == "daemon_block":
+            signal.pause()
     elif mode == "bars":
         bars(int(os.environ.get("FAKE_TOTAL", "10")), os.environ["FAKE_GATE"])
 
@@ -104,6 +111,29 @@ def tree() -> None:
     print("leader", os.getpid(), flush=True)
     while True:
         signal.pause()
+
+
+def daemonise() -> int:
+    """The classic double fork: the daemon leaves the job's session and process group."""
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)  # a daemon lets go of the job's pipes
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            while True:
+                with open("heartbeat", "a") as beat:
+                    beat.write(f"{os.getpid()}\n")
+                if write >= 0:  # it beat once: report it
+                    os.write(write, f"{os.getpid()}\n".encode())
+                    os.close(write)
+                    write = -1
+                time.sleep(0.2)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        return int(pipe.readline())
 
 
 def bars(total: int, gate: str) -> None:
