@@ -128,18 +128,24 @@ def assert_walled_in(seen: dict[str, str], job_dir: Path) -> None:
     assert seen["tmpfile"] == f"ok:{job_dir.resolve() / 'tmp'}"
 
 
+async def probe_escapes(server: Server, settings: Settings) -> JobRecord:
+    """Run the escape probe as an allowed lm_eval_path program, aimed at another job's files
+    and the server's own; it prints what each attempt met."""
+    other = await finished(server, fake_job("env"))
+    targets = json.dumps(escape_targets(settings, other.job_dir, other.stdout_path))
+    body = {
+        "lm_eval_path": str(ESCAPE_LM_EVAL),
+        "model": "dummy",
+        "tasks": "fake",
+        "env_vars": {"PROBE_TARGETS": targets},
+    }
+    return await finished(server, body)
+
+
 async def test_a_confined_program_reaches_only_its_own_places(tmp_path: Path) -> None:
     settings = confined_settings(tmp_path)
     async with serving(settings) as server:
-        other = await finished(server, fake_job("env"))
-        targets = json.dumps(escape_targets(settings, other.job_dir, other.stdout_path))
-        body = {
-            "lm_eval_path": str(ESCAPE_LM_EVAL),
-            "model": "dummy",
-            "tasks": "fake",
-            "env_vars": {"PROBE_TARGETS": targets},
-        }
-        record = await finished(server, body)
+        record = await probe_escapes(server, settings)
         assert_walled_in(json.loads(record.stdout_path.read_text()), record.job_dir)
         health = (await server.client.get("/healthz")).json()
         assert health["jobs_confined"] is True and health["job_confinement"] == "auto"
@@ -186,15 +192,7 @@ async def test_unconfined_jobs_reach_the_store(tmp_path: Path) -> None:
     """The same program with confinement off: the attempts above are real attempts."""
     settings = confined_settings(tmp_path, job_confinement="off")
     async with serving(settings) as server:
-        other = await finished(server, fake_job("env"))
-        targets = json.dumps(escape_targets(settings, other.job_dir, other.stdout_path))
-        body = {
-            "lm_eval_path": str(ESCAPE_LM_EVAL),
-            "model": "dummy",
-            "tasks": "fake",
-            "env_vars": {"PROBE_TARGETS": targets},
-        }
-        seen = json.loads((await finished(server, body)).stdout_path.read_text())
+        seen = json.loads((await probe_escapes(server, settings)).stdout_path.read_text())
         assert seen["read:store"] == seen["read:other_job_log"] == seen["write:data_dir"] == "ok"
         health = (await server.client.get("/healthz")).json()
         assert health["jobs_confined"] is False and health["job_confinement"] == "off"

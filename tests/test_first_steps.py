@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ import pytest
 import trio
 
 from lmeval_trio import process
+from tests.test_server_process import _free_port
 
 ROOT = Path(__file__).parent.parent
 SERVE_APP = " lmeval_trio.asgi:app"
@@ -78,13 +78,6 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             target.write_bytes(source.read_bytes())
             target.chmod(source.stat().st_mode)
     yield clone
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -304,27 +304,26 @@ def test_a_shared_data_dir_is_refused_not_taken_over(tmp_path: Path) -> None:
     assert shared.stat().st_mode & 0o7777 == 0o1777  # untouched
 
 
-def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
-    env = {**os.environ, "LMEVAL_ALLOWED_PATH_ROOTS": "/nonexistent-a:/nonexistent-b"}
-    result = subprocess.run(
+def _import_asgi(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Load the app the way hypercorn does, in a process of its own."""
+    return subprocess.run(
         [sys.executable, "-c", "import lmeval_trio.asgi"],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
+    env = {**os.environ, "LMEVAL_ALLOWED_PATH_ROOTS": "/nonexistent-a:/nonexistent-b"}
+    result = _import_asgi(env)
     assert result.returncode == 2
     assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_ALLOWED_PATH_ROOTS:")
     assert "Traceback" not in result.stderr
     env = {**os.environ, "LMEVAL_JOB_CONFINEMENT": "landlock", "LMEVAL_BACKEND": "ray"}
     env["LMEVAL_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run(
-        [sys.executable, "-c", "import lmeval_trio.asgi"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _import_asgi(env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_JOB_CONFINEMENT")
 
