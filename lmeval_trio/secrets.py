@@ -270,9 +270,9 @@ def mask_json(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
-def public_request(request: Mapping[str, Any]) -> dict[str, Any]:
-    """The request as the API shows it: env_vars names without values, secrets masked."""
-    secrets = job_secrets(request)
+def public_request(request: Mapping[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
+    """The request as the API shows it: env_vars names without values, ``secrets`` (the
+    request's own, from job_secrets) masked."""
     shown: dict[str, Any] = mask_json(dict(request), secrets)
     if "env_vars" in request:
         shown["env_vars"] = dict.fromkeys(request["env_vars"], MASK)

@@ -152,5 +152,5 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
         "attempts": record.attempts,
         "gpus": record.gpus,
         "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
-        "request": public_request(record.request),
+        "request": public_request(record.request, hidden),
     }
