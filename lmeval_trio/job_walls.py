@@ -108,10 +108,6 @@ class JobWalls:
             )
         return self.status
 
-    def environment(self) -> dict[str, str]:
-        """Variables every confined job gets (a request's own env_vars win)."""
-        return dict(SINGLE_THREADED_IMPORTS) if self.confined else {}
-
     def walls(
         self, job_dir: Path, own_env: Mapping[str, str], env: Mapping[str, str], argv: Sequence[str]
     ) -> Walls | None:
