@@ -2,8 +2,8 @@
 
 Speaks the same protocol: ``--ready-fd=N`` gets ``ready`` once "preloaded", then one JSON
 spec line on stdin. ``FAKE_WARM_MODE`` picks what happens after the spec: ``echo`` (default)
-prints the spec, the marker variable and its environment and exits 0; ``block`` also prints them, then waits
-forever; ``die`` exits 3 before it is ready.
+prints the spec, the marker variable and its environment and exits 0; ``block`` also prints
+them, then waits forever; ``die`` exits 3 before it is ready.
 """
 
 from __future__ import annotations
