@@ -5,10 +5,11 @@ It has two layers. What a job *inherits* is the server's environment as it was w
 settings were read, minus the server's own settings (they may hold secrets); only local
 processes and spares get it, on Ray the worker's environment takes its place. What the server
 *sets* for the job goes on top, later entries winning: no bytecode writes (jobs read what the
-server compiles, ``bytecode.py``), the confinement's thread-free imports, the request's
-``env_vars``, then what a request may not lift (unbuffered output, offline, no code
-execution) and the job's GPUs. A spare is started with exactly what its job would get, so a job
-and its spare are judged equal by comparing these two layers' sum.
+server compiles, ``bytecode.py``, and nothing a job compiles lands where another job imports
+it), the confinement's thread-free imports, the request's ``env_vars``, then what a request
+may not lift (unbuffered output, offline, no code execution) and the job's GPUs. A spare is
+started with exactly what its job would get, so a job and its spare are judged equal by
+comparing these two layers' sum.
 """
 
 from __future__ import annotations
