@@ -18,6 +18,7 @@ from lmeval_trio.runners.environment import inherited, job_environment, local_en
 from lmeval_trio.status import JobStatus
 from lmeval_trio.supervisor import Supervisor
 from tests.conftest import FAKE_LM_EVAL, SUPPORT, make_settings
+from tests.test_ray import _record as ray_record
 
 GUARD_S = 60
 ENV_VARS = {"FAKE_MODE": "env", "PYTHONUNBUFFERED": "0", "OPENBLAS_NUM_THREADS": "4"}
@@ -82,7 +83,7 @@ def test_the_builder_output_is_pinned_for_every_backend(server_settings: Setting
     from lmeval_trio.ray_runner import RayRunner
 
     ray_settings = server_settings.model_copy(update={"backend": "ray", "kill_grace_s": 2.5})
-    record = _record(server_settings.data_dir)
+    record = ray_record(server_settings.data_dir, external_id=None)
     payload = RayRunner(ray_settings)._payload(record, own, "lmeval-trio-x-1-1")
     # On Ray the worker's environment is inherited: only the server's variables travel.
     assert list(payload["runtime_env"]["env_vars"].items()) == [
@@ -143,19 +144,3 @@ async def _finished(supervisor: Supervisor, request: dict[str, Any]) -> JobRecor
         record = await supervisor.wait((await supervisor.submit(request)).id)
     assert record.status is JobStatus.COMPLETED, record.reason
     return record
-
-
-def _record(data_dir: Path) -> JobRecord:
-    return JobRecord(
-        id=1,
-        status=JobStatus.RUNNING,
-        request={},
-        argv=["lm-eval", "run"],
-        env={},
-        job_dir=data_dir / "jobs" / "1",
-        output_dir=data_dir / "jobs" / "1" / "output",
-        created_at="2026-01-01T00:00:00+00:00",
-        queued_at="2026-01-01T00:00:00+00:00",
-        attempts=1,
-        backend="ray",
-    )
