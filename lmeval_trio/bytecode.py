@@ -23,7 +23,8 @@ from pathlib import Path
 
 import trio
 
-from lmeval_trio.config import job_base_environment
+from lmeval_trio.config import Settings
+from lmeval_trio.runners.environment import inherited
 
 log = logging.getLogger("lmeval_trio.bytecode")
 
@@ -85,9 +86,11 @@ def _record(cache_dir: Path, current: str) -> None:
     stamp_file(cache_dir).write_text(current)
 
 
-async def compile_environment(cache_dir: Path) -> bool:
+async def compile_environment(settings: Settings) -> bool:
     """Compile site-packages in a child process unless nothing changed since the last time;
-    True if it did. Cancellation stops the child (the next start compiles what is left)."""
+    True if it did. Cancellation stops the child (the next start compiles what is left).
+    The compiler gets what jobs inherit: it runs the same interpreter with the same paths."""
+    cache_dir = settings.effective_cache_dir
     due = await trio.to_thread.run_sync(_due, cache_dir)
     if due is None:
         return False
@@ -100,7 +103,7 @@ async def compile_environment(cache_dir: Path) -> bool:
     started = trio.current_time()
     done = await trio.run_process(
         argv,
-        env=job_base_environment(),
+        env=inherited(settings),
         stdin=subprocess.DEVNULL,
         capture_stdout=True,
         capture_stderr=True,

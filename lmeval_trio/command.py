@@ -22,7 +22,7 @@ class Launcher:
     """How the server starts its own lm-eval."""
 
     executable: tuple[str, ...]
-    #: The same command as a warm runner (``fastrun --warm``), if it has one.
+    #: The same command as a spare (``fastrun --warm``, see ``warm.py``), if it has one.
     warm: tuple[str, ...] | None = None
 
     @classmethod

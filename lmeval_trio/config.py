@@ -14,12 +14,14 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -61,6 +63,12 @@ class Settings(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
     )
+
+    # The server's environment when these settings were read: what jobs inherit (see
+    # ``runners/environment.py``). Taken here, once, so a library that sets variables in the
+    # server's process later (importing lm_eval sets HF_XET_HIGH_PERFORMANCE) changes nothing
+    # for jobs. Private: it holds whatever secrets the environment holds.
+    _server_environment: dict[str, str] = PrivateAttr(default_factory=lambda: dict(os.environ))
 
     data_dir: Path = Field(
         default=Path("lmeval-data"),
@@ -353,6 +361,11 @@ class Settings(BaseModel):
             raise SettingsError(_describe(error)) from None
 
     @property
+    def server_environment(self) -> Mapping[str, str]:
+        """The server's environment as it was when these settings were built (read-only)."""
+        return MappingProxyType(self._server_environment)
+
+    @property
     def effective_cache_dir(self) -> Path:
         return self.cache_dir or self.data_dir / "cache"
 
@@ -390,7 +403,7 @@ SHIPPED_EXAMPLE_TASKS = Path(__file__).resolve().parent.parent / "examples" / "t
 
 def _absolute_path(path: Path) -> Path:
     """``path`` made absolute against the start-up folder, once: jobs run in their own
-    folders and warm runners elsewhere, so a relative path would mean something else there."""
+    folders and spares elsewhere, so a relative path would mean something else there."""
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
@@ -429,28 +442,6 @@ def _config_file_values(path: str | None) -> dict[str, Any]:
     if unknown:
         raise SettingsError(f"{CONFIG_FILE_VARIABLE}: unknown settings in {path}: {unknown}")
     return data
-
-
-#: The environment as it was before the server imported anything that changes it (lm_eval
-#: sets HF_XET_HIGH_PERFORMANCE in its own process on import): jobs start from this, so a warm
-#: runner started before the server's first lm_eval import has the same environment as later
-#: jobs, and every job sees what the server was given, not what libraries made of it.
-_INITIAL_ENVIRON = dict(os.environ)
-
-
-def job_base_environment() -> dict[str, str]:
-    """The server's environment minus its own settings (which may hold secrets).
-
-    lm-eval reads LMEVAL_LOG_LEVEL itself, so that one variable passes through. A bytecode
-    prefix is dropped: it would make a job ignore the environment's compiled files (the
-    server compiles them; jobs only read them, see ``bytecode.py``).
-    """
-    return {
-        name: value
-        for name, value in _INITIAL_ENVIRON.items()
-        if (not name.startswith("LMEVAL_") or name == "LMEVAL_LOG_LEVEL")
-        and name != "PYTHONPYCACHEPREFIX"
-    }
 
 
 def env_name(field: str) -> str:

@@ -2,8 +2,8 @@
 its ``Walls`` name, whatever code it runs next (the wall survives ``execve`` and is inherited by
 every child).
 
-Runs inside a job's process, at the moment it becomes the job: fastrun's ``--walls``, a warm
-runner's handover, or this file run as a script, an exec wrapper for any other program::
+Runs inside a job's process, at the moment it becomes the job: fastrun's ``--walls``, a spare's
+handover (``warm.py``), or this file run as a script, an exec wrapper for any other program::
 
     python -I -S .../confinement.py --read=PATH... --write=PATH... [--tmpdir=PATH] -- COMMAND...
     python -I -S .../confinement.py --probe
@@ -95,7 +95,7 @@ class Walls:
         return cls(tuple(read), tuple(write), tmpdir, landlock)
 
     def encode(self) -> str:
-        """One string (JSON), for fastrun's ``--walls`` and a warm runner's job spec."""
+        """One string (JSON), for fastrun's ``--walls`` and a spare's job spec."""
         import json
 
         return json.dumps(self.to_args())
@@ -143,7 +143,7 @@ def enter(walls: Walls) -> None:
         os.makedirs(walls.tmpdir, exist_ok=True)
         os.environ["TMPDIR"] = walls.tmpdir
         tempfile = sys.modules.get("tempfile")
-        if tempfile is not None:  # forget a temp dir chosen before (a warm runner's imports)
+        if tempfile is not None:  # forget a temp dir chosen before (a spare's imports)
             tempfile.tempdir = None  # type: ignore[attr-defined]
 
 

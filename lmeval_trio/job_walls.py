@@ -38,9 +38,10 @@ SYSTEM_READ = (
 DEVICES = "/dev"
 TEMP_VARIABLES = ("TMPDIR", "TMP", "TEMP")
 #: Native threads that importing lm-eval starts (OpenBLAS's pool with numpy, jemalloc's purger
-#: with pyarrow) would stay outside a warm runner's wall, which confines only the thread that
-#: puts it up; so a warm runner with such threads restarts afresh. These keep the defaults
-#: thread-free (numpy's BLAS runs single-threaded; torch has its own pool).
+#: with pyarrow) would stay outside a spare's wall, which confines only the thread that puts
+#: it up; so a spare with such threads restarts afresh. These keep the defaults thread-free
+#: (numpy's BLAS runs single-threaded; torch has its own pool); ``runners/environment.py``
+#: sets them for confined jobs.
 SINGLE_THREADED_IMPORTS = {
     "OPENBLAS_NUM_THREADS": "1",
     "JE_ARROW_MALLOC_CONF": "background_thread:false",
@@ -107,10 +108,6 @@ class JobWalls:
                 self.status.reason,
             )
         return self.status
-
-    def environment(self) -> dict[str, str]:
-        """Variables every confined job gets (a request's own env_vars win)."""
-        return dict(SINGLE_THREADED_IMPORTS) if self.confined else {}
 
     def walls(
         self, job_dir: Path, own_env: Mapping[str, str], env: Mapping[str, str], argv: Sequence[str]

@@ -130,7 +130,6 @@ class LogPump:
         self, path: Path, changed: Pulse, on_segment: Callable[[str], object] | None = None
     ) -> None:
         self.path = path
-        self.bytes_written = 0
         self._changed = changed
         self._on_segment = on_segment
         self._splitter = SegmentSplitter()
@@ -144,7 +143,6 @@ class LogPump:
     async def __call__(self, data: bytes) -> None:
         assert self._file is not None, "LogPump.open() first"
         await self._file.write(data)
-        self.bytes_written += len(data)
         if self._on_segment is not None:
             for segment in self._splitter.feed(data):
                 self._on_segment(segment)

@@ -452,16 +452,6 @@ class Policy:
                     + CODE_RULE,
                 )
 
-    def job_environment(self) -> dict[str, str]:
-        """Variables the server sets for every job (after the request's own)."""
-        env = {"PYTHONUNBUFFERED": "1"}
-        if not self.settings.allow_online:
-            env.update(OFFLINE_ENV)
-        if not self.settings.allow_code_execution:
-            # The server's own environment reaches jobs: what it says must not lift the rule.
-            env.update(CODE_OFF_ENV)
-        return env
-
 
 def _names_a_file(name: str) -> bool:
     """A credential variable whose name says its value is a file or folder

@@ -173,7 +173,7 @@ class SpareLost(Exception):
 
 
 async def hand_over(proc: trio.Process, spec: bytes) -> None:
-    """Tell a pre-started process (a warm runner) its job: ``spec`` on its stdin, then EOF.
+    """Tell a pre-started process (a spare, ``warm.py``) its job: ``spec`` on its stdin, then EOF.
 
     ``spec`` must fit an empty pipe, since nothing reads the process's output yet.
     Raises SpareLost if the process already exited.
@@ -196,7 +196,7 @@ async def adopt_process_group(
     task_status: trio.TaskStatus[ProcessInfo] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Like run_process_group, for a process started earlier in its own session with
-    stdin, stdout and stderr pipes (a warm runner): hands it its job (``hand_over``), then
+    stdin, stdout and stderr pipes (a spare): hands it its job (``hand_over``), then
     follows it, stops it on cancellation and reaps its whole group as run_process_group does.
 
     Raises SpareLost, before task_status.started, if the process exited before its job

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,3 @@ class JobRecord:
 
     def log_path(self, stream: str) -> Path:
         return self.stdout_path if stream == "stdout" else self.stderr_path
-
-    def evolve(self, **changes: Any) -> JobRecord:
-        return replace(self, **changes)

@@ -17,11 +17,12 @@ from typing import Protocol
 import trio
 
 from lmeval_trio import process
-from lmeval_trio.config import job_base_environment
+from lmeval_trio.config import Settings
 from lmeval_trio.confinement import Walls
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.process import Sink
 from lmeval_trio.records import JobRecord
+from lmeval_trio.runners.environment import local_environment
 from lmeval_trio.warm import WarmPool
 
 log = logging.getLogger("lmeval_trio.runner")
@@ -52,7 +53,8 @@ class Runner(Protocol):
     ) -> int:
         """Run to the end and return the exit code (negative: killed by that signal).
 
-        ``env`` holds the job's own variables (the request's and the server's additions).
+        ``env`` holds the variables the server sets for the job (``environment.job_environment``:
+        the request's and the server's); what the job inherits comes from where it runs.
         Cancellation must stop the job completely before this returns or raises; a job that
         cannot start raises ``process.SpawnError`` with the reason.
         """
@@ -80,11 +82,6 @@ class Runner(Protocol):
         ...
 
 
-def local_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """What a local job's process gets: the server's base environment, then the job's own."""
-    return {**job_base_environment(), **env}
-
-
 def _check_executable(path: str) -> None:
     """Name a missing executable as a failed start, as a direct spawn would: behind the
     exec wrapper the failure would otherwise surface only as exit code 127."""
@@ -102,9 +99,10 @@ class LocalRunner:
     name = "local"
 
     def __init__(
-        self, grace_s: float, warm: WarmPool | None = None, walls: JobWalls | None = None
+        self, settings: Settings, warm: WarmPool | None = None, walls: JobWalls | None = None
     ) -> None:
-        self.grace_s = grace_s
+        self.settings = settings
+        self.grace_s = settings.kill_grace_s
         self.warm = warm
         self.walls = walls
 
@@ -117,7 +115,7 @@ class LocalRunner:
         *,
         task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
     ) -> int:
-        full_env = local_environment(env)
+        full_env = local_environment(self.settings, env)
         walls = await self._walls(record, env, full_env)
         async with trio.open_nursery() as nursery:
             returncode: list[int] = []
@@ -150,7 +148,7 @@ class LocalRunner:
         on_stderr: Sink,
         task_status: trio.TaskStatus[process.ProcessInfo],
     ) -> int:
-        """Run the job in a warm runner if one matches it (see ``warm.py``), else afresh;
+        """Run the job in a spare if one matches it (see ``warm.py``), else afresh;
         either way behind its walls, put up the moment the process becomes the job."""
         handover = self.warm.take(record.argv, env, record.job_dir, walls) if self.warm else None
         if handover is not None:

@@ -22,10 +22,6 @@ class GpuPool:
         self._free = list(ids)
         self._released = Pulse()
 
-    @property
-    def free(self) -> int:
-        return len(self._free)
-
     async def take(self, count: int) -> tuple[str, ...]:
         if count > len(self.ids):
             raise ValueError(f"{count} GPUs asked, {len(self.ids)} configured")
@@ -58,9 +54,6 @@ class Slots:
     @property
     def free(self) -> int:
         return max(0, int(self._limiter.available_tokens))
-
-    def statistics(self) -> trio.CapacityLimiterStatistics:
-        return self._limiter.statistics()
 
     def gpus_for(self, requested: int | None) -> int:
         """Local GPUs a job takes (none when a cluster schedules them)."""

@@ -49,7 +49,8 @@ from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy, PolicyViolation
 from lmeval_trio.progress import ProgressSnapshot, ProgressTracker
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.records import JobRecord, utc_now
-from lmeval_trio.runner import LocalRunner, Runner, Started, local_environment
+from lmeval_trio.runner import LocalRunner, Runner, Started
+from lmeval_trio.runners.environment import job_environment, local_environment
 from lmeval_trio.secrets import output_secrets
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import TERMINAL, JobStatus
@@ -200,7 +201,7 @@ class Supervisor:
                 raise
             raise
         if self.warm is not None:
-            self.warm.prime(local_environment(self.job_environment({})))
+            self.warm.prime(local_environment(self.settings, self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
         if isinstance(self.runner, LocalRunner):
             self._nursery.start_soon(self._compile_bytecode)
@@ -215,7 +216,7 @@ class Supervisor:
         that gets no job: confined jobs cannot write it, and warm runners may be off."""
         with self._compile_scope:
             try:
-                changed = await bytecode.compile_environment(self.settings.effective_cache_dir)
+                changed = await bytecode.compile_environment(self.settings)
                 if changed and self.launcher.warm is not None and self._accepting:
                     await self._build_task_index(self.launcher.warm)  # never once shutting down
             except OSError as error:
@@ -225,7 +226,7 @@ class Supervisor:
     async def _build_task_index(self, warm_argv: Sequence[str]) -> None:
         done = await trio.run_process(
             list(warm_argv),
-            env=local_environment(self.job_environment({})),
+            env=local_environment(self.settings, self.job_environment({})),
             cwd=self.settings.data_dir,
             stdin=subprocess.DEVNULL,
             capture_stdout=True,
@@ -860,16 +861,9 @@ class Supervisor:
     def job_environment(
         self, env_vars: Mapping[str, str], gpus: tuple[str, ...] = ()
     ) -> dict[str, str]:
-        """The job's own variables; the runner adds what its host needs (PATH, HOME, ...).
-
-        Jobs write no bytecode: they read the environment's own, which the server compiles
-        (``bytecode.py``), and nothing a job compiles lands where another job imports it."""
-        env = {"PYTHONDONTWRITEBYTECODE": "1", **self.walls.environment()}
-        env.update(env_vars)
-        env.update(self.policy.job_environment())
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        return env
+        """The variables the server sets for a job (``runners/environment.py``); the runner
+        adds what the job inherits where it runs (PATH, HOME, ...)."""
+        return job_environment(self.settings, env_vars, gpus, confined=self.walls.confined)
 
     async def _run_process(
         self, live: LiveJob, env: dict[str, str], stdout: LogPump, stderr: LogPump
@@ -1028,7 +1022,7 @@ def default_runner(
         from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
 
         return RayRunner(settings)
-    return LocalRunner(settings.kill_grace_s, warm, walls)
+    return LocalRunner(settings, warm, walls)
 
 
 def _as_request(body: Mapping[str, Any] | BaseModel) -> BaseModel:

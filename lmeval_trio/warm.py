@@ -1,15 +1,19 @@
-"""Keeps warm runners (lm_eval pre-imported, task index loaded) ready for the next job.
+"""Keeps spares (lm_eval pre-imported, task index loaded) ready for the next job.
 
-Importing lm_eval costs ~3 s per job on a small machine. A warm runner
-(``python -m lmeval_trio.fastrun --warm``) pays that before its job exists and then becomes
-the job when it receives its arguments on stdin. Because lm_eval and its dependencies read
-some environment variables at import time, a runner serves only jobs whose environment equals
-the one it was started with, byte for byte; so the pool keeps at most one idle runner per
-environment: always the default one (a job without ``env_vars``), and the others for
-environments that came back (seen twice recently), least recently used first out.
+Names: a *spare* is one such idle process (``python -m lmeval_trio.fastrun --warm``; users
+know spares as "warm runners", the setting's and the metrics' word); a *runner* is always
+where a job runs (``runner.py``: the local backend, Ray), never a spare.
 
-Each idle runner is a process in its own session, owned by this pool's nursery until a job
-takes it; from then on the job's runner owns it (see ``process.adopt_process_group``).
+Importing lm_eval costs ~3 s per job on a small machine. A spare pays that before its job
+exists and then becomes the job when it receives its arguments on stdin. Because lm_eval and
+its dependencies read some environment variables at import time, a spare serves only jobs
+whose environment equals the one it was started with, byte for byte (both come from
+``runners/environment.py``); so the pool keeps at most one spare per environment: always the
+default one (a job without ``env_vars``), and the others for environments that came back
+(seen twice recently), least recently used first out.
+
+Each spare is a process in its own session, owned by this pool's nursery until a job takes
+it; from then on the local runner owns it (see ``process.adopt_process_group``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from lmeval_trio.fastrun._warm import READY, Spec
 
 log = logging.getLogger("lmeval_trio.warm")
 
-#: A spec up to this size fits an empty pipe, so handing it over never waits on the runner.
+#: A spec up to this size fits an empty pipe, so handing it over never waits on the spare.
 MAX_SPEC_BYTES = 60 * 1024
 #: Preload output is read in chunks of this size, and logged in lines of at most the next.
 _PRELOAD_CHUNK_BYTES = 16 * 1024
@@ -44,15 +48,15 @@ _SEEN_ENVIRONMENTS = 64
 class WarmStatistics:
     """A snapshot for metrics and tests."""
 
-    idle: int  # runners waiting for a job
+    idle: int  # spares waiting for a job
     ready: int  # … of which have finished preloading
-    taken: int  # jobs that started in a warm runner
-    missed: int  # jobs that could have, but no runner matched their environment
+    taken: int  # jobs that started in a spare
+    missed: int  # jobs that could have, but no spare matched their environment
 
 
 @dataclass(eq=False)
 class Spare:
-    """One idle warm runner; ``proc`` is None until its process has been started."""
+    """One spare (an idle pre-imported process); ``proc`` is None until it has been started."""
 
     key: str
     env: dict[str, str]
@@ -65,7 +69,7 @@ class Spare:
 
 @dataclass(frozen=True)
 class Handover:
-    """A runner a job has taken, and the bytes that tell it which job it is."""
+    """A spare a job has taken, and the bytes that tell it which job it is."""
 
     proc: trio.Process
     spec: bytes
@@ -80,7 +84,7 @@ def environment_key(env: Mapping[str, str]) -> str:
 
 
 class WarmPool:
-    """Idle warm runners by environment; ``take`` hands one to a job, ``run`` owns the rest."""
+    """Spares by environment; ``take`` hands one to a job, ``run`` owns the rest."""
 
     def __init__(
         self,
@@ -106,7 +110,7 @@ class WarmPool:
         self._missed = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the idle runners until cancelled, then stop them."""
+        """Own the spares until cancelled, then stop them."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -118,7 +122,7 @@ class WarmPool:
             self._nursery = None
 
     def prime(self, env: Mapping[str, str]) -> None:
-        """Keep a runner for ``env`` (a job without env_vars) at all times."""
+        """Keep a spare for ``env`` (a job without env_vars) at all times."""
         self._pinned = (environment_key(env), dict(env))
         if self._nursery is not None:
             self._spawn(*self._pinned)
@@ -130,10 +134,10 @@ class WarmPool:
         cwd: Path,
         walls: Walls | None = None,
     ) -> Handover | None:
-        """A ready-or-preloading runner for this job, or None to start it the usual way.
-        The runner puts up ``walls`` the moment it receives the job.
+        """A ready-or-preloading spare for this job, or None to start it the usual way.
+        The spare puts up ``walls`` the moment it receives the job.
 
-        The caller owns the runner from now on: it must hand it its job at once
+        The caller owns the spare from now on: it must hand it its job at once
         (``process.adopt_process_group`` does, and stops it if that fails).
         """
         if not self._eligible(argv):
@@ -164,10 +168,10 @@ class WarmPool:
         )
 
     async def wait_ready(self, env: Mapping[str, str]) -> None:
-        """Return once a runner for ``env`` has finished preloading (for tests and benchmarks)."""
+        """Return once the spare for ``env`` has finished preloading (tests wait on this)."""
         spare = self._idle.get(environment_key(env))
         if spare is None:
-            raise LookupError("no warm runner for this environment")
+            raise LookupError("no spare for this environment")
         await spare.ready.wait()
 
     # -- internals ----------------------------------------------------------------------
@@ -181,7 +185,7 @@ class WarmPool:
         )
 
     def _replace(self, key: str, env: Mapping[str, str]) -> None:
-        """Start the next runner for this environment if it is worth keeping one: it is the
+        """Start the next spare for this environment if it is worth keeping one: it is the
         default environment, or it came back."""
         pinned = self._pinned is not None and key == self._pinned[0]
         recurring = pinned or key in self._seen
@@ -193,7 +197,7 @@ class WarmPool:
             self._spawn(key, dict(env))
 
     def _spawn(self, key: str, env: dict[str, str]) -> None:
-        """Register a runner for ``key`` at once (so a second job sees it) and start it."""
+        """Register a spare for ``key`` at once (so a second job sees it) and start it."""
         assert self._nursery is not None
         self._evict(keep=key)
         if len(self._idle) >= self.max_idle:
@@ -203,7 +207,7 @@ class WarmPool:
         self._nursery.start_soon(self._keep, spare)
 
     def _evict(self, keep: str) -> None:
-        """Make room for one more runner, never by stopping the default one or ``keep``'s."""
+        """Make room for one more spare, never by stopping the default one or ``keep``'s."""
         pinned = self._pinned[0] if self._pinned is not None else None
         for key in list(self._idle):
             if len(self._idle) < self.max_idle:
@@ -212,7 +216,7 @@ class WarmPool:
                 self._idle.pop(key).watcher.cancel()
 
     async def _keep(self, spare: Spare) -> None:
-        """Start one runner and watch it until a job takes it, it dies, or the pool stops."""
+        """Start one spare and watch it until a job takes it, it dies, or the pool stops."""
         try:
             ready_fd = await self._start(spare)
         finally:
@@ -257,7 +261,7 @@ class WarmPool:
         return ready_r
 
     async def _watch(self, spare: Spare, ready_fd: int) -> None:
-        """Mark the runner ready when it says so; return if it exits while idle."""
+        """Mark the spare ready when it says so; return if it exits while idle."""
         assert spare.proc is not None
         started_at = trio.current_time()
         async with trio.lowlevel.FdStream(ready_fd) as ready:
@@ -274,7 +278,7 @@ class WarmPool:
         )
 
     async def _stop(self, proc: trio.Process) -> None:
-        """An idle runner holds no work: its group is terminated at once."""
+        """A spare holds no work: its group is terminated at once."""
         if proc.stdin is not None:
             await proc.stdin.aclose()
         if proc.poll() is None or process.group_alive(proc.pid):
@@ -286,7 +290,7 @@ class WarmPool:
 
 
 async def _read_preload_output(ready: trio.lowlevel.FdStream, pid: int) -> bool:
-    """Log what the runner printed while preloading (the operator's, not its job's: see
+    """Log what the spare printed while preloading (the operator's, not its job's: see
     ``fastrun._warm.output_to``) until its READY line; False if it ended without one."""
     pending = b""
     while chunk := await ready.receive_some(_PRELOAD_CHUNK_BYTES):

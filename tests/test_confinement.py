@@ -30,7 +30,7 @@ from lmeval_trio.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.records import JobRecord
-from lmeval_trio.runner import local_environment
+from lmeval_trio.runners.environment import local_environment
 from lmeval_trio.supervisor import Supervisor
 from tests.conftest import (
     DUMMY_JOB,
@@ -180,7 +180,9 @@ async def test_task_code_reaches_only_its_own_places(
         folder = escape_task(settings, other.job_dir, other.stdout_path)
         if supervisor.warm is not None:
             with trio.fail_after(300):
-                await supervisor.warm.wait_ready(local_environment(supervisor.job_environment({})))
+                await supervisor.warm.wait_ready(
+                    local_environment(settings, supervisor.job_environment({}))
+                )
         body = {"model": "dummy", "tasks": "escape", "include_path": str(folder)}
         record = await finished(server, body)
         assert_walled_in(json.loads((record.job_dir / "escape.json").read_text()), record.job_dir)
@@ -282,7 +284,7 @@ async def test_a_warm_runner_with_foreign_threads_restarts_its_job_confined(
     folder = escape_task(settings, other_dir, other_dir / "stdout.log")
     job_dir = settings.data_dir / "jobs" / "2"
     job_dir.mkdir()
-    env = local_environment({"PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "2"})
+    env = local_environment(settings, {"PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "2"})
     job_walls = await trio.to_thread.run_sync(walls.walls, job_dir, {}, env, [])
     args = ["run", "--model", "dummy", "--tasks", "escape", "--include_path", str(folder)]
     spec = Spec(args=args, cwd=str(job_dir), walls=job_walls).encode()
@@ -363,10 +365,12 @@ async def test_hf_cache_variables_never_open_the_servers_own_files(tmp_path: Pat
         "TRANSFORMERS_CACHE": str(source),
         "HUGGINGFACE_HUB_CACHE": sysconfig.get_paths()["purelib"],
     }
-    plain = await trio.to_thread.run_sync(walls.walls, job_dir, {}, local_environment({}), [])
+    plain = await trio.to_thread.run_sync(
+        walls.walls, job_dir, {}, local_environment(settings, {}), []
+    )
     assert plain is not None
     for name, value in attacks.items():
-        env = local_environment({name: value})
+        env = local_environment(settings, {name: value})
         wall = await trio.to_thread.run_sync(walls.walls, job_dir, {name: value}, env, [])
         assert wall is not None
         assert wall.write == plain.write, (name, wall.write)
@@ -374,7 +378,11 @@ async def test_hf_cache_variables_never_open_the_servers_own_files(tmp_path: Pat
     assert not (settings.data_dir / "jobs" / "1").exists()
     own = str(root / "hf-xet")
     wall = await trio.to_thread.run_sync(
-        walls.walls, job_dir, {"HF_XET_CACHE": own}, local_environment({"HF_XET_CACHE": own}), []
+        walls.walls,
+        job_dir,
+        {"HF_XET_CACHE": own},
+        local_environment(settings, {"HF_XET_CACHE": own}),
+        [],
     )
     assert wall is not None and own in wall.write  # tmp_path is already resolved
 

@@ -366,13 +366,14 @@ def test_sigterm_kills_by_signal(e2e: Env, slow_runs: SlowRuns) -> None:
     ],
 )
 def test_split_args(argv: list[str], cache: str | None, rest: list[str]) -> None:
-    assert _main.split_args(argv) == (cache, rest)
+    opts = _main.parse_options(argv)
+    assert (opts.cache_dir, opts.lm_eval_args) == (cache, rest)
 
 
 @pytest.mark.parametrize("argv", [["--index-cache"], ["--index-cache="], ["--index-cache", ""]])
 def test_split_args_rejects_missing_dir(argv: list[str]) -> None:
     with pytest.raises(_main.UsageError):
-        _main.split_args(argv)
+        _main.parse_options(argv)
 
 
 def test_command_separates_lm_eval_args() -> None:
@@ -387,7 +388,8 @@ def test_command_separates_lm_eval_args() -> None:
         "--index-cache",
         "run",
     ]
-    assert _main.split_args(argv[3:]) == ("/c", ["--index-cache", "run"])
+    opts = _main.parse_options(argv[3:])
+    assert (opts.cache_dir, opts.lm_eval_args) == ("/c", ["--index-cache", "run"])
 
 
 def test_default_cache_dir_reads_env_per_call(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import re
 import shlex
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +278,12 @@ def test_the_ray_backend_leaves_gpus_to_ray(tmp_path: Path) -> None:
 
 def test_the_submission_carries_the_job_its_resources_and_the_grace(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, backend="ray", ray_num_gpus_default=1, kill_grace_s=2.5)
-    record = _record(tmp_path, external_id=None).evolve(
-        id=7, attempts=2, request={"num_cpus": 0.5}, argv=["lm-eval", "run", "--tasks=a b"]
+    record = replace(
+        _record(tmp_path, external_id=None),
+        id=7,
+        attempts=2,
+        request={"num_cpus": 0.5},
+        argv=["lm-eval", "run", "--tasks=a b"],
     )
     payload = RayRunner(settings)._payload(record, {"A": "1"}, "lmeval-trio-x-7-2")
     assert payload == {

@@ -19,9 +19,10 @@ import trio
 import trio.testing
 
 from lmeval_trio import process
+from lmeval_trio.config import Settings
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.records import JobRecord
-from lmeval_trio.runner import local_environment
+from lmeval_trio.runners.environment import local_environment
 from lmeval_trio.status import JobStatus
 from lmeval_trio.supervisor import Supervisor
 from lmeval_trio.warm import MAX_SPEC_BYTES, WarmPool, environment_key
@@ -43,7 +44,7 @@ class Output:
 
 
 def env(**extra: str) -> dict[str, str]:
-    return local_environment(extra)
+    return local_environment(Settings.from_env({}), extra)
 
 
 @pytest.fixture
@@ -239,7 +240,7 @@ async def wait_for_pid(supervisor: Supervisor, job_id: int) -> JobRecord:
 async def wait_warm(server: Server, env_vars: dict[str, str]) -> None:
     supervisor = supervisor_of(server)
     assert supervisor.warm is not None
-    full = local_environment(supervisor.job_environment(env_vars))
+    full = local_environment(supervisor.settings, supervisor.job_environment(env_vars))
     with trio.fail_after(300):  # the first runner of a test session may build the task index
         await supervisor.warm.wait_ready(full)
 

@@ -84,12 +84,6 @@ def parse_options(args: Sequence[str]) -> Options:
     return opts
 
 
-def split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Return (index cache dir or None, lm_eval argv)."""
-    opts = parse_options(args)
-    return opts.cache_dir, opts.lm_eval_args
-
-
 def _match_console_script_sys_path() -> None:
     """Make sys.path[0] what the ``lm_eval`` console script would have.
 

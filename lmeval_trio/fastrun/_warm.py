@@ -1,5 +1,6 @@
-"""A warm runner: a fastrun process that imports lm_eval and loads the task index before
-its job exists, then becomes that job.
+"""A spare (users' "warm runner"; never a *runner*, which is where jobs run): a fastrun
+process that imports lm_eval and loads the task index before its job exists, then becomes
+that job.
 
 The server starts it with exactly the environment its job will have, so everything lm_eval
 and its dependencies read from the environment at import time is the job's own. It then
@@ -44,7 +45,7 @@ PRELOAD = (
 )
 #: A job spec is a few KB; anything longer is not one.
 MAX_SPEC_BYTES = 1 << 20
-#: The line on the ready pipe that ends the preload's output: the runner is ready.
+#: The line on the ready pipe that ends the preload's output: the spare is ready.
 READY = b"ready\n"
 #: Exit code for a malformed spec (the server's bug, never a job's).
 EXIT_BAD_SPEC = 2
@@ -56,7 +57,7 @@ Stamp = FileStamp | frozenset[str] | None
 
 @dataclass(frozen=True)
 class Spec:
-    """The job a warm runner becomes."""
+    """The job a spare becomes."""
 
     args: list[str]
     cwd: str
@@ -112,7 +113,7 @@ def _watched_paths() -> Iterator[str]:
 def _stamp(path: str) -> Stamp:
     """A file's (mtime, size, inode); a directory's entries, but for ``__pycache__``: the
     server's bytecode compile adds those (and so changes the folder's mtime) without changing
-    what any import finds, so a runner primed before the compile stays good."""
+    what any import finds, so a spare primed before the compile stays good."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -168,7 +169,7 @@ def _flush() -> None:
 
 
 def signal_ready(fd: int | None) -> None:
-    """Tell the server this runner has finished preloading (it may be gone: ignore). READY
+    """Tell the server this spare has finished preloading (it may be gone: ignore). READY
     starts a line of its own, whatever the preload's last output line ended with."""
     if fd is None:
         return

@@ -2,8 +2,8 @@
 
 Speaks the same protocol: ``--ready-fd=N`` gets ``ready`` once "preloaded", then one JSON
 spec line on stdin. ``FAKE_WARM_MODE`` picks what happens after the spec: ``echo`` (default)
-prints the spec and the marker variable and exits 0; ``block`` also prints them, then waits
-forever; ``die`` exits 3 before it is ready.
+prints the spec, the marker variable and its environment and exits 0; ``block`` also prints
+them, then waits forever; ``die`` exits 3 before it is ready.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def main() -> int:
     if not line:
         return 0
     spec = json.loads(line)
-    print(json.dumps({"spec": spec, "marker": os.environ.get("WARM_MARKER"), "pid": os.getpid()}))
+    echo = {"spec": spec, "marker": os.environ.get("WARM_MARKER"), "pid": os.getpid()}
+    print(json.dumps({**echo, "env": list(os.environ.items())}))
     sys.stdout.flush()
     if mode == "block":
         threading.Event().wait()

@@ -1,0 +1,1 @@
+"""Where jobs run: the backends (local processes, Ray) and what they share."""
