@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import MIGRATIONS, SCHEMA_VERSION, Draft, JobStore, StoreError
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import Server, fake_job, make_settings
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
@@ -155,7 +155,7 @@ async def test_interrupted_jobs_fail_when_requeue_is_off(tmp_path: Path) -> None
         job_dir=tmp_path / "j",
         output_dir=tmp_path / "j" / "output",
     )
-    record = await store.create(lambda _id: draft, "2026-01-01T00:00:00+00:00")
+    record = await store.create(draft, "2026-01-01T00:00:00+00:00")
     await store.transition(record.id, JobStatus.QUEUED, JobStatus.RUNNING, pid=None)
     await store.close()
     async with Supervisor(settings) as supervisor:
