@@ -5,6 +5,9 @@ Marks the job Running, runs its process through the runner with its logs pumped 
 judges the outcome (and a failure's reason) and settles the record. Each job runs in its own
 cancel scope: stop and delete cancel it, and the runner takes the whole process group down.
 A store that refuses a write costs no job: its start is held, its end kept for later.
+
+Longer than 300 lines: running a job and recording its end share the live job, the store
+faults and the stop reason; split, one job's path would be read across two files.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ without HTTP::
         record = await supervisor.submit({"model": "dummy", "tasks": "my_task"})
         final = await supervisor.wait(record.id)
 
-Longer than 300 lines because the public operations belong together: each is a few lines
-that hand the work to a part, and the stop/delete coordination they share sits beside them.
+Longer than 300 lines: it also holds the error classes its callers catch, and each public
+operation is a few lines handing work to a part; the stop and delete coordination they
+share (and tests observe through ``_cancel``) stays beside them.
 """
 
 from __future__ import annotations
