@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from contextlib import closing
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +86,7 @@ def _draft(data_dir: Path, job_id: int) -> Draft:
     job_dir = command.job_dir_for(data_dir, job_id)
     launcher = command.Launcher((sys.executable, "-m", "lm_eval"))
     built = command.build(REQUEST, job_dir, launcher)
-    return Draft(REQUEST, built.argv, built.env, job_dir, built.output_dir)
+    return Draft(REQUEST, built.argv, built.env, job_dir, built.output_dir, job_id=job_id)
 
 
 async def fill_store(data_dir: Path, jobs: int, progress: dict[str, Any]) -> None:
@@ -96,7 +95,7 @@ async def fill_store(data_dir: Path, jobs: int, progress: dict[str, Any]) -> Non
     await store.open()
     try:
         for index in range(jobs):
-            record = await store.create(partial(_draft, data_dir), utc_now())
+            record = await store.create(_draft(data_dir, await store.next_id()), utc_now())
             await store.transition(
                 record.id, JobStatus.QUEUED, JobStatus.RUNNING, started_at=utc_now(), attempts=1
             )

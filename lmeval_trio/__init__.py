@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from lmeval_trio.client import ApiError, AsyncClient, Client, ServerUnreachable
     from lmeval_trio.config import Settings
     from lmeval_trio.embedding import hypercorn_config, serve_app
+    from lmeval_trio.engine.supervisor import Supervisor
     from lmeval_trio.http.app import create_app
     from lmeval_trio.records import JobRecord
     from lmeval_trio.status import JobStatus
-    from lmeval_trio.supervisor import Supervisor
 
 _EXPORTS = {
     "ApiError": "lmeval_trio.client",
@@ -29,7 +29,7 @@ _EXPORTS = {
     "create_app": "lmeval_trio.http.app",
     "JobRecord": "lmeval_trio.records",
     "JobStatus": "lmeval_trio.status",
-    "Supervisor": "lmeval_trio.supervisor",
+    "Supervisor": "lmeval_trio.engine.supervisor",
 }
 
 __all__ = [

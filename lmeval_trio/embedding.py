@@ -32,10 +32,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from lmeval_trio.config import Settings
-from lmeval_trio.http.app import create_app
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import (
+from lmeval_trio.engine.supervisor import (
     JobNotFound,
     NotAccepting,
     NotResumable,
@@ -43,6 +40,9 @@ from lmeval_trio.supervisor import (
     Supervisor,
     SupervisorError,
 )
+from lmeval_trio.http.app import create_app
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import JobStatus
 
 __all__ = [
     "JobNotFound",

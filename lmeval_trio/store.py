@@ -25,7 +25,6 @@ from lmeval_trio.status import JobStatus, check_transition
 
 T = TypeVar("T")
 log = logging.getLogger("lmeval_trio.store")
-MAX_SKIPPED_IDS = 1000
 
 # Each entry upgrades the schema by one version; PRAGMA user_version records how far we are.
 MIGRATIONS: tuple[str, ...] = (
@@ -96,6 +95,14 @@ class StoreError(RuntimeError):
     """The database cannot be used (newer schema, unreadable file, ...)."""
 
 
+class IdTaken(StoreError):
+    """A job was drafted for an id that has been handed out meanwhile (draft it again)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job id {job_id} has been handed out already")
+        self.job_id = job_id
+
+
 @dataclass(frozen=True)
 class Versioned:
     """A record and the row version it was read at."""
@@ -106,7 +113,7 @@ class Versioned:
 
 @dataclass(frozen=True)
 class Draft:
-    """What the supervisor decides about a new job once its id is known."""
+    """What the engine decides about a new job, for the id it was drafted for."""
 
     request: dict[str, Any]
     argv: list[str]
@@ -115,6 +122,7 @@ class Draft:
     output_dir: Path
     resumed_from: int | None = None
     backend: str = "local"
+    job_id: int | None = None  # None: the next id (for drafts that do not name their id)
 
 
 class JobStore:
@@ -159,17 +167,23 @@ class JobStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def create(self, draft_for: Callable[[int], Draft], queued_at: str) -> JobRecord:
-        """Insert a Queued job; ``draft_for(id)`` fills in what depends on the new id."""
-        return await self._run(self._create, draft_for, queued_at)
+    async def create(self, draft: Draft, queued_at: str) -> JobRecord:
+        """Insert a Queued job, under the id its draft was made for (``Draft.job_id``; None:
+        the next one). An id handed out before, even to a deleted job, raises IdTaken: ids
+        never repeat. Only persists: whoever drafts decides which ids to skip (next_id)."""
+        return await self._run(self._create, draft, queued_at)
 
-    def _create(self, draft_for: Callable[[int], Draft], queued_at: str) -> JobRecord:
+    def _create(self, draft: Draft, queued_at: str) -> JobRecord:
         with _transaction(self.conn) as conn:
-            job_id, draft = self._fresh_id(conn, draft_for, queued_at)
-            conn.execute(
-                "UPDATE jobs SET request=?, argv=?, env=?, job_dir=?, output_dir=?,"
-                " resumed_from=?, backend=? WHERE id=?",
+            if draft.job_id is not None and draft.job_id <= self._last_id():
+                raise IdTaken(draft.job_id)
+            cursor = conn.execute(
+                "INSERT INTO jobs (id, status, request, argv, env, job_dir, output_dir,"
+                " resumed_from, backend, created_at, queued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
+                    draft.job_id,
+                    JobStatus.QUEUED.value,
                     json.dumps(draft.request),
                     json.dumps(draft.argv),
                     json.dumps(draft.env),
@@ -177,31 +191,21 @@ class JobStore:
                     str(draft.output_dir),
                     draft.resumed_from,
                     draft.backend,
-                    job_id,
+                    queued_at,
+                    queued_at,
                 ),
             )
-        record = self._get(job_id)
+        record = self._get(int(cursor.lastrowid or 0))
         assert record is not None
         return record
 
-    def _fresh_id(
-        self, conn: sqlite3.Connection, draft_for: Callable[[int], Draft], queued_at: str
-    ) -> tuple[int, Draft]:
-        """A new row whose id names no existing folder: an id whose folder exists (left by
-        an older database) is skipped, never handed out, so no job inherits another's files."""
-        for _ in range(MAX_SKIPPED_IDS):
-            cursor = conn.execute(
-                "INSERT INTO jobs (status, request, argv, env, job_dir, output_dir, created_at,"
-                " queued_at) VALUES (?, '{}', '[]', '{}', '', '', ?, ?)",
-                (JobStatus.QUEUED.value, queued_at, queued_at),
-            )
-            job_id = int(cursor.lastrowid or 0)
-            draft = draft_for(job_id)
-            if not os.path.lexists(draft.job_dir):
-                return job_id, draft
-            log.warning("job id %s skipped: its folder %s already exists", job_id, draft.job_dir)
-            conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))  # the sequence moves on
-        raise StoreError(f"{MAX_SKIPPED_IDS} new ids in a row name existing job folders")
+    async def next_id(self) -> int:
+        """The id the next job gets unless it names a later one: the highest ever handed
+        out plus one (AUTOINCREMENT never reuses an id, even after deletes)."""
+        return await self._run(self._next_id)
+
+    def _next_id(self) -> int:
+        return self._last_id() + 1
 
     async def last_id(self) -> int:
         """The highest id ever handed out (0 for a new database)."""

@@ -26,12 +26,12 @@ import trio
 from lmeval_trio.command import Launcher
 from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.confinement import Walls, abi_version
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runners.environment import local_environment
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import (
     DUMMY_JOB,
     FAKE_LM_EVAL,

@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.store import MIGRATIONS, SCHEMA_VERSION, Draft, JobStore, StoreError
-from lmeval_trio.supervisor import Supervisor
+from lmeval_trio.store import MIGRATIONS, SCHEMA_VERSION, Draft, IdTaken, JobStore, StoreError
 from tests.conftest import Server, fake_job, make_settings
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
@@ -108,6 +108,33 @@ async def test_ids_never_repeat_across_restarts_and_deletes(tmp_path: Path) -> N
         await supervisor.wait(second.id)
 
 
+async def test_the_store_never_stores_a_draft_under_an_id_handed_out_before(
+    tmp_path: Path,
+) -> None:
+    """A draft names the id it was made for (its argv and folder carry it): the store takes
+    it only as a fresh id, never one handed out before, even to a job deleted since."""
+    store = JobStore(tmp_path / "jobs.db")
+    await store.open()
+    try:
+
+        def draft(job_id: int) -> Draft:
+            job_dir = tmp_path / "jobs" / str(job_id)
+            return Draft({"tasks": "x"}, ["lm_eval"], {}, job_dir, job_dir, job_id=job_id)
+
+        assert await store.next_id() == 1
+        first = await store.create(draft(1), "2026-01-01T00:00:00+00:00")
+        assert (first.id, first.job_dir) == (1, tmp_path / "jobs" / "1")
+        later = await store.create(draft(5), "2026-01-01T00:00:00+00:00")  # ids 2-4 skipped
+        assert later.id == 5 and await store.next_id() == 6
+        await store.delete([1, 5])
+        for taken in (1, 3, 5):
+            with pytest.raises(IdTaken, match=f"job id {taken} has been handed out"):
+                await store.create(draft(taken), "2026-01-01T00:00:00+00:00")
+        assert await store.select() == [] and await store.next_id() == 6
+    finally:
+        await store.close()
+
+
 async def test_retention_prunes_old_finished_jobs(tmp_path: Path) -> None:
     settings: Settings = make_settings(tmp_path, retention_max_jobs=2)
     async with Supervisor(settings) as supervisor:
@@ -155,7 +182,7 @@ async def test_interrupted_jobs_fail_when_requeue_is_off(tmp_path: Path) -> None
         job_dir=tmp_path / "j",
         output_dir=tmp_path / "j" / "output",
     )
-    record = await store.create(lambda _id: draft, "2026-01-01T00:00:00+00:00")
+    record = await store.create(draft, "2026-01-01T00:00:00+00:00")
     await store.transition(record.id, JobStatus.QUEUED, JobStatus.RUNNING, pid=None)
     await store.close()
     async with Supervisor(settings) as supervisor:

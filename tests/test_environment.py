@@ -13,10 +13,10 @@ import trio
 
 from lmeval_trio.command import Launcher
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runners.environment import inherited, job_environment, local_environment
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import FAKE_LM_EVAL, SUPPORT, make_settings
 from tests.test_ray import _record as ray_record
 

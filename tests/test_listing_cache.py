@@ -8,7 +8,6 @@ import sqlite3
 import zlib
 from collections.abc import Sequence
 from contextlib import closing
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import trio
 from werkzeug.datastructures import Accept
 
 from lmeval_trio import store as store_module
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import deflate, listing_encoding
 from lmeval_trio.http import listing as listing_module
 from lmeval_trio.http.app import create_app
@@ -24,7 +24,6 @@ from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import MIGRATIONS, Draft, JobStore, Versioned
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import fake_job, make_settings
 
 Q, R, C, F = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED
@@ -39,6 +38,7 @@ def _draft(tmp_path: Path, note: str, job_id: int) -> Draft:
         env={"TOKEN": "secret"},
         job_dir=job_dir,
         output_dir=job_dir / "output",
+        job_id=job_id,
     )
 
 
@@ -48,7 +48,7 @@ async def _finished_jobs(tmp_path: Path, count: int, note: str = "ünïcødé") 
     await store.open()
     try:
         for index in range(count):
-            record = await store.create(partial(_draft, tmp_path, note), NOW)
+            record = await store.create(_draft(tmp_path, note, await store.next_id()), NOW)
             await store.transition(record.id, Q, R, started_at=NOW, attempts=1)
             progress = {"percent": index % 100, "phase": "p", "phases": [{"name": "p"}]}
             await store.transition(
@@ -88,8 +88,8 @@ async def test_every_write_bumps_the_row_version(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.db")
     await store.open()
     try:
-        first = await store.create(partial(_draft, tmp_path, "a"), NOW)
-        second = await store.create(partial(_draft, tmp_path, "b"), NOW)
+        first = await store.create(_draft(tmp_path, "a", await store.next_id()), NOW)
+        second = await store.create(_draft(tmp_path, "b", await store.next_id()), NOW)
         versions = dict(await store.versions())
         await store.transition(first.id, Q, R, started_at=NOW)
         await store.set_progress(first.id, {"percent": 5}, 5)

@@ -17,10 +17,10 @@ import pytest
 import trio
 from quart import jsonify
 
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import listing_encoding, schemas
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import Server, fake_job, job_files, make_settings, start_server
 
 Q, R, C, F, S = (

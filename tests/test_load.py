@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import trio
 
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import make_settings, start_server
 
 JOBS = 1000

@@ -15,10 +15,10 @@ import trio
 
 from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.config import Settings, SettingsError, env_name
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.logging_setup import JsonLineFormatter
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import Server, fake_job, make_settings
 
 ROOT = Path(__file__).parent.parent

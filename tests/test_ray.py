@@ -22,12 +22,12 @@ import pytest
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor, default_runner
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.ray_runner import RayRunner, _gist
 from lmeval_trio.records import JobRecord
 from lmeval_trio.slots import Slots
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor, default_runner
 from tests.conftest import CACHE_DIR, DUMMY_JOB, Server, fake_job, make_settings, start_server
 from tests.support.ray_head import RayHead
 

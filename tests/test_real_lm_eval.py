@@ -8,9 +8,9 @@ from typing import Any
 
 import trio
 
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import DUMMY_JOB, TASKS_DIR, Server
 from tests.support.stub_openai import StubHandle
 

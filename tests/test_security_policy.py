@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from lmeval_trio.effective import effective_run
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.policy import REMOTE_CODE_MODEL_DEFAULTS
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from tests.conftest import fake_job, make_settings, start_server
 
 BASE: dict[str, Any] = {"model": "dummy", "tasks": "tiny_mc"}

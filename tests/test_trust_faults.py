@@ -14,10 +14,10 @@ import pytest
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import StopOutcome, Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import JobStore, StoreError
-from lmeval_trio.supervisor import StopOutcome, Supervisor
 from tests.conftest import Server, fake_job, job_files, make_settings, pid_alive, start_server
 from tests.test_trust_races import assert_consistent
 
@@ -48,13 +48,13 @@ async def test_an_end_the_store_refused_is_recorded_once_it_takes_writes(
     async with Supervisor(settings) as supervisor:
         record = await supervisor.submit(fake_job("bars", FAKE_TOTAL="1", FAKE_GATE=str(gate)))
         writer = await trio.to_thread.run_sync(open, gate, "w")  # the job has opened it
-        await _wait_until(supervisor, record.id, lambda: supervisor._live[record.id].record.pid)
-        pid = supervisor._live[record.id].record.pid
+        await _wait_until(supervisor, record.id, lambda: supervisor.live.jobs[record.id].record.pid)
+        pid = supervisor.live.jobs[record.id].record.pid
         assert pid is not None
         await refuse_writes(supervisor.store, True)
         await trio.to_thread.run_sync(writer.write, "go\n")
         await trio.to_thread.run_sync(writer.close)  # the job finishes now
-        await _wait_until(supervisor, record.id, lambda: record.id in supervisor._unrecorded)
+        await _wait_until(supervisor, record.id, lambda: record.id in supervisor.faults.unrecorded)
         assert not pid_alive(pid) or _is_zombie(pid)
         assert not await supervisor.store.writable()
         stored = await supervisor.store.get(record.id)
@@ -77,7 +77,7 @@ async def test_a_stop_while_the_store_refuses_answers_and_records_later(tmp_path
     settings = make_settings(tmp_path)
     async with Supervisor(settings) as supervisor:
         record = await supervisor.submit(fake_job("block"))
-        await _wait_until(supervisor, record.id, lambda: supervisor._live[record.id].record.pid)
+        await _wait_until(supervisor, record.id, lambda: supervisor.live.jobs[record.id].record.pid)
         await refuse_writes(supervisor.store, True)
         with trio.fail_after(30):  # answers without waiting for the disk
             outcome, _ = await supervisor.stop(record.id)
@@ -95,11 +95,13 @@ async def test_a_refused_start_keeps_the_queue_place(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, max_concurrency=1)
     async with Supervisor(settings) as supervisor:
         blocker = await supervisor.submit(fake_job("block"))
-        await _wait_until(supervisor, blocker.id, lambda: supervisor._live[blocker.id].record.pid)
+        await _wait_until(
+            supervisor, blocker.id, lambda: supervisor.live.jobs[blocker.id].record.pid
+        )
         waiting = [await supervisor.submit(fake_job("env")) for _ in range(2)]
         await refuse_writes(supervisor.store, True)
         await supervisor.stop(blocker.id)  # frees the slot; its end waits for the store
-        await _wait_until(supervisor, waiting[0].id, lambda: supervisor._held)
+        await _wait_until(supervisor, waiting[0].id, lambda: supervisor.faults.held)
         stats = supervisor.statistics()
         assert stats.queued >= 1 and stats.running == 1  # the blocker, its end unrecorded
         for job in waiting:
@@ -147,11 +149,11 @@ async def test_an_end_refused_until_shutdown_is_recorded_at_the_next_start(
     async with Supervisor(settings) as supervisor:
         record = await supervisor.submit(fake_job("bars", FAKE_TOTAL="1", FAKE_GATE=str(gate)))
         writer = await trio.to_thread.run_sync(open, gate, "w")
-        await _wait_until(supervisor, record.id, lambda: supervisor._live[record.id].record.pid)
+        await _wait_until(supervisor, record.id, lambda: supervisor.live.jobs[record.id].record.pid)
         await refuse_writes(supervisor.store, True)
         await trio.to_thread.run_sync(writer.write, "go\n")
         await trio.to_thread.run_sync(writer.close)
-        await _wait_until(supervisor, record.id, lambda: record.id in supervisor._unrecorded)
+        await _wait_until(supervisor, record.id, lambda: record.id in supervisor.faults.unrecorded)
     async with Supervisor(settings) as restarted:
         final = await restarted.get(record.id)
         assert final.status is JobStatus.COMPLETED and final.exit_code == 0, final

@@ -20,11 +20,11 @@ import trio.testing
 
 from lmeval_trio import process
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runners.environment import local_environment
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import Supervisor
 from lmeval_trio.warm import MAX_SPEC_BYTES, WarmPool, environment_key
 from tests.conftest import SUPPORT, Server, fake_job, make_settings, start_server
 from tests.support.stub_openai import StubHandle

@@ -17,12 +17,12 @@ from quart_trio import QuartTrio
 
 from lmeval_trio import cli_schema
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.routing import StrictMap
 from lmeval_trio.http.signals import GracefulSigterm
 from lmeval_trio.http.strict_json import StrictJSONProvider
-from lmeval_trio.supervisor import Supervisor
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("lmeval_trio.http")

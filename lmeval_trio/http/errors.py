@@ -16,14 +16,14 @@ from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
-from lmeval_trio.policy import MissingPath, PolicyViolation
-from lmeval_trio.results import ResultsUnavailable
-from lmeval_trio.supervisor import (
+from lmeval_trio.engine.supervisor import (
     JobNotFound,
     NotAccepting,
     NotResumable,
     QueueFull,
 )
+from lmeval_trio.policy import MissingPath, PolicyViolation
+from lmeval_trio.results import ResultsUnavailable
 
 log = logging.getLogger("lmeval_trio.http")
 #: Set on ``g`` when authentication refused the request (its body is then never read).

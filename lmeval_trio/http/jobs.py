@@ -10,6 +10,7 @@ from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_request, document_response, tag
 
 from lmeval_trio.cli_schema import request_model
+from lmeval_trio.engine.supervisor import StopOutcome
 from lmeval_trio.http import schemas, strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.listing import JobListing
@@ -17,7 +18,6 @@ from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import ACTIVE, JobStatus
-from lmeval_trio.supervisor import StopOutcome
 
 MAX_PAGE = 1000
 

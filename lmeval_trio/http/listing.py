@@ -20,12 +20,12 @@ from itertools import compress, count, repeat
 from operator import eq, itemgetter, ne
 from typing import Any, cast
 
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.schemas import summary
 from lmeval_trio.http.strict_json import finite
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import JobStore, Versioned
-from lmeval_trio.supervisor import Supervisor
 
 # What app.json produces outside debug mode: compact, ASCII, keys in insertion order.
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)

@@ -9,9 +9,9 @@ from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response, tag
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import schemas
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.supervisor import Supervisor
 
 
 def blueprint() -> Blueprint:

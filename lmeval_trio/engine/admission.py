@@ -1,0 +1,188 @@
+"""Admission: everything decided about a job before it is stored, done once, and its folder.
+
+A request is parsed the way lm-eval parses it, held to the queue bound, judged by the policy
+(its work bounded), checked against the GPUs this server has, then drafted for the id it
+will get (argv, environment and output folder name that id) and stored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+from pydantic import BaseModel
+
+from lmeval_trio import admission as budget
+from lmeval_trio import command
+from lmeval_trio.cli_schema import RequestRejected, request_model
+from lmeval_trio.config import Settings
+from lmeval_trio.engine.live import log
+from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy, PolicyViolation
+from lmeval_trio.records import JobRecord, utc_now
+from lmeval_trio.slots import Slots
+from lmeval_trio.store import Draft, IdTaken, JobStore, StoreError
+
+MAX_SKIPPED_IDS = 1000  # ids in a row whose folders exist before a submission gives up
+
+
+class Admission:
+    """Turns a request into a stored job, or refuses it with the field and the reason."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        policy: Policy,
+        slots: Slots,
+        launcher: command.Launcher,
+        backend: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = policy
+        self.slots = slots
+        self.launcher = launcher
+        self.backend = backend
+        self._submitting = 0  # submissions past the queue-bound check, not yet queued
+        self._drafting = trio.Lock()  # one id drafted at a time: no two drafts for one id
+
+    @staticmethod
+    def parse(body: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+        """The request as lm-eval would read it (pydantic's ValidationError if it cannot)."""
+        model = request_model()
+        if isinstance(body, model):
+            request = body
+        else:
+            data = body.model_dump(exclude_unset=True) if isinstance(body, BaseModel) else body
+            request = model.model_validate(dict(data))
+        return command.normalise(request.model_dump(exclude_unset=True))
+
+    def queue_full(self, waiting: int) -> bool:
+        """Whether ``waiting`` queued jobs and the submissions under way fill the queue."""
+        return waiting + self._submitting >= self.settings.max_queued_jobs
+
+    @contextmanager
+    def queue_place(self) -> Iterator[None]:
+        """Hold a place in the bounded queue across the awaits of a submission, so that
+        concurrent submissions cannot overshoot LMEVAL_MAX_QUEUED_JOBS."""
+        self._submitting += 1
+        try:
+            yield
+        finally:
+            self._submitting -= 1
+
+    async def admit(self, request: dict[str, Any]) -> Admitted:
+        """The policy's verdict, its work bounded (see admission) and cancelled with the
+        request; a bound passed is a refusal naming the field being checked."""
+        try:
+            return await budget.run_bounded(
+                lambda: self.policy.admit(request), self.settings.admission_timeout_s
+            )
+        except budget.AdmissionExceeded as error:
+            raise PolicyViolation(error.field, error.message) from None
+
+    def check_gpus(self, requested: int | None) -> None:
+        wanted = self.slots.gpus_for(requested)
+        if wanted > len(self.settings.gpus):
+            raise RequestRejected(
+                "num_gpus",
+                f"asks for {wanted} GPUs; this server has {len(self.settings.gpus)} (LMEVAL_GPUS)",
+            )
+
+    async def store_job(
+        self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None
+    ) -> JobRecord:
+        """Store the job as Queued under a fresh id whose folder does not exist: an id whose
+        folder exists (left by an older database) is skipped, never handed out, so no job
+        inherits another's files. Returns without a checkpoint once the record exists."""
+        async with self._drafting:
+            job_id = await self.store.next_id()
+            for _ in range(MAX_SKIPPED_IDS):
+                draft = self._draft(job_id, request, admitted, resumed_from)
+                if await trio.to_thread.run_sync(os.path.lexists, draft.job_dir):
+                    log.warning(
+                        "job id %s skipped: its folder %s already exists", job_id, draft.job_dir
+                    )
+                    job_id += 1
+                    continue
+                try:
+                    return await self.store.create(draft, utc_now())
+                except IdTaken:  # another writer of the database took it: draft afresh
+                    job_id = await self.store.next_id()
+        raise StoreError(f"{MAX_SKIPPED_IDS} new ids in a row name existing job folders")
+
+    def _draft(
+        self,
+        job_id: int,
+        request: dict[str, Any],
+        admitted: Admitted,
+        resumed_from: JobRecord | None,
+    ) -> Draft:
+        """The stored request stays as submitted; the argv, environment and output folder
+        carry its paths as the policy resolved them, absolute for this job's folder."""
+        job_dir = command.job_dir_for(self.settings.data_dir, job_id)
+        built = command.build(admitted.apply(request, job_dir), job_dir, self.launcher)
+        return Draft(
+            request=request,
+            argv=built.argv,
+            env=built.env,
+            job_dir=job_dir,
+            output_dir=built.output_dir,
+            resumed_from=None if resumed_from is None else resumed_from.id,
+            backend=self.backend,
+            job_id=job_id,
+        )
+
+    async def prepare_folder(
+        self, record: JobRecord, admitted: Admitted, resumed_from: JobRecord | None
+    ) -> None:
+        """What the job's folder holds before it is queued: the --config the policy judged,
+        and a resumed job's copy of the earlier job's response cache."""
+        if admitted.config_bytes is not None:
+            await trio.to_thread.run_sync(_write_config, record.job_dir, admitted.config_bytes)
+        if resumed_from is not None:
+            await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+
+
+def _write_config(job_dir: Path, content: bytes) -> None:
+    """The job reads the --config bytes the policy judged, not the file as it is later."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / CONFIG_COPY).write_bytes(content)
+
+
+def _copy_cache(old_dir: Path, new_dir: Path) -> None:
+    """Copy the earlier job's response cache: regular files and folders only, never
+    following a symlink (the earlier job could have planted one to read someone else's)."""
+    _copy_tree_nofollow(old_dir / "cache", new_dir / "cache")
+
+
+def _copy_tree_nofollow(source: Path, target: Path) -> None:
+    try:
+        info = os.lstat(source)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _copy_tree_nofollow(Path(entry.path), target / entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                _copy_file_nofollow(Path(entry.path), target / entry.name)
+
+
+def _copy_file_nofollow(source: Path, target: Path) -> None:
+    """Open with O_NOFOLLOW, so a file swapped for a link meanwhile is skipped, not read."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    with open(fd, "rb") as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer)

@@ -1,0 +1,91 @@
+"""The engine's in-memory state, shared by its parts: the active jobs, and what the store
+refused to record.
+
+The store is the source of truth for records; live state (progress, change signals, the
+cancel scope a stop cancels) exists only while a job is queued or running.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from lmeval_trio.progress import ProgressTracker
+from lmeval_trio.pulse import Pulse
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import JobStatus
+
+#: Every engine module logs as the supervisor did: operators filter on this name.
+log = logging.getLogger("lmeval_trio.supervisor")
+
+
+class StopReason(enum.Enum):
+    STOP = "stopped by request"
+    DELETE = "deleted"
+    SHUTDOWN = "interrupted: the server shut down while this job ran"
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """In-memory state of a queued or running job."""
+
+    record: JobRecord
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    changed: Pulse = field(default_factory=Pulse)
+    progress: ProgressTracker = field(default_factory=ProgressTracker)
+    stop_reason: StopReason | None = None
+    reattach: bool = False  # still running elsewhere from before a restart: follow it
+    slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
+    dispatched: bool = False  # handed to a slot: from now on only its own task settles it
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+
+class LiveJobs:
+    """The active jobs by id, and one change signal for listings that follow everything."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, LiveJob] = {}
+        self.changed = Pulse()
+
+    def add(self, record: JobRecord, *, reattach: bool = False) -> LiveJob:
+        live = self.jobs[record.id] = LiveJob(record, reattach=reattach)
+        self.changed.fire()
+        return live
+
+    def forget(self, live: LiveJob) -> None:
+        """The job is no longer active: drop it and wake everyone waiting on it."""
+        self.jobs.pop(live.id, None)
+        live.changed.fire()
+        live.done.set()
+        self.changed.fire()
+
+    def fire(self, live: LiveJob) -> None:
+        """The job's record changed: tell its followers and the listings."""
+        live.changed.fire()
+        self.changed.fire()
+
+    def waiting(self) -> int:
+        """Jobs not handed to a slot yet (what the queue bound counts)."""
+        return sum(1 for live in self.jobs.values() if not live.dispatched)
+
+    def running(self) -> int:
+        return sum(1 for live in self.jobs.values() if live.record.status is JobStatus.RUNNING)
+
+
+@dataclass(eq=False)
+class StoreFaults:
+    """What the store refused, for the reconciler to finish once it takes writes again."""
+
+    #: Ends to record: the job stays live (and its waiters wait) until its end is stored.
+    unrecorded: dict[int, tuple[LiveJob, JobStatus, dict[str, Any]]] = field(default_factory=dict)
+    held: list[LiveJob] = field(default_factory=list)  # jobs whose start it refused
+    to_discard: list[JobRecord] = field(default_factory=list)  # submissions to undo
+    fault: trio.Event = field(default_factory=trio.Event)  # set: something above waits

@@ -1,0 +1,560 @@
+"""The supervisor: the engine's public face, owning every job's lifetime through its parts.
+
+It keeps the public operations (submit, stop, delete, resume, get/list, wait, statistics,
+shutdown) and the lifetime of the whole (start-up, warm runners, shutdown), and delegates:
+admission (checks, done once, and storing), dispatch (queue, slots, GPUs), execution (one
+job from Running to its end), recovery (start-up, store faults) and retention. Usable
+without HTTP::
+
+    async with Supervisor(settings) as supervisor:
+        record = await supervisor.submit({"model": "dummy", "tasks": "my_task"})
+        final = await supervisor.wait(record.id)
+
+Longer than 300 lines: it also holds the error classes its callers catch, and each public
+operation is a few lines handing work to a part; the stop and delete coordination they
+share (and tests observe through ``_cancel``) stays beside them.
+"""
+
+from __future__ import annotations
+
+import enum
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import trio
+from pydantic import BaseModel
+
+from lmeval_trio import bytecode, command
+from lmeval_trio.config import Settings
+from lmeval_trio.engine.admission import Admission
+from lmeval_trio.engine.dispatch import Dispatcher
+from lmeval_trio.engine.execution import Execution
+from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
+from lmeval_trio.engine.recovery import Recovery
+from lmeval_trio.engine.retention import Retention
+from lmeval_trio.job_walls import JobWalls
+from lmeval_trio.metrics import Metrics
+from lmeval_trio.policy import Admitted, Policy
+from lmeval_trio.progress import ProgressSnapshot
+from lmeval_trio.pulse import Pulse
+from lmeval_trio.records import JobRecord, utc_now
+from lmeval_trio.runner import LocalRunner, Runner
+from lmeval_trio.runners.environment import job_environment, local_environment
+from lmeval_trio.slots import Slots
+from lmeval_trio.status import JobStatus
+from lmeval_trio.store import JobStore
+from lmeval_trio.warm import WarmPool
+
+
+class SupervisorError(Exception):
+    """Base of the errors the supervisor reports to its callers."""
+
+
+class JobNotFound(SupervisorError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"No lm-evaluation-harness job with ID={job_id} found.")
+        self.job_id = job_id
+
+
+class QueueFull(SupervisorError):
+    """More jobs are queued than LMEVAL_MAX_QUEUED_JOBS allows."""
+
+
+class NotAccepting(SupervisorError):
+    """The supervisor is not running (not started yet, shutting down, or crashed)."""
+
+
+class NotResumable(SupervisorError):
+    """Only Stopped and Failed jobs can be resumed."""
+
+
+class StopOutcome(enum.Enum):
+    STOPPED = "stopped"
+    DEQUEUED = "removed from the queue"
+    ALREADY_FINISHED = "already finished"
+
+
+@dataclass(frozen=True)
+class SupervisorStatistics:
+    """A snapshot for health checks and metrics (trio-style ``statistics()``)."""
+
+    alive: bool
+    queued: int
+    running: int
+    slots_total: int
+    slots_free: int
+    warm_runners_idle: int = 0  # pre-started lm-eval processes waiting for a job
+    warm_runners_ready: int = 0  # … of which have finished importing
+    warm_starts: int = 0  # jobs started in a warm runner
+    warm_misses: int = 0  # fast-start jobs no warm runner matched (started afresh)
+    jobs_confined: bool = False  # local jobs run behind a Landlock wall (README "Security")
+    job_confinement: str = "off"  # the setting: auto, landlock or off
+
+
+class Supervisor:
+    """Owns the queue, the slots and every job's process; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        launcher: command.Launcher | None = None,
+        runner: Runner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.launcher = launcher or command.Launcher.default(
+            fast_start=settings.fast_start,
+            index_cache=settings.effective_cache_dir / "task-index",
+        )
+        self.warm = None if runner is not None else warm_pool(settings, self.launcher)
+        self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
+        self.runner = runner or default_runner(settings, self.warm, self.walls)
+        self.store = JobStore(settings.data_dir / "jobs.db")
+        self.policy = Policy(settings, self.launcher.executable)
+        self.slots = Slots(settings)
+        self.metrics = Metrics()
+        self.live = LiveJobs()
+        self.changed: Pulse = self.live.changed  # any job changed: for listings of all jobs
+        self.faults = StoreFaults()
+        self._creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
+        self._wire_parts()
+        self._nursery: trio.Nursery | None = None
+        self._warm_scope = trio.CancelScope()
+        self._compile_scope = trio.CancelScope()
+        self.caches_prepared = trio.Event()  # bytecode compiled, task index built (or failed)
+        self._accepting = False
+        self._alive = False
+        self._shutdown_requested = trio.Event()
+        self.closed = trio.Event()  # set once every job process is gone and the store closed
+
+    def _wire_parts(self) -> None:
+        """The parts the supervisor delegates to, sharing its live jobs and store faults."""
+        settings, store = self.settings, self.store
+        self.admission = Admission(
+            settings, store, self.policy, self.slots, self.launcher, self.runner.name
+        )
+        self.dispatcher = Dispatcher(self.live, self.slots)
+        self.retention = Retention(settings, store, self.changed)
+        self.execution = Execution(
+            settings,
+            store,
+            self.runner,
+            live=self.live,
+            slots=self.slots,
+            faults=self.faults,
+            retention=self.retention,
+            metrics=self.metrics,
+            environment=self.job_environment,
+        )
+        self.recovery = Recovery(
+            settings,
+            store,
+            self.runner,
+            live=self.live,
+            faults=self.faults,
+            dispatcher=self.dispatcher,
+            execution=self.execution,
+            retention=self.retention,
+            creating=self._creating,
+        )
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        await self.walls.check()  # raises ConfinementUnavailable if a required wall cannot be
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            await self.recovery.start()
+        except BaseException as error:
+            with trio.CancelScope(shield=True):
+                await self.store.close()
+            try:
+                await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+            except BaseExceptionGroup as group:
+                if list(group.exceptions) == [error]:  # the start failed: say why, unwrapped
+                    raise error from None
+                raise
+            raise
+        if self.warm is not None:
+            self.warm.prime(local_environment(self.settings, self.job_environment({})))
+            await self._nursery.start(self._run_warm_pool, self.warm)
+        if isinstance(self.runner, LocalRunner):
+            self._nursery.start_soon(self._compile_bytecode)
+        self._nursery.start_soon(self.dispatcher.run, self._nursery, self.execution.run)
+        self._nursery.start_soon(self.recovery.reconcile)
+        self._accepting = self._alive = True
+        return self
+
+    async def _compile_bytecode(self) -> None:
+        """Compiled bytecode for jobs (see ``bytecode.py``); a failure costs speed only.
+        After a change of the environment the task index is rebuilt too, by a warm runner
+        that gets no job: confined jobs cannot write it, and warm runners may be off."""
+        with self._compile_scope:
+            try:
+                changed = await bytecode.compile_environment(self.settings)
+                if changed and self.launcher.warm is not None and self._accepting:
+                    await self._build_task_index(self.launcher.warm)  # never once shutting down
+            except OSError as error:
+                log.warning("could not prepare the caches for jobs: %s", error)
+        self.caches_prepared.set()
+
+    async def _build_task_index(self, warm_argv: Sequence[str]) -> None:
+        done = await trio.run_process(
+            list(warm_argv),
+            env=local_environment(self.settings, self.job_environment({})),
+            cwd=self.settings.data_dir,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            log.warning("could not build the task index (exit code %s)", done.returncode)
+
+    async def _run_warm_pool(
+        self, pool: WarmPool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with self._warm_scope:
+            await pool.run(task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self._stop_everything()
+        finally:
+            try:
+                result = await self._nursery_manager.__aexit__(exc_type, exc, tb)
+            finally:
+                self._alive = False
+                with trio.CancelScope(shield=True):
+                    await self.store.close()
+                self.closed.set()
+        log.info("shutdown: done; no job or warm runner process left")
+        return result
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until shutdown() is called: for owners that start it in their own nursery."""
+        try:
+            async with self:
+                task_status.started(self)
+                await self._shutdown_requested.wait()
+        finally:
+            self._alive = False
+
+    def shutdown(self) -> None:
+        """Ask a supervisor started with run() to stop its jobs and return."""
+        self._accepting = False
+        self._shutdown_requested.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def statistics(self) -> SupervisorStatistics:
+        running = self.live.running()
+        return SupervisorStatistics(
+            alive=self._alive,
+            queued=len(self.live.jobs) - running,
+            running=running,
+            slots_total=self.slots.total,
+            slots_free=self.slots.free,
+            **self._warm_statistics(),
+            jobs_confined=self.walls.confined and isinstance(self.runner, LocalRunner),
+            job_confinement=self.settings.job_confinement,
+        )
+
+    def _warm_statistics(self) -> dict[str, int]:
+        if self.warm is None:
+            return {}
+        stats = self.warm.statistics()
+        return {
+            "warm_runners_idle": stats.idle,
+            "warm_runners_ready": stats.ready,
+            "warm_starts": stats.taken,
+            "warm_misses": stats.missed,
+        }
+
+    async def _stop_everything(self) -> None:
+        """Shutdown: stop dispatching, interrupt running jobs (they go back to the queue),
+        or, with a runner that detaches, leave them running for the next start to follow."""
+        self._accepting = False
+        self.dispatcher.stop()
+        self._warm_scope.cancel()
+        self._compile_scope.cancel()
+        self.execution.detached = self.runner.detach()
+        started = [live for live in self.live.jobs.values() if live.dispatched]
+        _log_shutdown(started, len(self.live.jobs) - len(started), self.execution.detached)
+        for live in started:
+            self._cancel(live, StopReason.SHUTDOWN)
+        with trio.move_on_after(self.settings.shutdown_timeout_s):
+            for live in started:
+                await self._settled_or_refused(live)
+        await self.recovery.keep_unrecorded()
+
+    # -- public operations ----------------------------------------------------------------
+
+    async def submit(
+        self, body: Mapping[str, Any] | BaseModel, *, resumed_from: JobRecord | None = None
+    ) -> JobRecord:
+        """Validate, check the policy, store and queue a job. Raises pydantic's
+        ValidationError, PolicyViolation, RequestRejected, QueueFull or NotAccepting."""
+        self._check_accepting()
+        request = self.admission.parse(body)
+        with self._queue_place():
+            admitted = await self.admission.admit(request)
+            self.admission.check_gpus(request.get("num_gpus"))
+            record = await self._create_and_enqueue(request, admitted, resumed_from)
+        self.metrics.submissions.inc()
+        log.info(  # not the argv: model_args may carry credentials
+            "job %s queued (model=%s, tasks=%s)",
+            record.id,
+            request.get("model"),
+            request.get("tasks"),
+            extra={"job_id": record.id},
+        )
+        return record
+
+    @contextmanager
+    def _queue_place(self) -> Iterator[None]:
+        """A place in the bounded queue, held until the submission is queued or refused."""
+        if self.admission.queue_full(self.live.waiting()):
+            raise QueueFull(f"the queue holds {self.settings.max_queued_jobs} jobs already")
+        with self.admission.queue_place():
+            yield
+
+    async def _create_and_enqueue(
+        self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None
+    ) -> JobRecord:
+        """Store the job and give it its queue place, or leave nothing behind.
+
+        The store only persists; the job is queued after. While a resumed job's cache is
+        copied the record exists but is not queued yet; a delete waits for that
+        (``_creating``), and a failure or cancellation on the way removes the record and
+        folder again, so no Queued record is ever left without its place in the queue."""
+        record = await self.admission.store_job(request, admitted, resumed_from)
+        created = self._creating[record.id] = trio.Event()
+        try:
+            await self.admission.prepare_folder(record, admitted, resumed_from)
+            self.dispatcher.enqueue(record)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._discard(record)
+            raise
+        finally:
+            del self._creating[record.id]
+            created.set()
+        return record
+
+    async def _discard(self, record: JobRecord) -> None:
+        """Undo a half-done submission (its record, its folder), logging what could not be."""
+        try:
+            await self.retention.remove([record])
+        except Exception:
+            log.exception("job %s: could not undo a failed submission; retrying", record.id)
+            self.faults.to_discard.append(record)
+            self.faults.fault.set()
+
+    async def get(self, job_id: int) -> JobRecord:
+        live = self.live.jobs.get(job_id)
+        if live is not None:
+            return live.record
+        record = await self.store.get(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    async def list_jobs(
+        self,
+        statuses: Sequence[JobStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[JobRecord]:
+        order = "newest" if newest_first else "id"
+        records = await self.store.select(statuses, limit=limit, offset=offset, order=order)
+        active = self.live.jobs
+        return [active[r.id].record if r.id in active else r for r in records]
+
+    def progress(self, record: JobRecord) -> ProgressSnapshot:
+        """Live progress for an active job, else the stored snapshot."""
+        return ProgressSnapshot.from_dict(self.progress_dict(record))
+
+    def progress_dict(self, record: JobRecord) -> dict[str, Any]:
+        """The same as a dict; stored snapshots are served as stored (listing thousands of
+        jobs must not re-validate each one)."""
+        live = self.live.jobs.get(record.id)
+        if live is not None:
+            return live.progress.snapshot().to_dict()
+        if record.progress is not None:
+            return record.progress
+        return ProgressSnapshot(percent=record.progress_pct).to_dict()
+
+    def live_changes(self, job_id: int) -> Pulse | None:
+        """The change signal of an active job (None once it has finished)."""
+        live = self.live.jobs.get(job_id)
+        return None if live is None else live.changed
+
+    async def wait(self, job_id: int) -> JobRecord:
+        """Wait until the job is finished (or leaves the queue for good) and return it."""
+        live = self.live.jobs.get(job_id)
+        if live is not None:
+            await live.done.wait()
+        return await self.get(job_id)
+
+    async def stop(self, job_id: int) -> tuple[StopOutcome, JobRecord]:
+        """Stop a job: remove it from the queue, or end its process tree."""
+        live = self.live.jobs.get(job_id)
+        if live is None:
+            return StopOutcome.ALREADY_FINISHED, await self.get(job_id)
+        outcome = (
+            StopOutcome.DEQUEUED if live.record.status is JobStatus.QUEUED else StopOutcome.STOPPED
+        )
+        await self._stop_live(live, StopReason.STOP)
+        return outcome, await self.get(job_id)
+
+    async def stop_all(self) -> list[int]:
+        lives = list(self.live.jobs.values())
+        async with trio.open_nursery() as nursery:
+            for live in lives:
+                nursery.start_soon(self._stop_live, live, StopReason.STOP)
+        return [live.id for live in lives]
+
+    async def delete(self, job_id: int) -> None:
+        """Stop the job if it is active, then remove its record and files."""
+        await self._wait_created(job_id)
+        record = await self.get(job_id)
+        await self._delete_records([record])
+
+    async def delete_all(self) -> int:
+        """Delete the jobs that exist now (a snapshot): jobs submitted while these stop
+        (each may take its grace) are not touched."""
+        for job_id in list(self._creating):
+            await self._wait_created(job_id)
+        records = await self.store.select()
+        await self._delete_records(records)
+        return len(records)
+
+    async def _wait_created(self, job_id: int) -> None:
+        created = self._creating.get(job_id)
+        if created is not None:
+            await created.wait()
+
+    async def _delete_records(self, records: Sequence[JobRecord]) -> None:
+        """Stop those of ``records`` that are active, then remove them all."""
+        lives = [self.live.jobs[r.id] for r in records if r.id in self.live.jobs]
+        async with trio.open_nursery() as nursery:
+            for live in lives:
+                nursery.start_soon(self._stop_live, live, StopReason.DELETE)
+        await self.retention.remove(records)
+
+    async def resume(self, job_id: int) -> JobRecord:
+        """Queue a new job with a Stopped/Failed job's request and a copy of its cache."""
+        old = await self.get(job_id)
+        if old.status not in (JobStatus.STOPPED, JobStatus.FAILED):
+            raise NotResumable(
+                f"job {job_id} is {old.status.value}; only Stopped or Failed jobs can be resumed"
+            )
+        return await self.submit(old.request, resumed_from=old)
+
+    async def output_secrets(self, record: JobRecord) -> tuple[str, ...]:
+        """Values to hide in what the job wrote (its request's and its config's secrets)."""
+        return await self.execution.output_secrets(record)
+
+    async def log_tail(
+        self, record: JobRecord, stream: str, secrets: tuple[str, ...] = ()
+    ) -> list[str]:
+        """The newest lines of a log, ``secrets`` masked."""
+        return await self.execution.log_tail(record, stream, secrets)
+
+    def job_environment(
+        self, env_vars: Mapping[str, str], gpus: tuple[str, ...] = ()
+    ) -> dict[str, str]:
+        """The variables the server sets for a job (``runners/environment.py``); the runner
+        adds what the job inherits where it runs (PATH, HOME, ...)."""
+        return job_environment(self.settings, env_vars, gpus, confined=self.walls.confined)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise NotAccepting("the supervisor is not running")
+
+    async def _stop_live(self, live: LiveJob, reason: StopReason) -> None:
+        """A queued job is settled here; a dispatched one by its own task, once stopped."""
+        if not live.dispatched and live.stop_reason is None:
+            self._cancel(live, reason)
+            try:
+                await self.execution.settle(
+                    live, JobStatus.STOPPED, reason=reason.value, finished_at=utc_now()
+                )
+            finally:
+                self.live.forget(live)
+            return
+        self._cancel(live, reason)
+        await self._settled_or_refused(live)
+
+    async def _settled_or_refused(self, live: LiveJob) -> None:
+        """Until the job's end is recorded, or its process ended and the store refused it
+        (the reconciler records it later: nobody should wait for a disk to be freed)."""
+        while not live.done.is_set() and live.id not in self.faults.unrecorded:
+            await live.changed.wait_past(live.changed.version)
+
+    def _cancel(self, live: LiveJob, reason: StopReason) -> None:
+        if live.stop_reason is None:
+            live.stop_reason = reason
+        live.scope.cancel()
+
+
+def _log_shutdown(started: list[LiveJob], waiting: int, detached: bool) -> None:
+    ids = [live.id for live in started]
+    if detached:
+        log.info(
+            "shutdown: detaching %d running jobs %s (followed again at the next start); "
+            "%d stay queued",
+            len(ids),
+            ids,
+            waiting,
+        )
+    else:
+        log.info("shutdown: stopping %d running jobs %s; %d stay queued", len(ids), ids, waiting)
+
+
+def warm_pool(settings: Settings, launcher: command.Launcher) -> WarmPool | None:
+    """Warm runners for local fast-start jobs, unless the settings turn them off."""
+    if settings.backend != "local" or launcher.warm is None or settings.warm_runners == 0:
+        return None
+    return WarmPool(
+        launcher.executable,
+        launcher.warm,
+        cwd=settings.data_dir,
+        max_idle=settings.warm_runners,
+        grace_s=settings.kill_grace_s,
+    )
+
+
+def default_runner(
+    settings: Settings, warm: WarmPool | None = None, walls: JobWalls | None = None
+) -> Runner:
+    """The runner the settings select (local processes unless configured otherwise)."""
+    if settings.backend == "ray":
+        from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
+
+        return RayRunner(settings)
+    return LocalRunner(settings, warm, walls)
