@@ -34,8 +34,8 @@ import trio
 from pydantic import BaseModel
 
 from lmeval_trio import admission, bytecode, command, process, unrecorded
-from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.harness.request_model import RequestRejected, request_model
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.logs import (
     REPLAY_MAX_BYTES,

@@ -1,7 +1,7 @@
 """Keeps warm runners (lm_eval pre-imported, task index loaded) ready for the next job.
 
 Importing lm_eval costs ~3 s per job on a small machine. A warm runner
-(``python -m lmeval_trio.fastrun --warm``) pays that before its job exists and then becomes
+(``python -m lmeval_trio.harness.fastrun --warm``) pays that before its job exists and then becomes
 the job when it receives its arguments on stdin. Because lm_eval and its dependencies read
 some environment variables at import time, a runner serves only jobs whose environment equals
 the one it was started with, byte for byte; so the pool keeps at most one idle runner per
@@ -27,7 +27,7 @@ import trio
 
 from lmeval_trio import process
 from lmeval_trio.confinement import Walls
-from lmeval_trio.fastrun._warm import READY, Spec
+from lmeval_trio.harness.fastrun._warm import READY, Spec
 
 log = logging.getLogger("lmeval_trio.warm")
 
