@@ -276,16 +276,20 @@ class ProgressTracker:
         return self._on_log(rest) or changed
 
     def _on_log(self, text: str) -> bool:
-        if "Running" in text and (
+        if wording.RUNNING_HINT in text and (
             m := wording.RUNNING_LOG.search(text.rstrip()[-wording.RUNNING_TAIL :])
         ):
             self._start_phase(m.group(1), from_log=True)
             return True
-        if "Initializing" in text and (m := wording.MODEL_LOG.search(text)):
+        if wording.MODEL_HINT in text and (m := wording.MODEL_LOG.search(text)):
             self._windowing = m.group(1) in wording.WINDOWING_MODELS
             return False
         cur = self._current
-        if cur is not None and "Cached requests" in text and (m := wording.CACHED_LOG.search(text)):
+        if (
+            cur is not None
+            and wording.CACHED_HINT in text
+            and (m := wording.CACHED_LOG.search(text))
+        ):
             cur.add_cached(int(m.group(1)))
             return True
         if self._current is not None and wording.BUILDING_LOG in text:
@@ -338,7 +342,7 @@ def _classify(desc: str) -> tuple[bool, str | None]:
         return False, None
     if m := wording.DESC_REQTYPE.search(desc):
         return True, m.group(1)
-    return True, ("Requesting API" if wording.DESC_SELF_NAMED.search(desc) else None)
+    return True, (wording.SELF_NAMED_PHASE if wording.DESC_SELF_NAMED.search(desc) else None)
 
 
 def _percent(phases: tuple[PhaseProgress, ...], complete: bool) -> int:

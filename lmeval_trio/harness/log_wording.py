@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import re
 
+# Cheap substring tests run before each log line's regex (most lines match none).
+RUNNING_HINT = "Running"
+MODEL_HINT = "Initializing"
+CACHED_HINT = "Cached requests"
 # The log line ends with the phrase (so only its tail is searched); the hf bar
 # description is followed by ": pct%" instead.
 #: ``evaluator.py``: ``eval_logger.info("Running %s requests", reqtype)``; opens a phase.
@@ -21,7 +25,8 @@ RUNNING_TAIL = 100  # > len(" Running <64 chars> requests")
 #: loglikelihood requests"``; watsonx: ``"Running generate_until function ..."``).
 DESC_REQTYPE = re.compile(r"Running (\w{1,64}) (?:requests|function)")
 #: ``api_models.py``'s bar (``desc="Requesting API"``): a phase named after itself.
-DESC_SELF_NAMED = re.compile(r"Requesting API")
+SELF_NAMED_PHASE = "Requesting API"
+DESC_SELF_NAMED = re.compile(re.escape(SELF_NAMED_PHASE))
 #: Preparation bars inside a phase: tokenising, cache checks (``api/model.py``), vllm's own
 #: ``Processed prompts``, datasets' map/filter/download bars.
 DESC_NOT_INFERENCE = re.compile(
