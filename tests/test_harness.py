@@ -109,28 +109,18 @@ _WITHOUT_CLI_EVALUATE = (
 
 
 def test_fastrun_without_cli_evaluate_runs_lm_eval_the_stock_way(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
     args = ["--index-cache", str(tmp_path / "cache"), "--", "run", "--help"]
-    fallback = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_CLI_EVALUATE, *args],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    stock = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "run", "--help"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    fallback = _run([sys.executable, "-c", _WITHOUT_CLI_EVALUATE, *args], tmp_path)
+    stock = _run([sys.executable, "-m", "lm_eval", "run", "--help"], tmp_path)
     assert fallback.returncode == stock.returncode == 0, fallback.stderr
     assert "[fastrun] fastrun: lm_eval.__main__.cli_evaluate is missing; running lm_eval's " in (
         fallback.stderr
     )
     assert fallback.stdout == stock.stdout  # lm-eval's own help, as the stock run prints it
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
+    return subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, check=False, timeout=120
+    )
