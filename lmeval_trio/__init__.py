@@ -1,7 +1,8 @@
 """lmeval-trio: lm-evaluation-harness jobs served over HTTP on Trio.
 
 The public API is importable from here, loaded on first use: every job process starts with
-``python -m lmeval_trio.fastrun``, which imports this package, so importing it must stay cheap.
+``python -m lmeval_trio.harness.fastrun``, which imports this package, so importing it must
+stay cheap.
 """
 
 from __future__ import annotations

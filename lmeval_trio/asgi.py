@@ -8,8 +8,8 @@ the app starts its supervisor.
 
 import sys
 
-from lmeval_trio.cli_schema import LmEvalUnsupported, request_model
 from lmeval_trio.config import Settings, SettingsError
+from lmeval_trio.harness.versions import LmEvalUnsupported, require_internals
 from lmeval_trio.http.app import create_app
 from lmeval_trio.logging_setup import configure_logging
 
@@ -20,7 +20,7 @@ except SettingsError as error:
     raise SystemExit(2) from None
 
 try:
-    request_model()  # derived from lm-eval's parser; cached for create_app
+    require_internals()  # the request model (cached for create_app) and the rest
 except LmEvalUnsupported as error:
     print(f"lmeval-trio: {error}", file=sys.stderr)
     raise SystemExit(2) from None

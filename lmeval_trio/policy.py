@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmeval_trio import admission
-from lmeval_trio.cli_schema import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.config import Settings
+from lmeval_trio.harness.request_model import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.paths import Where, inside, resolve
 from lmeval_trio.secrets import secret_name
 
 if TYPE_CHECKING:
-    from lmeval_trio.effective import EffectiveRun
+    from lmeval_trio.harness.effective import EffectiveRun
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -418,7 +418,7 @@ class Policy:
         """Judge code execution and online access on what lm-eval will run with: the argv
         parsed by lm-eval's own parser, merged with the config file as lm-eval merges it,
         the model class's own defaults included."""
-        from lmeval_trio.effective import effective_run
+        from lmeval_trio.harness.effective import effective_run
 
         run = effective_run(request, config)
         if not self.settings.allow_code_execution:

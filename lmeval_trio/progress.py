@@ -17,6 +17,9 @@ What counts as inference:
 * Preparation bars inside a phase never count: ``Tokenizing inputs``, vllm's own
   ``Processed prompts``, cache checks, datasets bars.
 * ``Building contexts for ...`` closes the current phase; what it counted is kept.
+
+lm-eval's wording (the phrases above) lives in ``harness/log_wording.py``; tqdm's bar layout
+is matched here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from lmeval_trio.harness import log_wording as wording
 
 # Bar = "desc: pct%|bar| n/total [elapsed<remaining, rate]". The head is looked for
 # only near the start (a bar begins its segment; only ANSI codes or a short desc
@@ -40,30 +45,6 @@ _BAR_TAIL = re.compile(
 )
 _CLOCK = re.compile(r"(?:(\d{1,6}):)?(\d{2}):(\d{2})")  # "mm:ss" or "h:mm:ss"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# The log line ends with the phrase (so only its tail is searched); the hf bar
-# description is followed by ": pct%" instead.
-_RUNNING_LOG = re.compile(r"(?:^|[\s\]])Running (\w{1,64}) requests$")
-_RUNNING_TAIL = 100  # > len(" Running <64 chars> requests")
-_DESC_REQTYPE = re.compile(r"Running (\w{1,64}) (?:requests|function)")
-_DESC_SELF_NAMED = re.compile(r"Requesting API")
-_DESC_NOT_INFERENCE = re.compile(
-    r"tokeniz|checking cached|processed prompts|adding requests|\bmap\b|\bfilter\b"
-    r"|split|download|loading|resolving|bootstrap",
-    re.IGNORECASE,
-)
-_BUILDING_LOG = "Building contexts for "
-# lm-eval's response cache (--use_cache: resumed and requeued jobs) answers these requests
-# before the model's bar starts, whose total is then only the remainder.
-# Models whose loglikelihood_rolling first windows every document under an unlabeled bar
-# (instant, not inference) and then scores batches of windows under per-batch "Running
-# loglikelihood requests" bars (lm-eval 0.4.13: HFLM and its subclasses, VLLM, SGLang,
-# NeMo). Other models (API, dummy, gguf, ...) score inside that unlabeled bar's loop.
-_WINDOWING_MODELS = frozenset(
-    {"hf", "hf-auto", "huggingface", "steered", "hf-mistral3", "mamba_ssm", "habana", "ipex"}
-    | {"openvino", "vllm", "sglang", "nemo_lm"}
-)
-_MODEL_LOG = re.compile(r"Initializing (\S{1,64}) model, with arguments")
-_CACHED_LOG = re.compile(r"Cached requests: (\d{1,15}), Requests remaining: (\d{1,15})")
 # Real runs have a handful of phases and 1-2 live bars each. The caps only bound
 # time, memory and the stored snapshot when stderr is pathological: past them, new
 # phases merge into the last one and the oldest live bar is folded into the sums.
@@ -295,17 +276,23 @@ class ProgressTracker:
         return self._on_log(rest) or changed
 
     def _on_log(self, text: str) -> bool:
-        if "Running" in text and (m := _RUNNING_LOG.search(text.rstrip()[-_RUNNING_TAIL:])):
+        if wording.RUNNING_HINT in text and (
+            m := wording.RUNNING_LOG.search(text.rstrip()[-wording.RUNNING_TAIL :])
+        ):
             self._start_phase(m.group(1), from_log=True)
             return True
-        if "Initializing" in text and (m := _MODEL_LOG.search(text)):
-            self._windowing = m.group(1) in _WINDOWING_MODELS
+        if wording.MODEL_HINT in text and (m := wording.MODEL_LOG.search(text)):
+            self._windowing = m.group(1) in wording.WINDOWING_MODELS
             return False
         cur = self._current
-        if cur is not None and "Cached requests" in text and (m := _CACHED_LOG.search(text)):
+        if (
+            cur is not None
+            and wording.CACHED_HINT in text
+            and (m := wording.CACHED_LOG.search(text))
+        ):
             cur.add_cached(int(m.group(1)))
             return True
-        if self._current is not None and _BUILDING_LOG in text:
+        if self._current is not None and wording.BUILDING_LOG in text:
             self._current = None
             return True
         return False
@@ -351,11 +338,11 @@ class ProgressTracker:
 @functools.lru_cache(maxsize=256)
 def _classify(desc: str) -> tuple[bool, str | None]:
     """(counts as inference, phase name the bar gives itself); cached: descs repeat."""
-    if _DESC_NOT_INFERENCE.search(desc):
+    if wording.DESC_NOT_INFERENCE.search(desc):
         return False, None
-    if m := _DESC_REQTYPE.search(desc):
+    if m := wording.DESC_REQTYPE.search(desc):
         return True, m.group(1)
-    return True, ("Requesting API" if _DESC_SELF_NAMED.search(desc) else None)
+    return True, (wording.SELF_NAMED_PHASE if wording.DESC_SELF_NAMED.search(desc) else None)
 
 
 def _percent(phases: tuple[PhaseProgress, ...], complete: bool) -> int:

@@ -22,21 +22,13 @@ from pathlib import Path
 from typing import Any, AnyStr
 from urllib.parse import quote, quote_plus, unquote
 
+from lmeval_trio.harness.key_values import MAPPING_FLAGS, as_mapping
+
 MASK = "***"
 MIN_SECRET_CHARS = 4  # shorter values ("1", "yes") would mask ordinary text everywhere
 # An env_vars value this long is hidden in served text whatever its name (a token under a
 # name we do not know); shorter ones only under a credential's name ("exit", "1" are not).
 OPAQUE_ENV_CHARS = 20
-# Flags lm-eval parses into a dict of keyword arguments.
-MAPPING_FLAGS = (
-    "model_args",
-    "gen_kwargs",
-    "metadata",
-    "wandb_args",
-    "wandb_config_args",
-    "hf_hub_log_args",
-    "trackio_args",
-)
 # A key is secret if one of its words (split on _ - . and case) is one of these...
 _SECRET_WORDS = frozenset(
     {"token", "password", "passwd", "secret", "apikey", "credential", "credentials", "auth"}
@@ -74,7 +66,7 @@ def secret_values(request: Mapping[str, Any], config: Mapping[str, Any] | None =
     found: set[str] = set()
     for source in (request, config or {}):
         for name in MAPPING_FLAGS:
-            parsed = _as_mapping(source.get(name))
+            parsed = as_mapping(source.get(name))
             _collect(parsed, found)
             found.update(url_credentials(parsed))
         found.update(url_credentials(source))
@@ -157,19 +149,6 @@ def _read_config(path: Path) -> Mapping[str, Any] | None:
     except (OSError, ValueError, yaml.YAMLError):
         return None
     return content if isinstance(content, dict) else None
-
-
-def _as_mapping(value: Any) -> Any:
-    """``value`` as lm-eval reads a mapping flag: a JSON object, or key=value pairs."""
-    if not isinstance(value, str):
-        return value
-    from lm_eval._cli.utils import key_val_to_dict, try_parse_json
-
-    try:
-        parsed = try_parse_json(value)
-        return parsed if isinstance(parsed, dict) else key_val_to_dict(value)
-    except (ValueError, SyntaxError):
-        return None
 
 
 def _collect(mapping: Any, found: set[str]) -> None:

@@ -1,6 +1,6 @@
 """Keeps spares (lm_eval pre-imported, task index loaded) ready for the next job.
 
-Names: a *spare* is one such idle process (``python -m lmeval_trio.fastrun --warm``; users
+Names: a *spare* is one such idle process (``python -m lmeval_trio.harness.fastrun --warm``; users
 know spares as "warm runners", the setting's and the metrics' word); a *runner* is always
 where a job runs (``runner.py``: the local backend, Ray), never a spare.
 
@@ -31,7 +31,7 @@ import trio
 
 from lmeval_trio import process
 from lmeval_trio.confinement import Walls
-from lmeval_trio.fastrun._warm import READY, Spec
+from lmeval_trio.harness.fastrun._warm import READY, Spec
 
 log = logging.getLogger("lmeval_trio.warm")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio import cli_schema
-from lmeval_trio.fastrun import _patch
+from lmeval_trio.harness import effective, key_values, log_wording, request_model, versions
+from lmeval_trio.harness.fastrun import _patch
 from lmeval_trio.http.app import create_app
 from tests.conftest import DUMMY_JOB, Server, make_settings
 from tests.support.stub_openai import StubHandle
@@ -36,21 +37,21 @@ INSTALLED = importlib.metadata.version("lm_eval")
 #: lm-eval before 0.4.12 ends every run by reading its model's tokenizer for the results'
 #: metadata; the dummy model's imports transformers and downloads a real one, so offline (and
 #: without the hf extra) a dummy run answers every request and then fails (fixed in 0.4.12).
-DUMMY_NEEDS_A_TOKENIZER = cli_schema.release(INSTALLED) < (0, 4, 12)
+DUMMY_NEEDS_A_TOKENIZER = versions.release(INSTALLED) < (0, 4, 12)
 
 
 def test_installed_lm_eval_is_in_the_supported_range() -> None:
-    assert cli_schema.is_supported(INSTALLED), INSTALLED
-    assert cli_schema.untested_warning() is None
-    assert cli_schema.is_supported("0.4.10") and cli_schema.is_supported("0.4.13.dev0")
-    assert not cli_schema.is_supported("0.4.9") and not cli_schema.is_supported("0.4.14")
-    assert not cli_schema.is_supported("0.10.0") and not cli_schema.is_supported("unknown")
+    assert versions.is_supported(INSTALLED), INSTALLED
+    assert versions.untested_warning() is None
+    assert versions.is_supported("0.4.10") and versions.is_supported("0.4.13.dev0")
+    assert not versions.is_supported("0.4.9") and not versions.is_supported("0.4.14")
+    assert not versions.is_supported("0.10.0") and not versions.is_supported("unknown")
 
 
 def test_an_untested_lm_eval_is_named_at_start_up(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli_schema, "SUPPORTED_LM_EVAL", ("0.4.1", "0.4.2"))
+    monkeypatch.setattr(versions, "SUPPORTED_LM_EVAL", ("0.4.1", "0.4.2"))
     with caplog.at_level(logging.WARNING, logger="lmeval_trio.http"):
         create_app(make_settings(tmp_path))
     assert (
@@ -87,6 +88,29 @@ def test_an_lm_eval_without_a_known_internal_stops_the_start(
     tmp_path: Path, internal: str, entry: str
 ) -> None:
     """Never a server that will not start without saying why: exit 2, one line naming it."""
+    _assert_refused_start(tmp_path, internal, BREAK_INTERNAL[internal], entry)
+
+
+#: Internals only the server needs (``submit`` derives its flags from the parser alone).
+BREAK_SERVER_INTERNAL = {
+    "lm_eval._cli.utils.key_val_to_dict is missing": (
+        "import lm_eval._cli.utils as utils\ndel utils.key_val_to_dict\n"
+    ),
+    "lm_eval._cli.utils.try_parse_json is missing": (
+        "import lm_eval._cli.utils as utils\ndel utils.try_parse_json\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("internal", BREAK_SERVER_INTERNAL)
+@pytest.mark.parametrize("entry", ["asgi", "serve"])
+def test_a_server_without_its_key_value_parser_stops_the_start(
+    tmp_path: Path, internal: str, entry: str
+) -> None:
+    _assert_refused_start(tmp_path, internal, BREAK_SERVER_INTERNAL[internal], entry)
+
+
+def _assert_refused_start(tmp_path: Path, internal: str, breaking: str, entry: str) -> None:
     prefix, code = {
         "asgi": ("lmeval-trio: ", "import lmeval_trio.asgi"),
         "serve": ("lmeval-trio: error: ", SERVE),
@@ -95,7 +119,7 @@ def test_an_lm_eval_without_a_known_internal_stops_the_start(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
     env["LMEVAL_DATA_DIR"] = str(tmp_path / "data")
     result = subprocess.run(
-        [sys.executable, "-c", BREAK_INTERNAL[internal] + code],
+        [sys.executable, "-c", breaking + code],
         env=env,
         capture_output=True,
         text=True,
@@ -108,18 +132,35 @@ def test_an_lm_eval_without_a_known_internal_stops_the_start(
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_the_lm_eval_wording_and_defaults_the_server_relies_on_are_this_lm_eval_s() -> None:
+    """The upgrade checklist's entries marked test_compat (lmeval_trio/harness/__init__.py)."""
+    import lm_eval
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    source = Path(str(lm_eval.__file__)).parent
+    for module, pattern in log_wording.SOURCES:
+        assert re.search(pattern, (source / module).read_text()), (module, pattern)
+    assert EvaluatorConfig().model == effective.LM_EVAL_DEFAULT_MODEL
+    mapping_flags = {
+        action.dest
+        for action in request_model.run_parser()._actions
+        if type(action).__name__ == "MergeDictAction"
+    }
+    assert mapping_flags and mapping_flags <= set(key_values.MAPPING_FLAGS)
+
+
 async def test_request_model_is_the_installed_parsers(server: Server) -> None:
     """Every long option of this lm-eval's ``run`` is a documented field, judged its way."""
     options = {
         action.dest: action
-        for action in cli_schema.run_parser()._actions
+        for action in request_model.run_parser()._actions
         if any(o.startswith("--") for o in action.option_strings) and action.dest != "help"
     }
     schema = (await server.client.get("/openapi.json")).json()
     body = schema["paths"]["/job"]["post"]["requestBody"]["content"]["application/json"]
     fields = body["schema"]["properties"]
     assert set(options) <= set(fields)
-    assert set(fields) - set(options) == set(cli_schema.SERVER_FIELDS)
+    assert set(fields) - set(options) == set(request_model.SERVER_FIELDS)
     help_text = " ".join(str(options["num_fewshot"].help).split())
     assert fields["num_fewshot"]["description"] == help_text  # lm-eval's own help
     # A value only lm-eval's own parser refuses (seed takes 1 or 4 comma-separated values).

@@ -27,7 +27,7 @@ from lmeval_trio.command import Launcher
 from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.confinement import Walls, abi_version
 from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.fastrun._warm import Spec
+from lmeval_trio.harness.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.records import JobRecord

@@ -1,4 +1,4 @@
-"""Tests for ``python -m lmeval_trio.fastrun``: parity with stock lm_eval, cache, fallbacks.
+"""Tests for ``python -m lmeval_trio.harness.fastrun``: parity with stock lm_eval, cache, fallbacks.
 
 The end-to-end part runs real lm_eval subprocesses (``--model dummy``) on the
 tiny tasks in ``tests/support/fastrun_tasks``. Only one of them is a stock
@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from lmeval_trio import fastrun
-from lmeval_trio.fastrun import _cache, _main, _patch, _warm
+from lmeval_trio.harness import fastrun
+from lmeval_trio.harness.fastrun import _cache, _main, _patch, _warm
 
 FASTRUN_TASKS = Path(__file__).parent / "support" / "fastrun_tasks"
 PYTHON = sys.executable
@@ -196,7 +196,7 @@ class SlowRuns:
 
 #: Makes lm_eval's TaskIndex look renamed, as a future lm_eval might.
 _RENAMED_INTERNAL = (
-    "import sys; from lmeval_trio.fastrun import _patch, _main; "
+    "import sys; from lmeval_trio.harness.fastrun import _patch, _main; "
     "_patch.TASKINDEX_METHODS = ('build', '_iter_yaml_files', 'process_cfg_renamed'); "
     "_main.main()"
 )
@@ -381,7 +381,7 @@ def test_command_separates_lm_eval_args() -> None:
     assert argv == [
         "py",
         "-m",
-        "lmeval_trio.fastrun",
+        "lmeval_trio.harness.fastrun",
         "--index-cache",
         "/c",
         "--",

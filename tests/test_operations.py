@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.config import Settings, SettingsError, env_name
 from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.logging_setup import JsonLineFormatter
 from lmeval_trio.status import JobStatus

@@ -7,8 +7,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from lmeval_trio.cli_schema import request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.harness.request_model import request_model
 from lmeval_trio.policy import Policy
 
 ROOT = Path(__file__).parent.parent

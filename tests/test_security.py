@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio.cli_schema import MAX_ENV_VARS, MAX_LIST_ITEMS, MAX_STRING_CHARS
 from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS, Settings, SettingsError
+from lmeval_trio.harness.request_model import MAX_ENV_VARS, MAX_LIST_ITEMS, MAX_STRING_CHARS
 from lmeval_trio.http.security import OPEN_PATHS
 from lmeval_trio.policy import OFFLINE_ENV
 from lmeval_trio.status import JobStatus

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio.effective import effective_run
 from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.harness.effective import effective_run
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.policy import REMOTE_CODE_MODEL_DEFAULTS
 from lmeval_trio.status import JobStatus

@@ -31,7 +31,7 @@ from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
 
 FAKE_WARM = SUPPORT / "fake_warm.py"
-PREFIX = ("python", "-m", "lmeval_trio.fastrun", "--index-cache", "/c")
+PREFIX = ("python", "-m", "lmeval_trio.harness.fastrun", "--index-cache", "/c")
 GUARD_S = 60
 
 

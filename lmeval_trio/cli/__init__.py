@@ -15,8 +15,8 @@ from lmeval_trio.cli import _commands as commands
 from lmeval_trio.cli import _serve
 from lmeval_trio.cli._commands import Output
 from lmeval_trio.cli._request import RequestError, add_lm_eval_flags
-from lmeval_trio.cli_schema import LmEvalUnsupported
 from lmeval_trio.client import ApiError, Client, ServerUnreachable, describe_detail
+from lmeval_trio.harness.versions import LmEvalUnsupported
 
 __all__ = ["main"]
 

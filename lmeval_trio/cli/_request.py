@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmeval_trio.cli_schema import FlagKind, FlagSpec, flag_specs
+from lmeval_trio.harness.request_model import FlagKind, FlagSpec, flag_specs
 
 DEST_PREFIX = "lm_eval__"  # keeps lm-eval's names apart from the CLI's own options
 

@@ -14,8 +14,8 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from lmeval_trio import cli_schema
 from lmeval_trio.config import Settings, SettingsError, env_name
+from lmeval_trio.harness import versions
 
 APP = "lmeval_trio.asgi:app"
 DEFAULT_BIND = "0.0.0.0:8080"
@@ -110,8 +110,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"lmeval-trio: error: {error}", file=sys.stderr)
         return 2
     try:
-        cli_schema.run_parser()  # the request model's source: an unknown lm-eval stops here too
-    except cli_schema.LmEvalUnsupported as error:
+        versions.require_internals()  # an lm-eval missing one stops here too, in words
+    except versions.LmEvalUnsupported as error:
         print(f"lmeval-trio: error: {error}", file=sys.stderr)
         return 2
     argv = hypercorn_argv(args)

@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from lmeval_trio import admission as budget
 from lmeval_trio import command
-from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import log
+from lmeval_trio.harness.request_model import RequestRejected, request_model
 from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy, PolicyViolation
 from lmeval_trio.records import JobRecord, utc_now
 from lmeval_trio.slots import Slots

@@ -15,9 +15,9 @@ import trio
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
-from lmeval_trio import cli_schema
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.harness import versions
 from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.routing import StrictMap
@@ -67,7 +67,7 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     app.extensions["lmeval_trio.settings"] = settings
-    untested = cli_schema.untested_warning()
+    untested = versions.untested_warning()
     if untested is not None:
         log.warning("%s", untested)
     QuartSchema(

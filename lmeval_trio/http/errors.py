@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.engine.supervisor import (
     JobNotFound,
     NotAccepting,
     NotResumable,
     QueueFull,
 )
+from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.policy import MissingPath, PolicyViolation
 from lmeval_trio.results import ResultsUnavailable
 

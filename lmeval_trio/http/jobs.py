@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_request, document_response, tag
 
-from lmeval_trio.cli_schema import request_model
 from lmeval_trio.engine.supervisor import StopOutcome
+from lmeval_trio.harness.request_model import request_model
 from lmeval_trio.http import schemas, strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.listing import JobListing

@@ -1,4 +1,4 @@
-"""A stand-in for ``python -m lmeval_trio.fastrun --warm`` in warm-pool tests (no lm_eval).
+"""A stand-in for ``python -m lmeval_trio.harness.fastrun --warm`` in warm-pool tests (no lm_eval).
 
 Speaks the same protocol: ``--ready-fd=N`` gets ``ready`` once "preloaded", then one JSON
 spec line on stdin. ``FAKE_WARM_MODE`` picks what happens after the spec: ``echo`` (default)

@@ -48,7 +48,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from lmeval_trio.fastrun._cache import CacheKey, CacheReject, IndexCache, build_key
+from lmeval_trio.harness.fastrun._cache import CacheKey, CacheReject, IndexCache, build_key
 
 INDEX_MODULE = "lm_eval.tasks._index"
 LOADER_MODULE = "lm_eval.tasks._yaml_loader"
@@ -77,7 +77,7 @@ EXPECTED_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 #: SHA-256 of ``inspect.getsource`` of every wrapped function, per validated
-#: lm_eval version. Regenerate with ``python -m lmeval_trio.fastrun._patch``
+#: lm_eval version. Regenerate with ``python -m lmeval_trio.harness.fastrun._patch``
 #: after reviewing the new source against the module docstring.
 VALIDATED_SOURCES: dict[str, dict[str, str]] = {
     # 0.4.12's four functions are the same source as 0.4.13's.

@@ -2,7 +2,7 @@
 
 Every stock ``lm_eval`` process parses all ~14,000 YAML files under
 ``lm_eval/tasks/`` before it evaluates anything, even for one tiny
-``--include_path`` task. ``python -m lmeval_trio.fastrun [--index-cache DIR]
+``--include_path`` task. ``python -m lmeval_trio.harness.fastrun [--index-cache DIR]
 <lm_eval args>`` runs the unmodified lm_eval CLI, but serves that one
 directory's part of the task index from a pickle cache keyed on the lm_eval
 version, the tasks directory and a stat fingerprint of every file under it.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 __all__ = ["ENV_DISABLE", "ENV_INDEX_CACHE", "MODULE", "command", "default_cache_dir"]
 
 #: ``python -m`` target.
-MODULE = "lmeval_trio.fastrun"
+MODULE = "lmeval_trio.harness.fastrun"
 #: Default for ``--index-cache`` when the flag is absent.
 ENV_INDEX_CACHE = "LMEVAL_FASTRUN_INDEX_CACHE"
 #: Set to a non-empty value other than ``0`` to run plain stock lm_eval (escape hatch).

@@ -3,16 +3,22 @@ a ``--config`` file the way lm-eval merges it.
 
 The policy decides on these values, never on raw text: a JSON escape, a ``key=value``
 spelling or a config file all arrive here as the dict lm-eval's model class will receive.
+The merge is lm-eval's own (``lm_eval.config.evaluate_config.EvaluatorConfig``), checked at
+start-up by :func:`evaluator_config`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
+from pathlib import Path
 from typing import Any
 
-from lmeval_trio.cli_schema import FlagKind, RequestRejected
+from lmeval_trio.harness.request_model import FlagKind, RequestRejected
+from lmeval_trio.harness.versions import LmEvalUnsupported, unsupported
 
 #: EvaluatorConfig.model's default in lm-eval 0.4.13 (the model when a request names none).
 LM_EVAL_DEFAULT_MODEL = "hf"
@@ -33,9 +39,9 @@ class EffectiveRun:
 def effective_run(request: Mapping[str, Any], config: Mapping[str, Any] | None) -> EffectiveRun:
     """The settings lm-eval builds from ``request`` (and the already judged contents of its
     config file): EvaluatorConfig.from_cli's precedence, CLI values over the file's."""
-    from lmeval_trio import command
+    from lmeval_trio.harness import argv
 
-    namespace = command.check(request)
+    namespace = argv.check(request)
     cli = {
         name: value
         for name, value in vars(namespace).items()
@@ -52,18 +58,75 @@ def _merge(config: Mapping[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
     Refusals name the file, never quote it."""
     from dataclasses import asdict, fields
 
-    from lm_eval.config.evaluate_config import EvaluatorConfig
-
-    known = {f.name for f in fields(EvaluatorConfig)}
+    try:
+        config_class = evaluator_config()
+    except LmEvalUnsupported as error:
+        raise RequestRejected("config", str(error)) from None
+    known = {f.name for f in fields(config_class)}
     if not set(config) <= known:
         raise RequestRejected("config", "the config file sets keys lm-eval does not know")
     check_config_values(config)
-    values = {**asdict(EvaluatorConfig()), **config, **cli}
+    values = {**asdict(config_class()), **config, **cli}
     try:
-        parsed = EvaluatorConfig(**values)._parse_dict_args()._normalize_seed()
+        parsed = _parsed(config_class(**values))
     except (TypeError, ValueError, AttributeError):
         raise RequestRejected("config", "lm-eval cannot parse the config file's values") from None
     return {name: getattr(parsed, name) for name in known}
+
+
+EVALUATOR_CONFIG = "lm_eval.config.evaluate_config.EvaluatorConfig"
+_PURPOSE = "the server merges a request's --config file with it, as lm-eval does"
+_NEEDED_METHOD = "_parse_dict_args"
+
+
+def require_evaluator_config(source: Path | None = None) -> None:
+    """The start-up check: lm-eval's source (``source``, default the installed
+    ``lm_eval/config/evaluate_config.py``) defines EvaluatorConfig with ``_parse_dict_args``.
+
+    Read, not imported: its imports cost ~2 s and ~20 MB that a server which never sees a
+    ``--config`` request would pay for nothing. Raises LmEvalUnsupported naming the internal.
+    """
+    path = source or _installed_source()
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError) as error:
+        raise unsupported(EVALUATOR_CONFIG, f"cannot be read ({error})", _PURPOSE) from None
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "EvaluatorConfig"]
+    if not found:
+        raise unsupported(EVALUATOR_CONFIG, f"is missing from {path}", _PURPOSE)
+    methods = {n.name for n in found[0].body if isinstance(n, ast.FunctionDef)}
+    if _NEEDED_METHOD not in methods:
+        raise unsupported(f"{EVALUATOR_CONFIG}.{_NEEDED_METHOD}", "is missing", _PURPOSE)
+
+
+def _installed_source() -> Path:
+    import lm_eval
+
+    return Path(str(lm_eval.__file__)).parent / "config" / "evaluate_config.py"
+
+
+@functools.cache
+def evaluator_config() -> type[Any]:
+    """lm-eval's run settings class, imported when a request first has a ``--config``.
+    Raises LmEvalUnsupported naming what is missing (only if lm-eval changed under a running
+    server: :func:`require_evaluator_config` checked it at start-up)."""
+    try:
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+    except ImportError as error:
+        raise unsupported(EVALUATOR_CONFIG, f"cannot be imported ({error})", _PURPOSE) from error
+    if not (isinstance(EvaluatorConfig, type) and is_dataclass(EvaluatorConfig)):
+        raise unsupported(EVALUATOR_CONFIG, "is not a dataclass", _PURPOSE)
+    if not callable(getattr(EvaluatorConfig, _NEEDED_METHOD, None)):
+        raise unsupported(f"{EVALUATOR_CONFIG}.{_NEEDED_METHOD}", "is missing", _PURPOSE)
+    return EvaluatorConfig
+
+
+def _parsed(settings: Any) -> Any:
+    """The settings as lm-eval reads them: its string dicts through simple_parse_args_string,
+    and (lm-eval 0.4.13 on) its seed normalised; older releases use a file's seed as it is."""
+    settings = settings._parse_dict_args()
+    normalize_seed = getattr(settings, "_normalize_seed", None)
+    return settings if normalize_seed is None else normalize_seed()
 
 
 def check_config_values(config: Mapping[str, Any]) -> None:
@@ -72,7 +135,7 @@ def check_config_values(config: Mapping[str, Any]) -> None:
     a file's values as they are (a string ``limit`` fails minutes into the job), so a value
     the flag's type would not produce is refused now. Refusals name ``config.<key>`` and
     never quote the value (the file may be someone else's)."""
-    from lmeval_trio.cli_schema import PATH_FIELDS, check_with_parser, flag_specs
+    from lmeval_trio.harness.request_model import PATH_FIELDS, check_with_parser, flag_specs
 
     for spec in flag_specs():
         value = config.get(spec.name)

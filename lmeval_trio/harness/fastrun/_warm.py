@@ -135,7 +135,7 @@ def preload(log: logging.Logger) -> None:
             importlib.import_module(name)
         except Exception as err:  # the job meets the same error in the same place, if at all
             log.debug("warm runner: not preloading %s (%s: %s)", name, type(err).__name__, err)
-    from lmeval_trio.fastrun import _patch
+    from lmeval_trio.harness.fastrun import _patch
 
     patcher = _patch.active()
     if patcher is not None:
@@ -231,7 +231,7 @@ def restart_fresh(spec: Spec, cache_dir: Path, why: str, log: logging.Logger) ->
 
 #: Runs fastrun with lmeval_trio loaded from its own folder: behind the job's wall the folder
 #: around it (an editable install's project folder, which may hold the data directory) cannot
-#: be listed, so ``python -m lmeval_trio.fastrun`` would not find the package.
+#: be listed, so ``python -m lmeval_trio.harness.fastrun`` would not find the package.
 _BOOT = """\
 import importlib.util, os, sys
 init = sys.argv.pop(1)
@@ -241,7 +241,7 @@ spec = importlib.util.spec_from_file_location(
 package = importlib.util.module_from_spec(spec)
 sys.modules["lmeval_trio"] = package
 spec.loader.exec_module(package)
-from lmeval_trio.fastrun._main import main
+from lmeval_trio.harness.fastrun._main import main
 main()
 """
 
@@ -264,6 +264,6 @@ def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
     if stale is not None:
         restart_fresh(spec, cache_dir, stale, log)
     log.info("warm start: this runner started %.1f s before its job", time.monotonic() - started)
-    from lm_eval.__main__ import cli_evaluate
+    from lmeval_trio.harness.fastrun._main import run_lm_eval
 
-    cli_evaluate()
+    run_lm_eval(log)

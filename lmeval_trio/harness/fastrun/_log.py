@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-LOGGER_NAME = "lmeval_trio.fastrun"
+LOGGER_NAME = "lmeval_trio.harness.fastrun"
 
 
 def get_logger() -> logging.Logger:

@@ -8,7 +8,8 @@ lm-eval's own words instead of failing minutes later in a child process.
 It relies on three lm-eval internals (0.4.10 through 0.4.13 have them all):
 ``lm_eval._cli.harness.HarnessCLI``, its ``_subparsers.choices["run"]`` parser, and the
 ``argparse`` actions on it. If one is missing, :func:`run_parser` raises
-:class:`LmEvalUnsupported` naming it, and the server does not start (``asgi.py`` prints it).
+:class:`~lmeval_trio.harness.versions.LmEvalUnsupported` naming it, and the server does not
+start (``lmeval-trio serve`` and ``asgi.py`` print it).
 Unknown action classes are not an error: such a flag becomes free text that lm-eval's own
 parser then judges.
 """
@@ -25,6 +26,8 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
+from lmeval_trio.harness.versions import unsupported
+
 MAX_STRING_CHARS = 16_384
 MAX_LIST_ITEMS = 1_000
 MAX_ENV_VARS = 256
@@ -34,10 +37,6 @@ _Str = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS, pattern=r"^
 _Scalar = _Str | int | float | bool | None
 _Object = Annotated[dict[_Str, Any], Field(max_length=MAX_LIST_ITEMS)]
 _StrList = Annotated[list[_Str], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
-
-#: The lm-eval releases the server is tested with, oldest and newest (CI runs each one).
-SUPPORTED_LM_EVAL = ("0.4.10", "0.4.13")
-_RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 # Fields the server adds to lm-eval's flags.
 SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus", "num_cpus")
@@ -85,55 +84,6 @@ class RequestRejected(ValueError):
         self.message = message
 
 
-class LmEvalUnsupported(RuntimeError):
-    """The installed lm-eval lacks an internal the request model is derived from."""
-
-
-def release(version: str) -> tuple[int, int, int]:
-    """``"0.4.12.dev1"`` -> ``(0, 4, 12)``; a version without three numbers is ``(0, 0, 0)``."""
-    found = _RELEASE.match(version)
-    if found is None:
-        return (0, 0, 0)
-    major, minor, patch = (int(part) for part in found.groups())
-    return (major, minor, patch)
-
-
-def is_supported(version: str) -> bool:
-    """Whether ``version`` is one of the tested lm-eval releases (a dev or post build counts)."""
-    oldest, newest = SUPPORTED_LM_EVAL
-    return release(oldest) <= release(version) <= release(newest)
-
-
-def installed_version() -> str:
-    """The installed lm-eval's version ("unknown" if its metadata is gone)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lm_eval")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def untested_warning() -> str | None:
-    """Why the installed lm-eval deserves a warning at start-up, if it is not a tested one."""
-    installed = installed_version()
-    if is_supported(installed):
-        return None
-    oldest, newest = SUPPORTED_LM_EVAL
-    return (
-        f"lm-eval {installed} is not one of the tested releases ({oldest} through {newest}); "
-        "the request model is derived from its parser as usual, but nothing else is checked"
-    )
-
-
-def _unsupported(internal: str, why: str) -> LmEvalUnsupported:
-    oldest, newest = SUPPORTED_LM_EVAL
-    return LmEvalUnsupported(
-        f"lm-eval {installed_version()} is not supported: {internal} {why}; the job request "
-        f"model is derived from it (supported: lm-eval {oldest} through {newest})"
-    )
-
-
 def _to_text(kind: FlagKind, value: Any) -> str:
     if kind is FlagKind.LIST and isinstance(value, list):
         return ",".join(str(v) for v in value)
@@ -151,18 +101,18 @@ def run_parser() -> argparse.ArgumentParser:
     try:
         from lm_eval._cli.harness import HarnessCLI
     except ImportError as error:
-        raise _unsupported(
+        raise unsupported(
             "lm_eval._cli.harness.HarnessCLI", f"cannot be imported ({error})"
         ) from error
     try:
         parser = HarnessCLI()._subparsers.choices["run"]
     except (AttributeError, KeyError, TypeError) as error:
-        raise _unsupported(
+        raise unsupported(
             'HarnessCLI()._subparsers.choices["run"]',
             f"is missing ({type(error).__name__}: {error})",
         ) from None
     if not isinstance(parser, argparse.ArgumentParser):
-        raise _unsupported(
+        raise unsupported(
             'HarnessCLI()._subparsers.choices["run"]',
             f"is a {type(parser).__name__}, not an argparse parser",
         )

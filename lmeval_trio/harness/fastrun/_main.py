@@ -9,7 +9,9 @@ lm_eval's own.
 
 from __future__ import annotations
 
+import logging
 import os
+import runpy
 import sys
 import sysconfig
 from collections.abc import Sequence
@@ -17,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmeval_trio import reaper
-from lmeval_trio.fastrun import ENV_DISABLE, default_cache_dir
+from lmeval_trio.harness.fastrun import ENV_DISABLE, default_cache_dir
 
 USAGE = (
-    "usage: python -m lmeval_trio.fastrun [--walls JSON] [--index-cache DIR] [--] "
+    "usage: python -m lmeval_trio.harness.fastrun [--walls JSON] [--index-cache DIR] [--] "
     "<lm_eval arguments>\n"
-    "       python -m lmeval_trio.fastrun --warm [--ready-fd FD] [--index-cache DIR]"
+    "       python -m lmeval_trio.harness.fastrun --warm [--ready-fd FD] [--index-cache DIR]"
 )
 
 
@@ -109,6 +111,24 @@ def _confine(encoded: str) -> None:
         raise SystemExit(EXIT_NO_WALL) from None
 
 
+def run_lm_eval(log: logging.Logger) -> None:
+    """lm-eval's own CLI (``lm_eval.__main__.cli_evaluate``) on ``sys.argv``. An lm-eval
+    without that function has its ``__main__`` module run the stock way instead (as
+    ``python -m lm_eval`` does), with a warning that says why. An lm-eval that cannot be
+    imported at all fails here exactly as the stock run would."""
+    import lm_eval.__main__ as entry
+
+    cli_evaluate = getattr(entry, "cli_evaluate", None)
+    if callable(cli_evaluate):
+        cli_evaluate()
+        return
+    log.warning(
+        "fastrun: lm_eval.__main__.cli_evaluate is missing; running lm_eval's __main__ "
+        "the stock way"
+    )
+    runpy.run_path(str(entry.__file__), run_name="__main__")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``lm_eval`` with the built-in task index served from the cache."""
     try:
@@ -123,13 +143,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = [sys.argv[0], *opts.lm_eval_args]
     cache_dir = Path(opts.cache_dir or default_cache_dir()).expanduser().absolute()
 
-    from lmeval_trio.fastrun._log import get_logger
+    from lmeval_trio.harness.fastrun._log import get_logger
 
     disabled = os.environ.get(ENV_DISABLE, "")
     if disabled and disabled != "0":
         get_logger().info("fastrun: disabled by %s; running stock lm_eval", ENV_DISABLE)
     else:
-        from lmeval_trio.fastrun import _patch
+        from lmeval_trio.harness.fastrun import _patch
 
         _patch.install(cache_dir, get_logger())
 
@@ -137,13 +157,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     reaper.reap_on_sigterm()
     try:
         if opts.warm:
-            from lmeval_trio.fastrun import _warm
+            from lmeval_trio.harness.fastrun import _warm
 
             _warm.run(cache_dir, opts.ready_fd, get_logger())
             return
 
-        from lm_eval.__main__ import cli_evaluate
-
-        cli_evaluate()
+        run_lm_eval(get_logger())
     finally:
         reaper.kill_descendants()  # the job is over: nothing it started outlives it
