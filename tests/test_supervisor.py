@@ -1,0 +1,717 @@
+"""The supervisor on its own, in milliseconds: the real Supervisor and a real SQLite store in
+tmp_path, jobs played by the scripted fake runner (lmeval_trio/runners/fake.py), trio's
+autojump clock, no process anywhere. Each test pins a behaviour the real-process tests show
+through the server (test_api, test_jobs_processes, test_durability, test_trust_races,
+test_operations): every status transition, stop and delete races, shutdown, recovery at
+start, GPU hand-back, the queue bound and resume.
+
+Submissions run with the autojump paused: admission bounds the policy's worker thread with a
+deadline on trio's clock, and an autojump clock would jump to it while the thread works.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from lmeval_trio import unrecorded
+from lmeval_trio.cli_schema import RequestRejected
+from lmeval_trio.config import Settings
+from lmeval_trio.records import JobRecord
+from lmeval_trio.runners.fake import (
+    Block,
+    Crash,
+    Exit,
+    FakeRunner,
+    Killed,
+    Refuse,
+    Start,
+    Step,
+    WaitFor,
+    stderr,
+    stdout,
+)
+from lmeval_trio.status import TRANSITIONS, InvalidTransition, JobStatus, check_transition
+from lmeval_trio.store import JobStore, StoreError
+from lmeval_trio.supervisor import (
+    JobNotFound,
+    NotAccepting,
+    NotResumable,
+    QueueFull,
+    StopOutcome,
+    Supervisor,
+)
+
+JOB: dict[str, Any] = {"model": "dummy", "tasks": "tiny"}
+SHUTDOWN_REQUEUED = "interrupted: the server shut down while this job ran; requeued"
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a supervisor whose jobs the fake runner plays (no walls to probe)."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "install_signal_handlers": False,
+        "job_confinement": "off",
+        "warm_runners": 0,
+        "fast_start": False,
+        "kill_grace_s": 5.0,
+        "progress_flush_s": 0.05,
+    }
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+class Rig:
+    """A supervisor, its fake runner and the test's clock."""
+
+    def __init__(self, supervisor: Supervisor, runner: FakeRunner, clock: trio.testing.MockClock):
+        self.supervisor = supervisor
+        self.runner = runner
+        self.clock = clock
+        self._admitting = 0
+
+    @contextmanager
+    def _real_time(self) -> Iterator[None]:
+        """No autojump while a submission's admission thread works (see the module doc)."""
+        self._admitting += 1
+        self.clock.autojump_threshold = math.inf
+        try:
+            yield
+        finally:
+            self._admitting -= 1
+            if not self._admitting:
+                self.clock.autojump_threshold = 0
+
+    async def submit(self, *steps: Step, stop_grace_s: float = 0.0, **fields: Any) -> JobRecord:
+        """Submit a job that will follow ``steps`` (scripted under its coming id)."""
+        with self._real_time():
+            record = await self.supervisor.submit({**JOB, **fields})
+        if steps or stop_grace_s:
+            self.runner.script(record.id, *steps, stop_grace_s=stop_grace_s)
+        return record
+
+    async def resume(self, job_id: int) -> JobRecord:
+        with self._real_time():
+            return await self.supervisor.resume(job_id)
+
+
+@asynccontextmanager
+async def rig(
+    settings: Settings, clock: trio.testing.MockClock, runner: FakeRunner | None = None
+) -> AsyncIterator[Rig]:
+    runner = runner if runner is not None else FakeRunner()
+    async with Supervisor(settings, runner=runner) as supervisor:
+        yield Rig(supervisor, runner, clock)
+
+
+# Scripts are keyed by job id, and a job may start the moment it is queued: a test scripts a
+# job before submitting it where the script matters for its first steps (ids start at 1).
+
+
+def _ordered(*stamps: str | None) -> bool:
+    times = [datetime.fromisoformat(s) for s in stamps if s is not None]
+    return len(times) == len(stamps) and times == sorted(times)
+
+
+# -- the status table -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("old", list(JobStatus))
+@pytest.mark.parametrize("new", list(JobStatus))
+def test_the_table_decides_every_pair(old: JobStatus, new: JobStatus) -> None:
+    if new in TRANSITIONS[old]:
+        check_transition(1, old, new)
+    else:
+        with pytest.raises(InvalidTransition, match=f"{old.value} -> {new.value}"):
+            check_transition(1, old, new)
+
+
+async def test_queued_running_completed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, stdout("{}\n"), Exit(0))
+        record = await r.submit()
+        assert record.status is JobStatus.QUEUED and record.started_at is None
+        final = await r.supervisor.wait(record.id)
+    assert final.status is JobStatus.COMPLETED
+    assert (final.exit_code, final.reason, final.attempts) == (0, None, 1)
+    assert final.progress_pct == 100  # a completed job reports 100 %, as through the API
+    assert final.external_id == "fake-1-1" and final.backend == "fake"  # it names its run
+    assert _ordered(final.created_at, final.queued_at, final.started_at, final.finished_at)
+    assert final.stdout_path.read_text() == "{}\n"  # the output went through the log pumps
+    assert r.runner.last_run(1).argv == tuple(final.argv)
+
+
+@pytest.mark.parametrize(
+    ("ending", "exit_code", "reason"),
+    [
+        (
+            (stderr("Traceback ...\nValueError: fake failure for the test\n"), Exit(3)),
+            3,
+            "lm-eval exited with code 3: ValueError: fake failure for the test",
+        ),
+        ((Exit(2),), 2, "lm-eval exited with code 2"),
+        ((Killed(signal.SIGKILL),), -9, "lm-eval was killed by signal SIGKILL (-9)"),
+        ((Refuse("executable not found: /x/lm_eval"),), None, "could not start: executable"),
+    ],
+)
+async def test_running_failed(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    ending: tuple[Step, ...],
+    exit_code: int | None,
+    reason: str,
+) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, *ending)
+        final = await r.supervisor.wait((await r.submit()).id)
+        after = await r.supervisor.wait((await r.submit()).id)  # the supervisor goes on
+    assert final.status is JobStatus.FAILED and final.exit_code == exit_code
+    assert final.reason is not None and final.reason.startswith(reason)
+    assert _ordered(final.queued_at, final.started_at, final.finished_at)
+    assert after.status is JobStatus.COMPLETED
+
+
+async def test_a_runner_bug_fails_only_its_job(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, Start(), Crash(RuntimeError("runner bug")))
+        final = await r.supervisor.wait((await r.submit()).id)
+        assert r.supervisor.statistics().alive
+        after = await r.supervisor.wait((await r.submit()).id)
+    assert final.status is JobStatus.FAILED and final.finished_at is not None
+    assert final.reason is not None and final.reason.startswith("internal error")
+    assert "runner bug" in final.reason
+    assert after.status is JobStatus.COMPLETED
+
+
+async def test_running_stopped(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, stdout("working\n"), Block())
+        record = await r.submit()
+        await r.runner.wait_started(record.id)
+        assert (await r.supervisor.get(record.id)).status is JobStatus.RUNNING
+        outcome, stopped = await r.supervisor.stop(record.id)
+    assert outcome is StopOutcome.STOPPED
+    assert stopped.status is JobStatus.STOPPED and stopped.reason == "stopped by request"
+    assert stopped.exit_code is None and stopped.attempts == 1
+    assert _ordered(stopped.queued_at, stopped.started_at, stopped.finished_at)
+    assert r.runner.last_run(record.id).outcome == "cancelled"
+
+
+async def test_queued_stopped_never_runs(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(settings_for(tmp_path, max_concurrency=1), autojump_clock) as r:
+        r.runner.script(1, Block())
+        blocker = await r.submit()
+        queued = await r.submit()
+        await r.runner.wait_started(blocker.id)
+        outcome, stopped = await r.supervisor.stop(queued.id)
+        assert outcome is StopOutcome.DEQUEUED
+        await r.supervisor.stop(blocker.id)
+        after = await r.supervisor.wait((await r.submit()).id)  # the slot is free again
+    assert stopped.status is JobStatus.STOPPED and stopped.reason == "stopped by request"
+    assert stopped.started_at is None and stopped.finished_at is not None
+    assert r.runner.runs_of(queued.id) == []
+    assert after.status is JobStatus.COMPLETED
+
+
+async def test_illegal_changes_are_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A finished job cannot be moved on, a stale change loses, and a finished job is neither
+    stopped again nor resumed unless it ended Stopped or Failed."""
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        done = await r.supervisor.wait((await r.submit()).id)
+        store = r.supervisor.store
+        with pytest.raises(InvalidTransition):
+            await store.transition(done.id, JobStatus.COMPLETED, JobStatus.RUNNING)
+        with pytest.raises(StoreError, match="expected Running, found Completed"):
+            await store.transition(done.id, JobStatus.RUNNING, JobStatus.FAILED)
+        outcome, again = await r.supervisor.stop(done.id)
+        with pytest.raises(NotResumable, match="only Stopped or Failed"):
+            await r.resume(done.id)
+    assert outcome is StopOutcome.ALREADY_FINISHED
+    assert again == done  # untouched: same status, reason and timestamps
+
+
+# -- stop and delete races --------------------------------------------------------------
+
+
+async def test_stop_while_starting(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Stopped before its process reported started: it ends Stopped, naming no process."""
+    spawning = trio.Event()
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, WaitFor(spawning), Start(), Block())
+        record = await r.submit()
+        run = await r.runner.wait_entered(record.id)
+        outcome, stopped = await r.supervisor.stop(record.id)
+    assert outcome is StopOutcome.STOPPED
+    assert stopped.status is JobStatus.STOPPED and stopped.reason == "stopped by request"
+    assert stopped.external_id is None and stopped.pid is None
+    assert run.outcome == "cancelled" and not run.started.is_set()
+
+
+async def test_stop_twice(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Two stops at once both wait for the one end; a later stop finds it finished."""
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        record = await r.submit(Block(), stop_grace_s=5.0)
+        await r.runner.wait_started(record.id)
+        results: list[tuple[StopOutcome, JobRecord]] = []
+
+        async def stop() -> None:
+            results.append(await r.supervisor.stop(record.id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop)
+            nursery.start_soon(stop)
+        later, final = await r.supervisor.stop(record.id)
+    assert [outcome for outcome, _ in results] == [StopOutcome.STOPPED] * 2
+    assert all(rec.status is JobStatus.STOPPED for _, rec in results)
+    assert later is StopOutcome.ALREADY_FINISHED and final == results[0][1]
+    assert r.runner.statistics().by_outcome == {"cancelled": 1}  # stopped once
+
+
+async def test_a_stop_waits_out_the_grace(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        record = await r.submit(Block(), stop_grace_s=4.0)
+        await r.runner.wait_started(record.id)
+        before = trio.current_time()
+        _, stopped = await r.supervisor.stop(record.id)
+        assert trio.current_time() - before >= 4.0
+    run = r.runner.last_run(record.id)
+    assert run.ended_at is not None and run.stopping_at is not None
+    assert run.ended_at - run.stopping_at == pytest.approx(4.0)
+    assert stopped.status is JobStatus.STOPPED
+
+
+async def test_delete_while_stopping(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The folder and record stay while the process is still stopping; then both go."""
+    gate = trio.Event()
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        record = await r.submit()
+        r.runner.script(record.id, Block(), stop_gate=gate)
+        await r.runner.wait_started(record.id)
+        stopped: list[object] = []
+
+        async def stop() -> None:
+            try:
+                stopped.append((await r.supervisor.stop(record.id))[1].status)
+            except JobNotFound:  # the delete removed it first: as through the API
+                stopped.append("gone")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop)
+            await r.runner.wait_stopping(record.id)
+            nursery.start_soon(r.supervisor.delete, record.id)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await r.supervisor.get(record.id)).status is JobStatus.RUNNING
+            assert record.job_dir.is_dir()
+            gate.set()
+        with pytest.raises(JobNotFound):
+            await r.supervisor.get(record.id)
+        stats = r.supervisor.statistics()
+    assert stopped in ([JobStatus.STOPPED], ["gone"])
+    assert not record.job_dir.exists()
+    assert (stats.queued, stats.running, stats.slots_free) == (0, 0, stats.slots_total)
+    assert r.runner.statistics().by_outcome == {"cancelled": 1}
+
+
+async def test_delete_twice(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        running = await r.submit(Block(), stop_grace_s=2.0)
+        await r.runner.wait_started(running.id)
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(r.supervisor.delete, running.id)
+        with pytest.raises(JobNotFound):
+            await r.supervisor.delete(running.id)  # a 404 through the API
+        assert await r.supervisor.list_jobs() == []
+    assert not running.job_dir.exists()
+    assert r.runner.statistics().by_outcome == {"cancelled": 1}
+
+
+async def test_delete_a_queued_job(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with rig(settings_for(tmp_path, max_concurrency=1), autojump_clock) as r:
+        r.runner.script(1, Block())
+        blocker = await r.submit()
+        queued = await r.submit()
+        await r.runner.wait_started(blocker.id)
+        await r.supervisor.delete(queued.id)
+        with pytest.raises(JobNotFound):
+            await r.supervisor.get(queued.id)
+        assert r.supervisor.statistics().queued == 0
+        await r.supervisor.stop(blocker.id)
+    assert r.runner.runs_of(queued.id) == []
+
+
+async def test_stop_after_completion(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        failed = await r.supervisor.wait((await r.submit(Exit(1))).id)
+        outcome, record = await r.supervisor.stop(failed.id)
+    assert outcome is StopOutcome.ALREADY_FINISHED and record == failed
+
+
+async def test_stop_all_stops_running_and_queued(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(settings_for(tmp_path, max_concurrency=2), autojump_clock) as r:
+        for job_id in (1, 2):
+            r.runner.script(job_id, Block())
+        ids = [(await r.submit()).id for _ in range(3)]
+        await r.runner.wait_started(2)
+        assert sorted(await r.supervisor.stop_all()) == ids
+        records = await r.supervisor.list_jobs()
+    assert [rec.status for rec in records] == [JobStatus.STOPPED] * 3
+    assert [rec.started_at is None for rec in records] == [False, False, True]
+
+
+# -- shutdown ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+async def test_shutdown_with_running_and_queued_jobs(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, requeue: bool
+) -> None:
+    """A running job goes back to the queue (or fails, with requeue off); a queued one stays
+    queued; both are run by the next start, the interrupted one first."""
+    settings = settings_for(tmp_path, max_concurrency=1, requeue_interrupted=requeue)
+    async with rig(settings, autojump_clock) as r:
+        r.runner.script(1, stderr("first attempt\n"), Block(), stop_grace_s=3.0)
+        running = await r.submit()
+        queued = await r.submit()
+        await r.runner.wait_started(running.id)
+    interrupted = await _stored(settings, running.id)
+    waiting = await _stored(settings, queued.id)
+    assert r.runner.last_run(running.id).outcome == "cancelled"
+    assert waiting.status is JobStatus.QUEUED and waiting.reason is None
+    assert r.runner.runs_of(queued.id) == []
+    if requeue:
+        assert interrupted.status is JobStatus.QUEUED and interrupted.reason == SHUTDOWN_REQUEUED
+        assert interrupted.pid is None and interrupted.attempts == 1
+    else:
+        assert interrupted.status is JobStatus.FAILED
+        assert interrupted.reason == "interrupted: the server shut down while this job ran"
+    async with rig(settings, autojump_clock) as again:
+        finals = [await again.supervisor.wait(job_id) for job_id in (running.id, queued.id)]
+    ran = [run.job_id for run in again.runner.runs]
+    assert ran == ([running.id, queued.id] if requeue else [queued.id])
+    assert finals[1].status is JobStatus.COMPLETED
+    if requeue:
+        first = finals[0]
+        assert first.status is JobStatus.COMPLETED and first.attempts == 2
+        assert first.reason is None  # the requeue's reason belonged to the first attempt
+        marker = first.stderr_path.read_text().split("\n")[1]
+        assert marker.startswith("[lmeval-trio] attempt 2 started at ")
+        assert "after: interrupted: the server shut down" in marker
+
+
+async def test_run_and_shutdown(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Started in the owner's nursery and told to shut down: it stops its job, closes, and
+    refuses new work."""
+    settings = settings_for(tmp_path)
+    runner = FakeRunner()
+    runner.script(1, Block(), stop_grace_s=2.0)
+    supervisor = Supervisor(settings, runner=runner)
+    r = Rig(supervisor, runner, autojump_clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        assert supervisor.statistics().alive
+        record = await r.submit()
+        await runner.wait_started(record.id)
+        supervisor.shutdown()
+        with pytest.raises(NotAccepting):
+            await r.submit()
+        await supervisor.closed.wait()
+    assert not supervisor.statistics().alive
+    assert runner.last_run(record.id).outcome == "cancelled"
+    assert (await _stored(settings, record.id)).reason == SHUTDOWN_REQUEUED
+
+
+# -- recovery at start ------------------------------------------------------------------
+
+
+async def _leave_running(settings: Settings, clock: trio.testing.MockClock) -> list[int]:
+    """A previous server (one slot) whose runner detached at shutdown, as Ray's does: job 1
+    is left Running in the store, job 2 Queued. Returns their ids."""
+    assert settings.max_concurrency == 1
+    runner = FakeRunner(detach=True)
+    runner.script(1, Block())
+    async with rig(settings, clock, runner) as r:
+        running, queued = await r.submit(), await r.submit()
+        await runner.wait_started(running.id)
+    assert (await _stored(settings, running.id)).status is JobStatus.RUNNING
+    assert (await _stored(settings, queued.id)).status is JobStatus.QUEUED
+    return [running.id, queued.id]
+
+
+async def test_recovery_requeues_what_was_running(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = settings_for(tmp_path, max_concurrency=1)
+    running, queued = await _leave_running(settings, autojump_clock)
+    runner = FakeRunner()
+    gate = trio.Event()
+    runner.script(running, WaitFor(gate), Exit(0))
+    async with rig(settings, autojump_clock, runner) as r:
+        requeued = await r.supervisor.get(running)
+        assert requeued.status is JobStatus.QUEUED
+        assert requeued.reason == (
+            "interrupted: the server stopped while this job ran (pid None); requeued"
+        )
+        gate.set()
+        finals = [await r.supervisor.wait(job_id) for job_id in (running, queued)]
+    assert runner.recovered == [running]  # asked to clean up what is left of it
+    assert [run.job_id for run in runner.runs] == [running, queued]
+    assert [f.status for f in finals] == [JobStatus.COMPLETED] * 2
+    assert [f.attempts for f in finals] == [2, 1]
+
+
+async def test_recovery_fails_what_was_running_when_requeue_is_off(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = settings_for(tmp_path, max_concurrency=1, requeue_interrupted=False)
+    running, queued = await _leave_running(settings, autojump_clock)
+    async with rig(settings, autojump_clock) as r:
+        failed = await r.supervisor.get(running)
+        done = await r.supervisor.wait(queued)
+    assert failed.status is JobStatus.FAILED and failed.finished_at is not None
+    assert failed.reason is not None and failed.reason.startswith("interrupted: the server")
+    assert done.status is JobStatus.COMPLETED
+    assert [run.job_id for run in r.runner.runs] == [queued]
+
+
+async def test_recovery_reattaches_a_job_still_running_elsewhere(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = settings_for(tmp_path, max_concurrency=1)
+    running, queued = await _leave_running(settings, autojump_clock)
+    runner = FakeRunner(alive_elsewhere=frozenset({running}))
+    runner.script(running, stdout("still going\n"), Exit(0))
+    async with rig(settings, autojump_clock, runner) as r:
+        final = await r.supervisor.wait(running)
+        await r.supervisor.wait(queued)
+    run = runner.last_run(running)
+    assert run.reattached and final.status is JobStatus.COMPLETED
+    assert final.attempts == 1  # followed, not started again
+    assert final.stdout_path.read_text() == "still going\n"
+
+
+async def test_recovery_records_an_end_the_store_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An end kept beside the logs (the store took no writes then) is recorded at the next
+    start; the job is not run again."""
+    settings = settings_for(tmp_path, max_concurrency=1)
+    running, _ = await _leave_running(settings, autojump_clock)
+    job_dir = (await _stored(settings, running)).job_dir
+    unrecorded.save(job_dir, JobStatus.FAILED, {"exit_code": 4, "reason": "lm-eval exited"})
+    async with rig(settings, autojump_clock) as r:
+        record = await r.supervisor.get(running)
+    assert (record.status, record.exit_code, record.reason) == (
+        JobStatus.FAILED,
+        4,
+        "lm-eval exited",
+    )
+    assert r.runner.runs_of(running) == [] and not (job_dir / unrecorded.FILENAME).exists()
+
+
+async def _stored(settings: Settings, job_id: int) -> JobRecord:
+    """The record as the store has it (the supervisor that wrote it is gone)."""
+    store = JobStore(settings.data_dir / "jobs.db")
+    await store.open()
+    try:
+        record = await store.get(job_id)
+    finally:
+        await store.close()
+    assert record is not None
+    return record
+
+
+# -- GPU slots --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ending", ["exit", "killed", "refused", "crash", "stop", "delete"], ids=str
+)
+async def test_a_job_that_ends_hands_its_gpus_to_the_next(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, ending: str
+) -> None:
+    settings = settings_for(tmp_path, gpus=("0", "1", "2", "3"), gpus_per_job=2)
+    gate = trio.Event()
+    async with rig(settings, autojump_clock) as r:
+        endings: dict[str, tuple[Step, ...]] = {
+            "exit": (WaitFor(gate), Exit(1)),
+            "killed": (WaitFor(gate), Killed()),
+            "refused": (WaitFor(gate), Refuse()),
+            "crash": (Start(), WaitFor(gate), Crash(RuntimeError("bug"))),
+            "stop": (Block(),),
+            "delete": (Block(),),
+        }
+        r.runner.script(1, *endings[ending])
+        r.runner.script(2, Block())
+        r.runner.script(3, Block())
+        first, second, third = [await r.submit() for _ in range(3)]
+        await r.runner.wait_entered(first.id)
+        await r.runner.wait_started(second.id)
+        held = [(await r.supervisor.get(job.id)).gpus for job in (first, second)]
+        assert held == [["0", "1"], ["2", "3"]]
+        assert (await r.supervisor.get(third.id)).status is JobStatus.QUEUED
+        if ending == "stop":
+            await r.supervisor.stop(first.id)
+        elif ending == "delete":
+            await r.supervisor.delete(first.id)
+        else:
+            gate.set()
+        run = await r.runner.wait_started(third.id)
+        assert (await r.supervisor.get(third.id)).gpus == ["0", "1"]
+        assert run.env["CUDA_VISIBLE_DEVICES"] == "0,1"
+        await r.supervisor.stop_all()
+
+
+async def test_gpus_are_granted_in_queue_order(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A big request waits for its GPUs, and a small one behind it does not take the GPU
+    that frees meanwhile: it would starve the big one."""
+    settings = settings_for(tmp_path, gpus=("0", "1", "2", "3"), gpus_per_job=1)
+    big_ends, small_ends = trio.Event(), trio.Event()
+    async with rig(settings, autojump_clock) as r:
+        r.runner.script(1, WaitFor(big_ends), Exit(0))
+        r.runner.script(2, WaitFor(small_ends), Exit(0))
+        r.runner.script(3, Block())
+        r.runner.script(4, Block())
+        big = await r.submit(num_gpus=3)
+        small = await r.submit()
+        second_big = await r.submit(num_gpus=2)
+        behind = await r.submit()
+        await r.runner.wait_started(small.id)
+        assert (await r.supervisor.get(big.id)).gpus == ["0", "1", "2"]
+        assert (await r.supervisor.get(small.id)).gpus == ["3"]
+        small_ends.set()  # GPU 3 frees: too few for the second big job, enough for behind
+        await r.supervisor.wait(small.id)
+        assert (await r.supervisor.get(behind.id)).status is JobStatus.QUEUED
+        big_ends.set()  # four free: the second big job takes two, then behind one
+        await r.runner.wait_started(second_big.id)
+        await r.runner.wait_started(behind.id)
+        grants = {job.id: (await r.supervisor.get(job.id)).gpus for job in (second_big, behind)}
+        await r.supervisor.stop_all()
+    assert grants == {second_big.id: ["0", "1"], behind.id: ["2"]}  # behind never took "3"
+
+
+async def test_a_request_for_more_gpus_than_exist_is_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = settings_for(tmp_path, gpus=("0", "1"))
+    async with rig(settings, autojump_clock) as r:
+        with pytest.raises(RequestRejected, match="asks for 3 GPUs"):
+            await r.submit(num_gpus=3)
+        assert await r.supervisor.list_jobs() == []
+
+
+# -- the queue bound --------------------------------------------------------------------
+
+
+async def test_the_queue_bound_counts_waiting_jobs(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = settings_for(tmp_path, max_concurrency=1, max_queued_jobs=2)
+    async with rig(settings, autojump_clock) as r:
+        r.runner.script(1, Block())
+        running = await r.submit()
+        await r.runner.wait_started(running.id)  # a running job holds no queue place
+        waiting = [await r.submit(), await r.submit()]
+        with pytest.raises(QueueFull, match="holds 2 jobs already"):
+            await r.submit()
+        await r.supervisor.stop(waiting[0].id)
+        again = await r.submit()
+        assert [rec.id for rec in await r.supervisor.list_jobs([JobStatus.QUEUED])] == [
+            waiting[1].id,
+            again.id,
+        ]
+        await r.supervisor.stop_all()
+
+
+async def test_concurrent_submissions_cannot_overshoot_the_bound(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = settings_for(tmp_path, max_concurrency=0, max_queued_jobs=2)
+    async with rig(settings, autojump_clock) as r:
+        accepted: list[int] = []
+        refused: list[QueueFull] = []
+
+        async def submit() -> None:
+            try:
+                accepted.append((await r.submit()).id)
+            except QueueFull as error:
+                refused.append(error)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(submit)
+        stats = r.supervisor.statistics()
+        listed = [rec.id for rec in await r.supervisor.list_jobs()]
+    assert (len(accepted), len(refused)) == (2, 3)
+    assert sorted(accepted) == listed and stats.queued == 2
+
+
+# -- resume -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["stopped", "failed"])
+async def test_resume_queues_a_new_job_with_the_cache(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, Block() if how == "stopped" else Exit(1))
+        old = await r.submit(limit=5)
+        if how == "stopped":
+            await r.runner.wait_started(old.id)
+            await r.supervisor.stop(old.id)
+        ended = await r.supervisor.wait(old.id)
+        (ended.job_dir / "cache" / "lm_cache_rank0.db").write_text("cached answers\n")
+        resumed = await r.resume(old.id)
+        final = await r.supervisor.wait(resumed.id)
+    assert resumed.id > old.id and resumed.resumed_from == old.id
+    assert resumed.request == ended.request and final.status is JobStatus.COMPLETED
+    assert (final.job_dir / "cache" / "lm_cache_rank0.db").read_text() == "cached answers\n"
+    assert (await _stored(settings_for(tmp_path), old.id)).status is ended.status  # untouched
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "completed"])
+async def test_only_stopped_or_failed_jobs_resume(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, state: str
+) -> None:
+    async with rig(settings_for(tmp_path, max_concurrency=1), autojump_clock) as r:
+        r.runner.script(1, Block())
+        running = await r.submit()
+        queued = await r.submit()
+        await r.runner.wait_started(running.id)
+        target = {"queued": queued.id, "running": running.id}.get(state)
+        if target is None:
+            await r.supervisor.stop(running.id)
+            target = (await r.supervisor.wait(queued.id)).id
+        with pytest.raises(NotResumable, match="only Stopped or Failed jobs can be resumed"):
+            await r.resume(target)
+        with pytest.raises(JobNotFound):
+            await r.resume(999)
+        assert len(await r.supervisor.list_jobs()) == 2
+        await r.supervisor.stop_all()
