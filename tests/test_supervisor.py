@@ -233,18 +233,20 @@ async def test_illegal_changes_are_refused(
 ) -> None:
     """A finished job cannot be moved on, a stale change loses, and a finished job is neither
     stopped again nor resumed unless it ended Stopped or Failed."""
-    async with rig(settings_for(tmp_path), autojump_clock) as r:
+    settings = settings_for(tmp_path)
+    async with rig(settings, autojump_clock) as r:
         done = await r.supervisor.wait((await r.submit()).id)
-        store = r.supervisor.store
-        with pytest.raises(InvalidTransition):
-            await store.transition(done.id, JobStatus.COMPLETED, JobStatus.RUNNING)
-        with pytest.raises(StoreError, match="expected Running, found Completed"):
-            await store.transition(done.id, JobStatus.RUNNING, JobStatus.FAILED)
         outcome, again = await r.supervisor.stop(done.id)
         with pytest.raises(NotResumable, match="only Stopped or Failed"):
             await r.resume(done.id)
     assert outcome is StopOutcome.ALREADY_FINISHED
     assert again == done  # untouched: same status, reason and timestamps
+    async with _store(settings) as store:
+        with pytest.raises(InvalidTransition):
+            await store.transition(done.id, JobStatus.COMPLETED, JobStatus.RUNNING)
+        with pytest.raises(StoreError, match="expected Running, found Completed"):
+            await store.transition(done.id, JobStatus.RUNNING, JobStatus.FAILED)
+        assert await store.get(done.id) == done
 
 
 # -- stop and delete races --------------------------------------------------------------
@@ -399,6 +401,8 @@ async def test_shutdown_with_running_and_queued_jobs(
         running = await r.submit()
         queued = await r.submit()
         await r.runner.wait_started(running.id)
+        shutdown_at = trio.current_time()
+    assert trio.current_time() - shutdown_at >= 3.0  # the shutdown waited out the grace
     interrupted = await _stored(settings, running.id)
     waiting = await _stored(settings, queued.id)
     assert r.runner.last_run(running.id).outcome == "cancelled"
@@ -534,14 +538,21 @@ async def test_recovery_records_an_end_the_store_refused(
     assert r.runner.runs_of(running) == [] and not (job_dir / unrecorded.FILENAME).exists()
 
 
-async def _stored(settings: Settings, job_id: int) -> JobRecord:
-    """The record as the store has it (the supervisor that wrote it is gone)."""
+@asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[JobStore]:
+    """The supervisor's database, opened on its own (the supervisor that wrote it is gone)."""
     store = JobStore(settings.data_dir / "jobs.db")
     await store.open()
     try:
-        record = await store.get(job_id)
+        yield store
     finally:
         await store.close()
+
+
+async def _stored(settings: Settings, job_id: int) -> JobRecord:
+    """The record as the store has it."""
+    async with _store(settings) as store:
+        record = await store.get(job_id)
     assert record is not None
     return record
 
