@@ -726,3 +726,114 @@ async def test_only_stopped_or_failed_jobs_resume(
             await r.resume(999)
         assert len(await r.supervisor.list_jobs()) == 2
         await r.supervisor.stop_all()
+
+
+# -- shutdown races and live progress ---------------------------------------------------
+
+
+async def _shutdown_while_stopping(
+    settings: Settings, clock: trio.testing.MockClock
+) -> tuple[JobRecord, list[JobRecord | StoreError]]:
+    """A job being stopped by request (it takes its grace) when the supervisor is told to
+    shut down: its final record, and what the stop call returned (or raised)."""
+    runner = FakeRunner()
+    runner.script(1, Block(), stop_grace_s=2.0)
+    supervisor = Supervisor(settings, runner=runner)
+    r = Rig(supervisor, runner, clock)
+    answers: list[JobRecord | StoreError] = []
+
+    async def stop(job_id: int) -> None:
+        try:
+            answers.append((await supervisor.stop(job_id))[1])
+        except StoreError as error:  # see test_a_stop_racing_shutdown_returns_its_record
+            answers.append(error)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        record = await r.submit()
+        await runner.wait_started(record.id)
+        nursery.start_soon(stop, record.id)
+        await runner.wait_stopping(record.id)
+        supervisor.shutdown()
+    assert runner.statistics().by_outcome == {"cancelled": 1}
+    return await _stored(settings, record.id), answers
+
+
+async def test_shutdown_during_a_stop_keeps_the_stop(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The first reason wins: a job being stopped by request ends Stopped, not requeued."""
+    final, answers = await _shutdown_while_stopping(settings_for(tmp_path), autojump_clock)
+    assert final.status is JobStatus.STOPPED and final.reason == "stopped by request"
+    assert len(answers) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: stop() racing shutdown() raises StoreError('the job store is closed') in "
+    "about a third of runs (trio's scheduling order): the shutdown closes the store before "
+    "stop() reads the final record of the job it did stop",
+)
+async def test_a_stop_racing_shutdown_returns_its_record(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    for attempt in range(30):  # the race goes either way: 30 tries make a miss ~1e-6
+        final, answers = await _shutdown_while_stopping(
+            settings_for(tmp_path / str(attempt)), autojump_clock
+        )
+        assert answers == [final]
+
+
+async def test_shutdown_during_a_start_requeues(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A job whose process has not reported started yet is interrupted like a running one."""
+    settings = settings_for(tmp_path)
+    never = trio.Event()
+    async with rig(settings, autojump_clock) as r:
+        r.runner.script(1, WaitFor(never), Start(), Block())
+        record = await r.submit()
+        run = await r.runner.wait_entered(record.id)
+    final = await _stored(settings, record.id)
+    assert final.status is JobStatus.QUEUED and final.reason == SHUTDOWN_REQUEUED
+    assert run.outcome == "cancelled" and not run.started.is_set()
+
+
+async def test_progress_is_live_and_stored(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """lm-eval's bar on stderr becomes the job's live progress (as test_jobs_processes'
+    test_progress_is_live_mid_run shows through the server) and 100 % once completed."""
+    gates = [trio.Event() for _ in range(4)]
+    steps: list[Step] = [stderr("INFO [evaluator:589] Running loglikelihood requests\n")]
+    for n, gate in enumerate(gates):
+        steps += [_bar(n, 4), WaitFor(gate)]
+    steps += [_bar(4, 4), stderr("\n"), Exit(0)]
+    async with rig(settings_for(tmp_path), autojump_clock) as r:
+        r.runner.script(1, *steps)
+        record = await r.submit()
+        for step in range(1, 4):
+            gates[step - 1].set()
+            progress = await _progress_reaching(r.supervisor, record.id, step * 25)
+            assert progress["percent"] == step * 25
+        assert (progress["phase"], progress["n"], progress["total"]) == ("loglikelihood", 3, 4)
+        gates[3].set()
+        final = await r.supervisor.wait(record.id)
+    assert final.status is JobStatus.COMPLETED and final.progress_pct == 100
+
+
+def _bar(n: int, total: int) -> Step:
+    """One redraw of the "Requesting API" bar lm-eval's API models draw."""
+    return stderr(f"\rRequesting API: {n * 100 // total:3d}%|#| {n}/{total} [00:01<00:02, 2it/s]")
+
+
+async def _progress_reaching(supervisor: Supervisor, job_id: int, percent: int) -> dict[str, Any]:
+    """The job's live progress once it reaches ``percent`` (woken by its change signal)."""
+    while True:
+        pulse = supervisor.live_changes(job_id)
+        assert pulse is not None, "the job ended early"
+        version = pulse.version
+        progress = supervisor.progress_dict(await supervisor.get(job_id))
+        if progress["percent"] >= percent:
+            return progress
+        await pulse.wait_past(version)
