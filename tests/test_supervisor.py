@@ -116,8 +116,9 @@ async def rig(
         yield Rig(supervisor, runner, clock)
 
 
-# Scripts are keyed by job id, and a job may start the moment it is queued: a test scripts a
-# job before submitting it where the script matters for its first steps (ids start at 1).
+# Scripts are keyed by job id (ids start at 1 in a fresh store). Rig.submit scripts the job
+# as submit returns, before any checkpoint, so before the job can start; tests also script
+# jobs ahead by id.
 
 
 def _ordered(*stamps: str | None) -> bool:
