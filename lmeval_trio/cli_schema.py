@@ -25,6 +25,8 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
+from lmeval_trio.errors import CannotStart, InvalidRequest
+
 MAX_STRING_CHARS = 16_384
 MAX_LIST_ITEMS = 1_000
 MAX_ENV_VARS = 256
@@ -76,7 +78,7 @@ class FlagSpec:
         return [f"{self.option}={_to_text(self.kind, value)}"]
 
 
-class RequestRejected(ValueError):
+class RequestRejected(InvalidRequest, ValueError):
     """lm-eval's parser refused the command line; ``field`` names the culprit if known."""
 
     def __init__(self, field: str | None, message: str) -> None:
@@ -85,7 +87,7 @@ class RequestRejected(ValueError):
         self.message = message
 
 
-class LmEvalUnsupported(RuntimeError):
+class LmEvalUnsupported(CannotStart, RuntimeError):
     """The installed lm-eval lacks an internal the request model is derived from."""
 
 

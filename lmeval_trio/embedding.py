@@ -21,6 +21,10 @@ the server has stopped and every job process is gone. Jobs still running then ar
 the job store (like a server shutdown), so the next supervisor on the same data dir resumes
 them; set ``requeue_interrupted=False`` to mark them Failed instead. See
 ``examples/embed_in_trio.py``.
+
+Every error lmeval-trio raises on purpose is an :class:`~lmeval_trio.errors.LmevalTrioError`
+(see errors.py for the tree); the supervisor's refusals (JobNotFound, QueueFull, NotAccepting,
+NotResumable) are also :class:`SupervisorError` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,22 +36,24 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from lmeval_trio.config import Settings
-from lmeval_trio.http.app import create_app
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import (
+from lmeval_trio.errors import (
     JobNotFound,
+    LmevalTrioError,
     NotAccepting,
     NotResumable,
     QueueFull,
-    Supervisor,
     SupervisorError,
 )
+from lmeval_trio.http.app import create_app
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import JobStatus
+from lmeval_trio.supervisor import Supervisor
 
 __all__ = [
     "JobNotFound",
     "JobRecord",
     "JobStatus",
+    "LmevalTrioError",
     "NotAccepting",
     "NotResumable",
     "QueueFull",

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from lmeval_trio import admission, bytecode, command, process, unrecorded
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.logs import (
     REPLAY_MAX_BYTES,
@@ -61,28 +62,6 @@ log = logging.getLogger("lmeval_trio.supervisor")
 STORE_FAULTS = (sqlite3.Error, OSError)
 RETRY_FIRST_S = 0.1  # first wait before writing again to a store that refused a write
 RETRY_MAX_S = 30.0
-
-
-class SupervisorError(Exception):
-    """Base of the errors the supervisor reports to its callers."""
-
-
-class JobNotFound(SupervisorError):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"No lm-evaluation-harness job with ID={job_id} found.")
-        self.job_id = job_id
-
-
-class QueueFull(SupervisorError):
-    """More jobs are queued than LMEVAL_MAX_QUEUED_JOBS allows."""
-
-
-class NotAccepting(SupervisorError):
-    """The supervisor is not running (not started yet, shutting down, or crashed)."""
-
-
-class NotResumable(SupervisorError):
-    """Only Stopped and Failed jobs can be resumed."""
 
 
 class StopReason(enum.Enum):

@@ -17,8 +17,9 @@ import lmeval_trio
 from lmeval_trio import process
 from lmeval_trio.client import AsyncClient, ServerUnreachable
 from lmeval_trio.embedding import serve_app
+from lmeval_trio.errors import NotAccepting
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import NotAccepting, StopOutcome, Supervisor
+from lmeval_trio.supervisor import StopOutcome, Supervisor
 from tests.conftest import CACHE_DIR, fake_job, make_settings
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "embed_in_trio.py"

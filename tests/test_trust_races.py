@@ -20,9 +20,10 @@ import httpx
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.errors import JobNotFound
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from lmeval_trio.supervisor import JobNotFound, LiveJob, StopOutcome, StopReason, Supervisor
+from lmeval_trio.supervisor import LiveJob, StopOutcome, StopReason, Supervisor
 from tests.conftest import Server, fake_job, make_settings, pid_alive, start_server
 
 

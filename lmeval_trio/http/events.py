@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from lmeval_trio.errors import JobNotFound
 from lmeval_trio.http import strict_json
 from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.params import ascii_int
@@ -20,7 +21,7 @@ from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import LogChunk, collapse_redraws, read_range
 from lmeval_trio.records import JobRecord
 from lmeval_trio.secrets import margin_bytes
-from lmeval_trio.supervisor import JobNotFound, Supervisor
+from lmeval_trio.supervisor import Supervisor
 
 STREAMS = ("stdout", "stderr")
 CHUNK_BYTES = 64 * 1024

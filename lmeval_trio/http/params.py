@@ -7,8 +7,9 @@ from typing import cast
 
 from quart import current_app, request
 
+from lmeval_trio.errors import NotAccepting
 from lmeval_trio.http.errors import InvalidParameter
-from lmeval_trio.supervisor import NotAccepting, Supervisor
+from lmeval_trio.supervisor import Supervisor
 
 SUPERVISOR_KEY = "lmeval_trio.supervisor"
 _TRUE = frozenset({"true", "1", "yes", "on"})
