@@ -37,6 +37,16 @@ class InvalidRequest(RequestRefused):
     """A request value is malformed, out of range, or names a path that does not exist."""
 
 
+class InvalidParameter(InvalidRequest):
+    """A bad query parameter or path value (HTTP 422, naming it)."""
+
+    def __init__(self, location: str, name: str, message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.name = name
+        self.message = message
+
+
 class Forbidden(RequestRefused):
     """A well-formed request the server's policy does not allow."""
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from lmeval_trio import admission, bytecode, command, process, unrecorded
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.listing import JobListing
 from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.logs import (
@@ -131,6 +132,7 @@ class Supervisor:
         self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
         self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
+        self.listing = JobListing(self)  # the read model the HTTP edge lists jobs from
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
         self.metrics = Metrics()

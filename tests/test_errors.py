@@ -35,7 +35,7 @@ TREE: list[tuple[type[Exception], type[Exception], type[Exception] | None]] = [
     (cli_schema.RequestRejected, errors.InvalidRequest, ValueError),
     (cli_schema.LmEvalUnsupported, errors.CannotStart, RuntimeError),
     (results.ResultsUnavailable, errors.NotFound, None),
-    (http_errors.InvalidParameter, errors.InvalidRequest, None),
+    (errors.InvalidParameter, errors.InvalidRequest, None),
     (strict_json.NonFiniteNumber, errors.InvalidRequest, ValueError),
     (store.StoreError, errors.CannotStart, RuntimeError),
     (status.InvalidTransition, errors.InternalError, RuntimeError),

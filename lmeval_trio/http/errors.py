@@ -18,23 +18,20 @@ from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.cli_schema import RequestRejected
-from lmeval_trio.errors import Conflict, InvalidRequest, JobNotFound, NotAccepting, QueueFull
+from lmeval_trio.errors import (
+    Conflict,
+    InvalidParameter,
+    JobNotFound,
+    NotAccepting,
+    QueueFull,
+)
+from lmeval_trio.http.params import running_supervisor
 from lmeval_trio.policy import MissingPath, PolicyViolation
 from lmeval_trio.results import ResultsUnavailable
 
 log = logging.getLogger("lmeval_trio.http")
 #: Set on ``g`` when authentication refused the request (its body is then never read).
 UNAUTHENTICATED = "lmeval_unauthenticated"
-
-
-class InvalidParameter(InvalidRequest):
-    """A bad query parameter or path value (422, naming it)."""
-
-    def __init__(self, location: str, name: str, message: str) -> None:
-        super().__init__(message)
-        self.location = location
-        self.name = name
-        self.message = message
 
 
 def error_response(
@@ -60,7 +57,7 @@ _REASONS = {
 
 def count_refusal(reason: str) -> None:
     """Feed the refusals metric of the app's supervisor (if it runs)."""
-    supervisor = current_app.extensions.get("lmeval_trio.supervisor")
+    supervisor = running_supervisor()
     if supervisor is not None:
         supervisor.metrics.refusals.labels(reason).inc()
 
