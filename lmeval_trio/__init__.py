@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from lmeval_trio.config import Settings
     from lmeval_trio.embedding import hypercorn_config, serve_app
     from lmeval_trio.engine.supervisor import Supervisor
+    from lmeval_trio.errors import LmevalTrioError
     from lmeval_trio.http.app import create_app
     from lmeval_trio.records import JobRecord
     from lmeval_trio.status import JobStatus
@@ -27,6 +28,7 @@ _EXPORTS = {
     "Settings": "lmeval_trio.config",
     "hypercorn_config": "lmeval_trio.embedding",
     "serve_app": "lmeval_trio.embedding",
+    "LmevalTrioError": "lmeval_trio.errors",
     "create_app": "lmeval_trio.http.app",
     "JobRecord": "lmeval_trio.records",
     "JobStatus": "lmeval_trio.status",
@@ -39,6 +41,7 @@ __all__ = [
     "Client",
     "JobRecord",
     "JobStatus",
+    "LmevalTrioError",
     "ServerUnreachable",
     "Settings",
     "Supervisor",

@@ -21,13 +21,15 @@ from typing import TypeVar
 
 import trio
 
+from lmeval_trio.errors import Forbidden
+
 T = TypeVar("T")
 
 #: Entries (files and folders) one request's checks may visit, all walks together.
 MAX_ADMISSION_ENTRIES = 100_000
 
 
-class AdmissionExceeded(Exception):
+class AdmissionExceeded(Forbidden):
     """The checks of one request went past a bound; ``field`` is what was being checked."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from lmeval_trio.errors import CannotStart
+
 # Environment variable name for each field whose name is not LMEVAL_<FIELD>.
 _LEGACY_NAMES = {
     "max_concurrency": "MAX_CONCURRENCY",
@@ -50,7 +52,7 @@ _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 _FAIL_CLOSED_FIELDS = frozenset({"api_keys"})
 
 
-class SettingsError(ValueError):
+class SettingsError(CannotStart, ValueError):
     """The environment holds an invalid setting; the message names the variable."""
 
 

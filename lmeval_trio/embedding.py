@@ -21,6 +21,10 @@ the server has stopped and every job process is gone. Jobs still running then ar
 the job store (like a server shutdown), so the next supervisor on the same data dir resumes
 them; set ``requeue_interrupted=False`` to mark them Failed instead. See
 ``examples/embed_in_trio.py``.
+
+Every error lmeval-trio raises on purpose is an :class:`~lmeval_trio.errors.LmevalTrioError`
+(see errors.py for the tree); the supervisor's refusals (JobNotFound, QueueFull, NotAccepting,
+NotResumable) are also :class:`SupervisorError` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from lmeval_trio.config import Settings
-from lmeval_trio.engine.supervisor import (
+from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.errors import (
     JobNotFound,
+    LmevalTrioError,
     NotAccepting,
     NotResumable,
     QueueFull,
-    Supervisor,
     SupervisorError,
 )
 from lmeval_trio.http.app import create_app
@@ -48,6 +53,7 @@ __all__ = [
     "JobNotFound",
     "JobRecord",
     "JobStatus",
+    "LmevalTrioError",
     "NotAccepting",
     "NotResumable",
     "QueueFull",

@@ -25,6 +25,7 @@ import trio
 from lmeval_trio import confinement
 from lmeval_trio.config import Settings
 from lmeval_trio.confinement import Walls
+from lmeval_trio.errors import CannotStart
 from lmeval_trio.policy import HF_CACHE_VARIABLES
 
 log = logging.getLogger("lmeval_trio.confinement")
@@ -51,7 +52,7 @@ PROBE_TIMEOUT_S = 30.0
 WRAPPER = (sys.executable, "-I", "-S", os.path.abspath(confinement.__file__))
 
 
-class ConfinementUnavailable(Exception):
+class ConfinementUnavailable(CannotStart):
     """LMEVAL_JOB_CONFINEMENT=landlock, but jobs cannot be confined here; says why."""
 
 

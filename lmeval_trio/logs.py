@@ -21,13 +21,14 @@ from pathlib import Path
 
 import trio
 
+from lmeval_trio.errors import NotFound
 from lmeval_trio.pulse import Pulse
 from lmeval_trio.secrets import margin_bytes, mask_window
 
 MAX_SEGMENT_CHARS = 64 * 1024
 
 
-class NotALog(FileNotFoundError):
+class NotALog(NotFound, FileNotFoundError):
     """The log's path holds something else than a regular file (the job replaced it)."""
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmeval_trio import admission
 from lmeval_trio.config import Settings
+from lmeval_trio.errors import Forbidden, InvalidRequest
 from lmeval_trio.harness.request_model import PATH_FIELDS as PATH_FLAGS
 from lmeval_trio.paths import Where, inside, resolve
 from lmeval_trio.secrets import secret_name
@@ -125,7 +126,7 @@ CODE_RULE = "code execution is off (LMEVAL_ALLOW_CODE_EXECUTION)"
 ONLINE_RULE = "online access is off (LMEVAL_ALLOW_ONLINE)"
 
 
-class PolicyViolation(Exception):
+class PolicyViolation(Forbidden):
     """A request the policy refuses (HTTP 403); ``field`` and ``rule`` say which and why."""
 
     def __init__(self, field: str, rule: str) -> None:
@@ -134,7 +135,7 @@ class PolicyViolation(Exception):
         self.rule = rule
 
 
-class MissingPath(ValueError):
+class MissingPath(InvalidRequest, ValueError):
     """A path the job would read does not exist (HTTP 422): refused at submission rather
     than by a job that fails minutes later."""
 

@@ -21,6 +21,8 @@ from subprocess import DEVNULL, PIPE
 
 import trio
 
+from lmeval_trio.errors import JobStartFailed
+
 __all__ = [
     "ProcessInfo",
     "Sink",
@@ -52,7 +54,7 @@ class ProcessInfo:
     start_ticks: int  # starttime of the leader; 0 if it was already reaped when read
 
 
-class SpawnError(Exception):
+class SpawnError(JobStartFailed):
     """The command could not be started; str(err) is a reason fit to show a user."""
 
 

@@ -43,6 +43,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
 from lmeval_trio import process
 from lmeval_trio.config import Settings
+from lmeval_trio.errors import Unavailable
 from lmeval_trio.process import Sink
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runner import Started
@@ -63,7 +64,7 @@ _INSTANCE_FILE = "ray-instance-id"
 _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): .+$", re.MULTILINE)
 
 
-class RayUnavailable(Exception):
+class RayUnavailable(Unavailable):
     """The cluster did not answer, or said it cannot take work yet: worth asking again."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmeval_trio.errors import NotFound
 from lmeval_trio.logs import open_inside
 from lmeval_trio.paths import inside
 from lmeval_trio.records import JobRecord
@@ -16,7 +17,7 @@ from lmeval_trio.records import JobRecord
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
 
 
-class ResultsUnavailable(Exception):
+class ResultsUnavailable(NotFound):
     """The job wrote no (readable) results file."""
 
 

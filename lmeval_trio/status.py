@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from lmeval_trio.errors import InternalError
+
 
 class JobStatus(StrEnum):
     """The statuses the original server reported, spelled as it spelled them."""
@@ -35,7 +37,7 @@ ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 TERMINAL = frozenset(s for s in JobStatus if s.is_terminal)
 
 
-class InvalidTransition(RuntimeError):
+class InvalidTransition(InternalError, RuntimeError):
     """A status change the table forbids (a bug, or a race lost to another change)."""
 
     def __init__(self, job_id: int, old: JobStatus, new: JobStatus) -> None:

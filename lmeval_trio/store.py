@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from lmeval_trio.errors import CannotStart
 from lmeval_trio.records import JobRecord
 from lmeval_trio.status import JobStatus, check_transition
 
@@ -91,7 +92,7 @@ def _private_file(path: Path) -> None:
             os.chmod(name, 0o600)
 
 
-class StoreError(RuntimeError):
+class StoreError(CannotStart, RuntimeError):
     """The database cannot be used (newer schema, unreadable file, ...)."""
 
 

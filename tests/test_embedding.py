@@ -17,7 +17,8 @@ import lmeval_trio
 from lmeval_trio import process
 from lmeval_trio.client import AsyncClient, ServerUnreachable
 from lmeval_trio.embedding import serve_app
-from lmeval_trio.engine.supervisor import NotAccepting, StopOutcome, Supervisor
+from lmeval_trio.engine.supervisor import StopOutcome, Supervisor
+from lmeval_trio.errors import NotAccepting
 from lmeval_trio.status import JobStatus
 from tests.conftest import CACHE_DIR, fake_job, make_settings
 

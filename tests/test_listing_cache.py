@@ -15,13 +15,12 @@ import trio
 from werkzeug.datastructures import Accept
 
 from lmeval_trio import store as store_module
+from lmeval_trio.engine import listing as listing_module
+from lmeval_trio.engine.listing import LIVE, JobListing, ListingBody, summary
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import deflate, listing_encoding
-from lmeval_trio.http import listing as listing_module
 from lmeval_trio.http.app import create_app
-from lmeval_trio.http.listing import LIVE, JobListing, ListingBody
 from lmeval_trio.http.listing_encoding import ListingEncoder
-from lmeval_trio.http.schemas import summary
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import MIGRATIONS, Draft, JobStore, Versioned
 from tests.conftest import fake_job, make_settings
@@ -153,9 +152,9 @@ async def test_a_cold_listing_renders_in_batches(
     monkeypatch.setattr(store_module, "_ID_CHUNK", 3)
     await _finished_jobs(tmp_path, 11)
     async with Supervisor(make_settings(tmp_path)) as sup:
-        listing = JobListing()
+        listing = JobListing(sup)
         for statuses in (None, [F], [C], [Q, R], None):
-            body = await listing.render(sup, statuses)
+            body = await listing.render(statuses)
             assert _joined(body, 100) == await _expected(sup, statuses)
 
 
@@ -165,43 +164,45 @@ async def test_memory_stays_within_the_budget(tmp_path: Path) -> None:
         expected = await _expected(sup)
         row_bytes = len(expected) // 8
         for budget in (0, 3 * row_bytes, 10**9):
-            listing = JobListing(max_bytes=budget)
+            listing = JobListing(sup, max_bytes=budget)
             for _ in range(2):
-                assert _joined(await listing.render(sup, None)) == expected
+                assert _joined(await listing.render(None)) == expected
                 assert listing.cached_bytes <= budget
-        assert listing.cached_bytes == sum(map(len, (await listing.render(sup, None)).rows))
+        assert listing.cached_bytes == sum(map(len, (await listing.render(None)).rows))
 
 
 async def test_deleted_jobs_leave_the_cache(tmp_path: Path) -> None:
     await _finished_jobs(tmp_path, 6)
     async with Supervisor(make_settings(tmp_path)) as sup:
-        listing = JobListing()
-        full = await listing.render(sup, None)
+        listing = JobListing(sup)
+        full = await listing.render(None)
         assert listing.cached_bytes == sum(map(len, full.rows))
         await sup.delete(1)
         await sup.delete(4)
-        page = await listing.render(sup, [C], limit=1)  # any listing notices the deletes
+        page = await listing.render([C], limit=1)  # any listing notices the deletes
         assert len(page.rows) == 1
         assert listing.cached_bytes == sum(map(len, full.rows)) - len(full.rows[0]) - len(
             full.rows[3]
         )
-        assert _joined(await listing.render(sup, None)) == await _expected(sup)
+        assert _joined(await listing.render(None)) == await _expected(sup)
         await sup.delete_all()
-        assert _joined(await listing.render(sup, None)) == b'{"jobs":[],"total":0}\n'
+        assert _joined(await listing.render(None)) == b'{"jobs":[],"total":0}\n'
         assert listing.cached_bytes == 0
 
 
 async def test_another_supervisor_starts_afresh(tmp_path: Path) -> None:
-    """Versions count per database: the same (id, version) elsewhere is another row."""
+    """Versions count per database: the same (id, version) elsewhere is another row, so
+    each supervisor has its own read model (the one GET /jobs is served from)."""
     notes = ("first", "second")
     for note in notes:
         await _finished_jobs(tmp_path / note, 3, note)
-    listing = JobListing()
     for note in notes:
         async with Supervisor(make_settings(tmp_path / note)) as sup:
             expected = await _expected(sup)
             assert f'"note":"{note}"'.encode() in expected
-            assert _joined(await listing.render(sup, None)) == expected
+            assert _joined(await sup.listing.render(None)) == expected
+            response = await create_app(supervisor=sup).test_client().get("/jobs")
+            assert await response.get_data(as_text=False) == expected
 
 
 def test_adler32_combines_like_zlib_computes() -> None:
@@ -301,7 +302,7 @@ async def test_the_quart_test_client_reads_a_large_listing(
     monkeypatch.setattr(listing_module, "PIECE_BYTES", 1)
     await _finished_jobs(tmp_path, 30)
     async with Supervisor(make_settings(tmp_path)) as sup:
-        body = await JobListing().render(sup, None)
+        body = await JobListing(sup).render(None)
         assert len([piece async for piece in body]) == listing_module.MAX_PIECES
         with trio.fail_after(30):
             response = await create_app(supervisor=sup).test_client().get("/jobs")
@@ -320,7 +321,7 @@ async def test_a_job_deleted_while_rendering_is_left_out(
             return await real(job_ids)
 
         monkeypatch.setattr(sup.store, "get_many", delete_first)
-        body = await JobListing().render(sup, None)
+        body = await JobListing(sup).render(None)
         assert [job_id for job_id, _ in body.keys] == [1, 2, 4, 5]
         assert _joined(body) == await _expected(sup)
 
@@ -330,12 +331,12 @@ async def test_live_progress_shows_while_nothing_is_written(
 ) -> None:
     async with Supervisor(make_settings(tmp_path, max_concurrency=0)) as sup:
         await sup.submit(fake_job("env"))  # no slot: it stays queued, so live
-        listing = JobListing()
-        await listing.render(sup, None)
+        listing = JobListing(sup)
+        await listing.render(None)
         stamp = await sup.store.stamp()
         real = sup.progress_dict
         monkeypatch.setattr(sup, "progress_dict", lambda r: {**real(r), "percent": 42})
-        body = await listing.render(sup, None)
+        body = await listing.render(None)
         assert await sup.store.stamp() == stamp  # the remembered listing, live rows redone
         assert json.loads(_joined(body))["jobs"][0]["inference_progress_pct"] == 42
         assert _joined(body) == await _expected(sup)
@@ -344,9 +345,9 @@ async def test_live_progress_shows_while_nothing_is_written(
 async def test_a_write_by_another_connection_shows(tmp_path: Path) -> None:
     await _finished_jobs(tmp_path, 3)
     async with Supervisor(make_settings(tmp_path)) as sup:
-        listing = JobListing()
-        await listing.render(sup, None)
+        listing = JobListing(sup)
+        await listing.render(None)
         with closing(sqlite3.connect(sup.store.path)) as conn, conn:
             conn.execute("UPDATE jobs SET reason = 'from outside' WHERE id = 2")
-        body = json.loads(_joined(await listing.render(sup, None)))
+        body = json.loads(_joined(await listing.render(None)))
         assert body["jobs"][1]["reason"] == "from outside"

@@ -17,8 +17,9 @@ import pytest
 import trio
 from quart import jsonify
 
+from lmeval_trio.engine.listing import summary
 from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http import listing_encoding, schemas
+from lmeval_trio.http import listing_encoding
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
 from tests.conftest import Server, fake_job, job_files, make_settings, start_server
@@ -72,7 +73,7 @@ async def model_body(
     records = await sup.list_jobs(statuses, limit=limit, offset=offset, newest_first=newest_first)
     counts = await sup.store.counts()
     total = sum(counts[s] for s in statuses) if statuses else sum(counts.values())
-    jobs = [schemas.summary(r, sup.progress_dict(r)) for r in records]
+    jobs = [summary(r, sup.progress_dict(r)) for r in records]
     async with scene.server.app.app_context():
         data = await jsonify({"jobs": jobs, "total": total}).get_data(as_text=False)
     return data

@@ -27,13 +27,10 @@ import trio.testing
 from lmeval_trio import unrecorded
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import (
-    JobNotFound,
-    NotAccepting,
-    NotResumable,
-    QueueFull,
     StopOutcome,
     Supervisor,
 )
+from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
 from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.records import JobRecord
 from lmeval_trio.runners.fake import (

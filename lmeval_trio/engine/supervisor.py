@@ -33,9 +33,11 @@ from lmeval_trio.config import Settings
 from lmeval_trio.engine.admission import Admission
 from lmeval_trio.engine.dispatch import Dispatcher
 from lmeval_trio.engine.execution import Execution
+from lmeval_trio.engine.listing import JobListing
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
 from lmeval_trio.engine.recovery import Recovery
 from lmeval_trio.engine.retention import Retention
+from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Admitted, Policy
@@ -48,28 +50,6 @@ from lmeval_trio.slots import Slots
 from lmeval_trio.status import JobStatus
 from lmeval_trio.store import JobStore
 from lmeval_trio.warm import WarmPool
-
-
-class SupervisorError(Exception):
-    """Base of the errors the supervisor reports to its callers."""
-
-
-class JobNotFound(SupervisorError):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"No lm-evaluation-harness job with ID={job_id} found.")
-        self.job_id = job_id
-
-
-class QueueFull(SupervisorError):
-    """More jobs are queued than LMEVAL_MAX_QUEUED_JOBS allows."""
-
-
-class NotAccepting(SupervisorError):
-    """The supervisor is not running (not started yet, shutting down, or crashed)."""
-
-
-class NotResumable(SupervisorError):
-    """Only Stopped and Failed jobs can be resumed."""
 
 
 class StopOutcome(enum.Enum):
@@ -114,6 +94,7 @@ class Supervisor:
         self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
         self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
+        self.listing = JobListing(self)  # the read model the HTTP edge lists jobs from
         self.policy = Policy(settings, self.launcher.executable)
         self.slots = Slots(settings)
         self.metrics = Metrics()

@@ -26,6 +26,7 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
+from lmeval_trio.errors import InvalidRequest
 from lmeval_trio.harness.versions import unsupported
 
 MAX_STRING_CHARS = 16_384
@@ -75,7 +76,7 @@ class FlagSpec:
         return [f"{self.option}={_to_text(self.kind, value)}"]
 
 
-class RequestRejected(ValueError):
+class RequestRejected(InvalidRequest, ValueError):
     """lm-eval's parser refused the command line; ``field`` names the culprit if known."""
 
     def __init__(self, field: str | None, message: str) -> None:

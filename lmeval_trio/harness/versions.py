@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from lmeval_trio.errors import CannotStart
+
 #: The lm-eval releases the server is tested with, oldest and newest (CI runs each one).
 SUPPORTED_LM_EVAL = ("0.4.10", "0.4.13")
 _RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
@@ -18,7 +20,7 @@ _RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 REQUEST_MODEL = "the job request model is derived from it"
 
 
-class LmEvalUnsupported(RuntimeError):
+class LmEvalUnsupported(CannotStart, RuntimeError):
     """The installed lm-eval lacks an internal the server relies on (named in the message)."""
 
 

@@ -9,39 +9,29 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 from pydantic import ValidationError
 from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from lmeval_trio.engine.supervisor import (
+from lmeval_trio.errors import (
+    Conflict,
+    InvalidParameter,
     JobNotFound,
     NotAccepting,
-    NotResumable,
     QueueFull,
 )
 from lmeval_trio.harness.request_model import RequestRejected
+from lmeval_trio.http.params import running_supervisor
 from lmeval_trio.policy import MissingPath, PolicyViolation
 from lmeval_trio.results import ResultsUnavailable
 
 log = logging.getLogger("lmeval_trio.http")
 #: Set on ``g`` when authentication refused the request (its body is then never read).
 UNAUTHENTICATED = "lmeval_unauthenticated"
-
-
-class InvalidParameter(Exception):
-    """A bad query parameter or path value (422, naming it)."""
-
-    def __init__(self, location: str, name: str, message: str) -> None:
-        super().__init__(message)
-        self.location = location
-        self.name = name
-        self.message = message
-
-
-class Conflict(Exception):
-    """The job is not in a state that allows this (409)."""
 
 
 def error_response(
@@ -67,7 +57,7 @@ _REASONS = {
 
 def count_refusal(reason: str) -> None:
     """Feed the refusals metric of the app's supervisor (if it runs)."""
-    supervisor = current_app.extensions.get("lmeval_trio.supervisor")
+    supervisor = running_supervisor()
     if supervisor is not None:
         supervisor.metrics.refusals.labels(reason).inc()
 
@@ -111,78 +101,107 @@ def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _sentence(error: Exception) -> tuple[Any, dict[str, Any]]:
+    return str(error), {}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one exception class is answered: status, body, refusal reason, Retry-After."""
+
+    status: int
+    body: Callable[[Exception], tuple[Any, dict[str, Any]]] = _sentence  # detail, more fields
+    reason: str | None = None  # the refusals metric's label (default: by status)
+    retry_after_s: int | None = None
+
+
+def _validation(error: Exception) -> tuple[Any, dict[str, Any]]:
+    return field_errors("body", cast(ValidationError, error)), {}
+
+
+def _parameter(error: Exception) -> tuple[Any, dict[str, Any]]:
+    bad = cast(InvalidParameter, error)
+    return [{"loc": [bad.location, bad.name], "msg": bad.message, "type": "value_error"}], {}
+
+
+def _rejected(error: Exception) -> tuple[Any, dict[str, Any]]:
+    bad = cast(RequestRejected, error)
+    loc = ["body", bad.field] if bad.field else ["body"]
+    msg = f"lm-eval rejects this: {bad.message}"
+    return [{"loc": loc, "msg": msg, "type": "lm_eval_rejected"}], {}
+
+
+def _missing(error: Exception) -> tuple[Any, dict[str, Any]]:
+    bad = cast(MissingPath, error)
+    return [{"loc": ["body", bad.field], "msg": bad.message, "type": "missing_path"}], {}
+
+
+def _policy(error: Exception) -> tuple[Any, dict[str, Any]]:
+    refused = cast(PolicyViolation, error)
+    return str(refused), {"field": refused.field, "rule": refused.rule}
+
+
+def _queue_full(error: Exception) -> tuple[Any, dict[str, Any]]:
+    return str(error), {"rule": "LMEVAL_MAX_QUEUED_JOBS"}
+
+
+def _store_fault(error: Exception) -> tuple[Any, dict[str, Any]]:
+    # A full disk or a read-only database: nothing was half-done (the supervisor undoes
+    # or retries), and the client may retry once the operator has freed the store.
+    log.error("the job store refused a request's write: %s", error)
+    return "the job store cannot take writes right now; retry later", {}
+
+
+def _undecodable(error: Exception) -> tuple[Any, dict[str, Any]]:
+    # Raised while decoding a body: bytes that are not UTF-8, or JSON nested thousands of
+    # levels deep. (Quart's get_json(silent=True) lets both through.)
+    log.warning("refused an undecodable request body: %s", error)
+    return [{"loc": ["body"], "msg": f"undecodable JSON: {error}", "type": "json_invalid"}], {}
+
+
+#: Exception class -> answer; an exception takes the entry of its nearest class in this table
+#: (NotResumable is a Conflict). Anything else is a logged 500.
+ANSWERS: dict[type[Exception], Answer] = {
+    ValidationError: Answer(422, _validation),
+    InvalidParameter: Answer(422, _parameter),
+    RequestRejected: Answer(422, _rejected),
+    MissingPath: Answer(422, _missing),
+    RecursionError: Answer(422, _undecodable),
+    UnicodeDecodeError: Answer(422, _undecodable),
+    PolicyViolation: Answer(403, _policy, reason="policy"),
+    JobNotFound: Answer(404),
+    ResultsUnavailable: Answer(404),
+    Conflict: Answer(409),
+    QueueFull: Answer(429, _queue_full, retry_after_s=30),
+    NotAccepting: Answer(503, retry_after_s=5),
+    sqlite3.Error: Answer(503, _store_fault, retry_after_s=30),
+}
+
+
+def answer_for(error: Exception) -> Answer | None:
+    """The table's entry for the nearest class of ``error`` (None: not a mapped error)."""
+    for cls in type(error).__mro__:
+        found = ANSWERS.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+async def _answer(error: Exception) -> Response:
+    answer = answer_for(error)
+    assert answer is not None  # registered only for the table's classes
+    detail, extra = answer.body(error)
+    response = error_response(answer.status, detail, reason=answer.reason, **extra)
+    if answer.retry_after_s is not None:
+        response.headers["Retry-After"] = str(answer.retry_after_s)
+    return response
+
+
 def install(app: Quart) -> None:
     """Register the handlers on ``app``."""
     app.after_request(_drain_body)
-
-    @app.errorhandler(ValidationError)
-    async def _validation(error: ValidationError) -> Response:
-        return error_response(422, field_errors("body", error))
-
-    @app.errorhandler(InvalidParameter)
-    async def _parameter(error: InvalidParameter) -> Response:
-        detail = [
-            {"loc": [error.location, error.name], "msg": error.message, "type": "value_error"}
-        ]
-        return error_response(422, detail)
-
-    @app.errorhandler(RequestRejected)
-    async def _rejected(error: RequestRejected) -> Response:
-        loc = ["body", error.field] if error.field else ["body"]
-        detail = [
-            {
-                "loc": loc,
-                "msg": f"lm-eval rejects this: {error.message}",
-                "type": "lm_eval_rejected",
-            }
-        ]
-        return error_response(422, detail)
-
-    @app.errorhandler(MissingPath)
-    async def _missing(error: MissingPath) -> Response:
-        detail = [{"loc": ["body", error.field], "msg": error.message, "type": "missing_path"}]
-        return error_response(422, detail)
-
-    @app.errorhandler(PolicyViolation)
-    async def _policy(error: PolicyViolation) -> Response:
-        return error_response(403, str(error), reason="policy", field=error.field, rule=error.rule)
-
-    @app.errorhandler(JobNotFound)
-    async def _not_found(error: JobNotFound) -> Response:
-        return error_response(404, str(error))
-
-    @app.errorhandler(ResultsUnavailable)
-    async def _no_results(error: ResultsUnavailable) -> Response:
-        return error_response(404, str(error))
-
-    @app.errorhandler(NotResumable)
-    async def _not_resumable(error: NotResumable) -> Response:
-        return error_response(409, str(error))
-
-    @app.errorhandler(Conflict)
-    async def _conflict(error: Conflict) -> Response:
-        return error_response(409, str(error))
-
-    @app.errorhandler(QueueFull)
-    async def _queue_full(error: QueueFull) -> Response:
-        response = error_response(429, str(error), rule="LMEVAL_MAX_QUEUED_JOBS")
-        response.headers["Retry-After"] = "30"
-        return response
-
-    @app.errorhandler(NotAccepting)
-    async def _not_accepting(error: NotAccepting) -> Response:
-        response = error_response(503, str(error))
-        response.headers["Retry-After"] = "5"
-        return response
-
-    @app.errorhandler(sqlite3.Error)
-    async def _store_fault(error: sqlite3.Error) -> Response:
-        # A full disk or a read-only database: nothing was half-done (the supervisor undoes
-        # or retries), and the client may retry once the operator has freed the store.
-        log.error("the job store refused a request's write: %s", error)
-        response = error_response(503, "the job store cannot take writes right now; retry later")
-        response.headers["Retry-After"] = "30"
-        return response
+    for cls in ANSWERS:
+        app.register_error_handler(cls, _answer)
 
     @app.errorhandler(HTTPException)
     async def _http(error: HTTPException) -> Response:
@@ -193,15 +212,6 @@ def install(app: Quart) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response
-
-    @app.errorhandler(RecursionError)
-    @app.errorhandler(UnicodeDecodeError)
-    async def _undecodable(error: RecursionError | UnicodeDecodeError) -> Response:
-        # Raised while decoding a body: bytes that are not UTF-8, or JSON nested thousands of
-        # levels deep. (Quart's get_json(silent=True) lets both through.)
-        log.warning("refused an undecodable request body: %s", error)
-        detail = [{"loc": ["body"], "msg": f"undecodable JSON: {error}", "type": "json_invalid"}]
-        return error_response(422, detail)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

@@ -13,11 +13,10 @@ from typing import Any
 
 import trio
 
-from lmeval_trio.engine.supervisor import JobNotFound, Supervisor
+from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.errors import InvalidParameter, JobNotFound
 from lmeval_trio.http import strict_json
-from lmeval_trio.http.errors import InvalidParameter
 from lmeval_trio.http.params import ascii_int
-from lmeval_trio.http.schemas import summary
 from lmeval_trio.logs import LogChunk, collapse_redraws, read_range
 from lmeval_trio.records import JobRecord
 from lmeval_trio.secrets import margin_bytes
@@ -67,7 +66,7 @@ async def event_stream(
             more = more or full
             if frame is not None:
                 yield _event("log", frame, f"{offsets['stdout']}-{offsets['stderr']}")
-        state = summary(record, supervisor.progress_dict(record))
+        state = supervisor.listing.summary(record)
         progress = state.pop("progress")
         if state != last_status:
             last_status = state
@@ -143,7 +142,7 @@ async def jobs_stream(supervisor: Supervisor) -> AsyncIterator[bytes]:
         current = supervisor.changed.version
         if current != version:
             version = current
-            counts = await supervisor.store.counts()
+            counts = await supervisor.listing.counts()
             yield _event(
                 "jobs", {"version": version, "counts": {s.value: n for s, n in counts.items()}}
             )

@@ -10,10 +10,9 @@ from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_request, document_response, tag
 
 from lmeval_trio.engine.supervisor import StopOutcome
+from lmeval_trio.errors import InvalidParameter
 from lmeval_trio.harness.request_model import request_model
 from lmeval_trio.http import schemas, strict_json
-from lmeval_trio.http.errors import InvalidParameter
-from lmeval_trio.http.listing import JobListing
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.records import JobRecord
@@ -35,7 +34,7 @@ def blueprint() -> Blueprint:
     """Build the routes (the request model comes from the installed lm-eval)."""
     bp = Blueprint("jobs", __name__)
     job_request = request_model()
-    listing, encoder = JobListing(), ListingEncoder()
+    encoder = ListingEncoder()
 
     @bp.post("/job")
     @tag(["jobs"])
@@ -70,8 +69,8 @@ def blueprint() -> Blueprint:
         limit = int_arg("limit", None, minimum=1, maximum=MAX_PAGE)
         offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
         newest_first = choice_arg("order", "asc", ("asc", "desc")) == "desc"
-        body = await listing.render(
-            supervisor(), statuses, limit=limit, offset=offset, newest_first=newest_first
+        body = await supervisor().listing.render(
+            statuses, limit=limit, offset=offset, newest_first=newest_first
         )
         return await encoder.response(body, request.accept_encodings)
 
@@ -83,7 +82,7 @@ def blueprint() -> Blueprint:
         """One job with the most recent stdout and stderr lines."""
         sup = supervisor()
         record = await sup.get(job_id)
-        detail = schemas.summary(record, sup.progress_dict(record))
+        detail = sup.listing.summary(record)
         hidden = await sup.output_secrets(record)
         detail["stdout"] = await sup.log_tail(record, "stdout", hidden)
         detail["stderr"] = await sup.log_tail(record, "stderr", hidden)

@@ -20,8 +20,8 @@ import trio
 from quart import Response
 from werkzeug.datastructures import Accept
 
+from lmeval_trio.engine.listing import HEAD, ListingBody
 from lmeval_trio.http import deflate
-from lmeval_trio.http.listing import HEAD, ListingBody
 
 GROUP_IDS = 128  # jobs whose ids share id // GROUP_IDS are compressed together
 MIN_BYTES = 256 * 1024  # smaller bodies go as they are: little to gain

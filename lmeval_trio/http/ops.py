@@ -9,9 +9,8 @@ from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response, tag
 
 from lmeval_trio.config import Settings
-from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import schemas
-from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.http.params import running_supervisor
 
 
 def blueprint() -> Blueprint:
@@ -23,9 +22,9 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Health, 503)
     async def healthz() -> Response:
         """Liveness: the process answers, the supervisor runs, the store takes writes."""
-        supervisor: Supervisor | None = current_app.extensions.get(SUPERVISOR_KEY)
+        supervisor = running_supervisor()
         alive = supervisor is not None and supervisor.alive
-        writable = alive and supervisor is not None and await supervisor.store.writable()
+        writable = alive and supervisor is not None and await supervisor.listing.store_writable()
         body = {
             "status": "ok" if alive and writable else "unhealthy",
             "supervisor": "alive" if alive else "dead",
@@ -42,7 +41,7 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Ready, 503)
     async def readyz() -> Response:
         """Readiness: the supervisor accepts jobs."""
-        supervisor: Supervisor | None = current_app.extensions.get(SUPERVISOR_KEY)
+        supervisor = running_supervisor()
         ready = supervisor is not None and supervisor.accepting
         response = jsonify({"status": "ready" if ready else "not ready"})
         response.status_code = 200 if ready else 503
@@ -52,12 +51,12 @@ def blueprint() -> Blueprint:
     @tag(["operations"])
     async def metrics() -> Response:
         """Prometheus metrics: jobs by status, queue, slots, durations, latencies, refusals."""
-        supervisor: Supervisor | None = current_app.extensions.get(SUPERVISOR_KEY)
+        supervisor = running_supervisor()
         if supervisor is None:
             return Response("supervisor not running\n", status=503, mimetype="text/plain")
         stats = supervisor.statistics()
         body = supervisor.metrics.render(
-            await supervisor.store.counts(),
+            await supervisor.listing.counts(),
             queued=stats.queued,
             running=stats.running,
             free=stats.slots_free,

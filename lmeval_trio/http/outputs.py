@@ -12,9 +12,9 @@ from quart_schema import document_querystring, document_response, tag
 from werkzeug.exceptions import NotFound
 
 from lmeval_trio import results
+from lmeval_trio.errors import Conflict
 from lmeval_trio.http import schemas
 from lmeval_trio.http.download import file_response
-from lmeval_trio.http.errors import Conflict
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.logs import collapse_redraws, read_range

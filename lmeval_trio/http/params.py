@@ -1,4 +1,6 @@
-"""Query-string parsing with 422s that name the parameter, and the request's supervisor."""
+"""Query-string parsing with 422s that name the parameter, and the one way a request reaches
+the supervisor (the engine): :func:`supervisor`, or :func:`running_supervisor` where its
+absence is an answer too (health checks)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from typing import cast
 
 from quart import current_app, request
 
-from lmeval_trio.engine.supervisor import NotAccepting, Supervisor
-from lmeval_trio.http.errors import InvalidParameter
+from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.errors import InvalidParameter, NotAccepting
 
 SUPERVISOR_KEY = "lmeval_trio.supervisor"
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -18,12 +20,17 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 _ASCII_INT = re.compile(r"[0-9]{1,20}")
 
 
+def running_supervisor() -> Supervisor | None:
+    """The supervisor serving this app, or None while it is not running."""
+    return cast("Supervisor | None", current_app.extensions.get(SUPERVISOR_KEY))
+
+
 def supervisor() -> Supervisor:
     """The supervisor serving this app (503 if it is not running)."""
-    found = current_app.extensions.get(SUPERVISOR_KEY)
+    found = running_supervisor()
     if found is None:
         raise NotAccepting("the supervisor is not running")
-    return cast(Supervisor, found)
+    return found
 
 
 def bool_arg(name: str, default: bool) -> bool:

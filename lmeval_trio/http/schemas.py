@@ -6,8 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmeval_trio.records import JobRecord
-from lmeval_trio.secrets import job_secrets, mask_json, mask_text, public_argument, public_request
 from lmeval_trio.status import JobStatus
 
 
@@ -129,28 +127,3 @@ class EffectiveSettings(BaseModel):
     """GET /config: every setting by name, secrets masked."""
 
     model_config = ConfigDict(extra="allow")
-
-
-def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
-    """The summary dict for ``record``; Completed always reports 100 percent."""
-    stored = progress.get("percent")
-    percent = 100 if record.status is JobStatus.COMPLETED else int(stored or 0)
-    hidden = job_secrets(record.request)
-    return {
-        "job_id": record.id,
-        "argument": public_argument(record.argv, hidden),
-        "status": record.status.value,
-        "timestamp": record.started_at,
-        "exit_code": record.exit_code,
-        "inference_progress_pct": percent,
-        "created_at": record.created_at,
-        "queued_at": record.queued_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "reason": None if record.reason is None else mask_text(record.reason, hidden),
-        "resumed_from": record.resumed_from,
-        "attempts": record.attempts,
-        "gpus": record.gpus,
-        "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
-        "request": public_request(record.request, hidden),
-    }

@@ -14,8 +14,10 @@ from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
+from lmeval_trio.errors import InvalidRequest
 
-class NonFiniteNumber(ValueError):
+
+class NonFiniteNumber(InvalidRequest, ValueError):
     """A request body holds NaN, Infinity or a number too large for a double."""
 
 

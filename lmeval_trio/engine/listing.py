@@ -1,4 +1,8 @@
-"""GET /jobs bodies from per-job JSON that is rendered once and reused until the job changes.
+"""The read model of a supervisor's jobs: GET /jobs bodies, counts, and each job's summary.
+
+The HTTP edge reads stored jobs only through this (never the store itself); the supervisor
+exposes one as ``supervisor.listing``. GET /jobs bodies come from per-job JSON that is rendered
+once and reused until the job changes.
 
 Decoding a row and rendering its summary (shlex-quoting the argv, json.dumps) costs ~100 µs,
 so an unpaged listing of 10,000 jobs took over a second. :class:`JobListing` keeps each
@@ -18,14 +22,16 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import compress, count, repeat
 from operator import eq, itemgetter, ne
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.schemas import summary
 from lmeval_trio.http.strict_json import finite
 from lmeval_trio.records import JobRecord
+from lmeval_trio.secrets import job_secrets, mask_json, mask_text, public_argument, public_request
 from lmeval_trio.status import JobStatus
-from lmeval_trio.store import JobStore, Versioned
+from lmeval_trio.store import Versioned
+
+if TYPE_CHECKING:
+    from lmeval_trio.engine.supervisor import Supervisor
 
 # What app.json produces outside debug mode: compact, ASCII, keys in insertion order.
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
@@ -111,11 +117,12 @@ class ListingBody:
 
 
 class JobListing:
-    """Renders GET /jobs for one supervisor's store, caching each job's summary bytes."""
+    """One supervisor's jobs as the edge reads them: GET /jobs (caching each job's summary
+    bytes), counts by status, one job's summary, and whether the store takes writes."""
 
-    def __init__(self, max_bytes: int = MAX_CACHE_BYTES) -> None:
+    def __init__(self, supervisor: Supervisor, max_bytes: int = MAX_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._store: JobStore | None = None
+        self._sup = supervisor
         self._entries: dict[int, _Rendered] = {}
         self._bytes = 0
         self._recent: dict[Shape, tuple[tuple[int, int], ListingBody]] = {}
@@ -124,17 +131,28 @@ class JobListing:
     def cached_bytes(self) -> int:
         return self._bytes
 
+    def summary(self, record: JobRecord) -> dict[str, Any]:
+        """``record``'s summary, with its live progress if it is queued or running."""
+        return summary(record, self._sup.progress_dict(record))
+
+    async def counts(self) -> dict[JobStatus, int]:
+        """How many jobs the store holds, by status."""
+        return await self._sup.store.counts()
+
+    async def store_writable(self) -> bool:
+        """Whether the store takes writes now (for health checks)."""
+        return await self._sup.store.writable()
+
     async def render(
         self,
-        sup: Supervisor,
         statuses: Sequence[JobStatus] | None,
         *,
         limit: int | None = None,
         offset: int = 0,
         newest_first: bool = False,
     ) -> ListingBody:
-        """The listing ``sup.list_jobs`` + ``schemas.summary`` would give, and its total."""
-        self._follow(sup.store)
+        """The listing ``list_jobs`` + :func:`summary` would give, and its total."""
+        sup = self._sup
         shape: Shape = (None if statuses is None else tuple(statuses), limit, offset, newest_first)
         stamp = await sup.store.stamp()
         recent = self._recent.get(shape)
@@ -148,14 +166,6 @@ class JobListing:
             del self._recent[next(iter(self._recent))]
         self._recent[shape] = (stamp, body)
         return body
-
-    def _follow(self, store: JobStore) -> None:
-        """Versions are per database: a new store (a restarted supervisor) starts afresh."""
-        if store is not self._store:
-            self._store = store
-            self._entries.clear()
-            self._bytes = 0
-            self._recent.clear()
 
     async def _relive(self, sup: Supervisor, body: ListingBody) -> ListingBody | None:
         """``body`` with its live rows brought up to date (None if a job left live state:
@@ -181,7 +191,7 @@ class JobListing:
         complete = await self._refresh(sup, stale, rows, keys)
         counts = await sup.store.counts()
         if len(self._entries) > sum(counts.values()):
-            await self._sweep(sup.store)  # jobs were deleted
+            await self._sweep()  # jobs were deleted
         total = sum(counts[s] for s in statuses) if statuses else sum(counts.values())
         if complete:
             return ListingBody.of(cast(list[bytes], rows), keys, total)
@@ -265,10 +275,35 @@ class JobListing:
             self._entries[job_id] = entry
             self._bytes += len(entry.data)
 
-    async def _sweep(self, store: JobStore) -> None:
-        existing = {job_id for job_id, _ in await store.versions()}
+    async def _sweep(self) -> None:
+        existing = {job_id for job_id, _ in await self._sup.store.versions()}
         for job_id in [job_id for job_id in self._entries if job_id not in existing]:
             self._bytes -= len(self._entries.pop(job_id).data)
+
+
+def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
+    """The summary dict for ``record``; Completed always reports 100 percent."""
+    stored = progress.get("percent")
+    percent = 100 if record.status is JobStatus.COMPLETED else int(stored or 0)
+    hidden = job_secrets(record.request)
+    return {
+        "job_id": record.id,
+        "argument": public_argument(record.argv, hidden),
+        "status": record.status.value,
+        "timestamp": record.started_at,
+        "exit_code": record.exit_code,
+        "inference_progress_pct": percent,
+        "created_at": record.created_at,
+        "queued_at": record.queued_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "reason": None if record.reason is None else mask_text(record.reason, hidden),
+        "resumed_from": record.resumed_from,
+        "attempts": record.attempts,
+        "gpus": record.gpus,
+        "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
+        "request": public_request(record.request, hidden),
+    }
 
 
 def _render(record: JobRecord, progress: dict[str, Any]) -> bytes:
