@@ -769,12 +769,6 @@ async def test_shutdown_during_a_stop_keeps_the_stop(
     assert len(answers) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stop() racing shutdown() raises StoreError('the job store is closed') in "
-    "about a third of runs (trio's scheduling order): the shutdown closes the store before "
-    "stop() reads the final record of the job it did stop",
-)
 async def test_a_stop_racing_shutdown_returns_its_record(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -408,7 +408,9 @@ class Supervisor:
             StopOutcome.DEQUEUED if live.record.status is JobStatus.QUEUED else StopOutcome.STOPPED
         )
         await self._stop_live(live, StopReason.STOP)
-        return outcome, await self.get(job_id)
+        # The record the job settled with, not a re-read: a shutdown racing this stop may
+        # have closed the store in between (and get() would read the same record anyway).
+        return outcome, live.record
 
     async def stop_all(self) -> list[int]:
         lives = list(self.live.jobs.values())
