@@ -210,6 +210,8 @@ class Execution:
                         live.record, env, stdout, stderr, task_status=task_status
                     )
                 result.append(code)
+                if live.stop_reason is None:  # its own end: a later stop must not hide it
+                    live.exited_with = code
                 nursery.cancel_scope.cancel()  # the job is over: stop the flusher
 
             started: Started = await nursery.start(child)
@@ -243,13 +245,17 @@ class Execution:
     async def _outcome(
         self, live: LiveJob, returncode: int | None
     ) -> tuple[JobStatus, dict[str, Any]]:
+        if live.exited_with is not None:  # ended on its own before any stop or shutdown
+            returncode, stop_reason = live.exited_with, None
+        else:
+            stop_reason = live.stop_reason
         fields: dict[str, Any] = {"exit_code": returncode, "finished_at": utc_now()}
-        if live.stop_reason is StopReason.SHUTDOWN:
+        if stop_reason is StopReason.SHUTDOWN:
             # Detached: a Running record stays Running, so the next start re-attaches.
             status = live.record.status if self.detached else JobStatus.QUEUED
-            return status, {"reason": live.stop_reason.value}
-        if live.stop_reason is not None:
-            return JobStatus.STOPPED, {**fields, "reason": live.stop_reason.value}
+            return status, {"reason": stop_reason.value}
+        if stop_reason is not None:
+            return JobStatus.STOPPED, {**fields, "reason": stop_reason.value}
         if returncode is None:
             return JobStatus.FAILED, {**fields, "reason": "the job ended before it started"}
         if returncode == 0:

@@ -42,6 +42,7 @@ class LiveJob:
     reattach: bool = False  # still running elsewhere from before a restart: follow it
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
     dispatched: bool = False  # handed to a slot: from now on only its own task settles it
+    exited_with: int | None = None  # exit code of a process that ended before any stop
 
     @property
     def id(self) -> int:
