@@ -154,3 +154,22 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+#: Python source that loads the served app the way hypercorn does, per launch form: the
+#: factory is called as hypercorn loads it; the lazy ``app`` builds at lifespan startup.
+LOAD_SERVED_APP = {
+    "create_app()": (
+        "from hypercorn.utils import load_application\n"
+        "load_application('lmeval_trio.asgi:create_app()', 0)\n"
+    ),
+    "app": (
+        "import trio\n"
+        "from hypercorn.config import Config\n"
+        "from hypercorn.trio.run import worker_serve\n"
+        "from hypercorn.utils import load_application\n"
+        "config = Config()\n"
+        "config.bind = ['127.0.0.1:0']\n"
+        "trio.run(worker_serve, load_application('lmeval_trio.asgi:app', 0), config)\n"
+    ),
+}

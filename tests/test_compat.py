@@ -26,7 +26,7 @@ import trio
 from lmeval_trio.harness import effective, key_values, log_wording, request_model, versions
 from lmeval_trio.harness.fastrun import _patch
 from lmeval_trio.http.app import create_app
-from tests.conftest import DUMMY_JOB, Server, make_settings
+from tests.conftest import DUMMY_JOB, LOAD_SERVED_APP, Server, make_settings
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
 from tests.test_server_process import hypercorn_server
@@ -83,7 +83,7 @@ SUBMIT = "import sys\nfrom lmeval_trio.cli import main\nsys.exit(main(['submit',
 
 
 @pytest.mark.parametrize("internal", BREAK_INTERNAL)
-@pytest.mark.parametrize("entry", ["asgi", "serve", "submit"])
+@pytest.mark.parametrize("entry", ["asgi:app", "asgi:create_app()", "serve", "submit"])
 def test_an_lm_eval_without_a_known_internal_stops_the_start(
     tmp_path: Path, internal: str, entry: str
 ) -> None:
@@ -112,7 +112,8 @@ def test_a_server_without_its_key_value_parser_stops_the_start(
 
 def _assert_refused_start(tmp_path: Path, internal: str, breaking: str, entry: str) -> None:
     prefix, code = {
-        "asgi": ("lmeval-trio: ", "import lmeval_trio.asgi"),
+        "asgi:app": ("lmeval-trio: ", LOAD_SERVED_APP["app"]),
+        "asgi:create_app()": ("lmeval-trio: ", LOAD_SERVED_APP["create_app()"]),
         "serve": ("lmeval-trio: error: ", SERVE),
         "submit": ("lmeval-trio: error: ", SUBMIT),
     }[entry]

@@ -19,7 +19,7 @@ from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.logging_setup import JsonLineFormatter
 from lmeval_trio.status import JobStatus
-from tests.conftest import Server, fake_job, make_settings
+from tests.conftest import LOAD_SERVED_APP, Server, fake_job, make_settings
 
 ROOT = Path(__file__).parent.parent
 
@@ -304,26 +304,28 @@ def test_a_shared_data_dir_is_refused_not_taken_over(tmp_path: Path) -> None:
     assert shared.stat().st_mode & 0o7777 == 0o1777  # untouched
 
 
-def _import_asgi(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _import_asgi(env: dict[str, str], form: str) -> subprocess.CompletedProcess[str]:
     """Load the app the way hypercorn does, in a process of its own."""
     return subprocess.run(
-        [sys.executable, "-c", "import lmeval_trio.asgi"],
+        [sys.executable, "-c", LOAD_SERVED_APP[form]],
         env=env,
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
     )
 
 
-def test_an_invalid_setting_stops_the_served_app(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", sorted(LOAD_SERVED_APP))
+def test_an_invalid_setting_stops_the_served_app(tmp_path: Path, form: str) -> None:
     env = {**os.environ, "LMEVAL_ALLOWED_PATH_ROOTS": "/nonexistent-a:/nonexistent-b"}
-    result = _import_asgi(env)
+    result = _import_asgi(env, form)
     assert result.returncode == 2
     assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_ALLOWED_PATH_ROOTS:")
     assert "Traceback" not in result.stderr
     env = {**os.environ, "LMEVAL_JOB_CONFINEMENT": "landlock", "LMEVAL_BACKEND": "ray"}
     env["LMEVAL_DATA_DIR"] = str(tmp_path / "data")
-    result = _import_asgi(env)
+    result = _import_asgi(env, form)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("lmeval-trio: invalid settings: LMEVAL_JOB_CONFINEMENT")
 

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,9 @@ from tests.conftest import CACHE_DIR, FAKE_LM_EVAL, SUPPORT, fake_job
 
 ROOT = Path(__file__).parent.parent
 HYPERCORN = Path(sys.executable).parent / "hypercorn"
+
+
+LAUNCH_FORMS = ("lmeval_trio.asgi:app", "lmeval_trio.asgi:create_app()")  # lazy, factory
 
 
 def test_shipped_toml_uses_the_trio_worker() -> None:
@@ -66,7 +70,9 @@ def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def hypercorn_server(data_dir: Path, **env: str) -> AsyncIterator[ServerProcess]:
+async def hypercorn_server(
+    data_dir: Path, app: str = LAUNCH_FORMS[0], **env: str
+) -> AsyncIterator[ServerProcess]:
     """Run the README's launch command (with --bind) and wait for "Running on"."""
     port = _free_port()
     argv = [
@@ -75,7 +81,7 @@ async def hypercorn_server(data_dir: Path, **env: str) -> AsyncIterator[ServerPr
         "hypercorn.toml",
         "--bind",
         f"127.0.0.1:{port}",
-        "lmeval_trio.asgi:app",
+        app,
     ]
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(
@@ -184,6 +190,64 @@ async def test_signals_shut_down_gracefully(
         assert job["reason"].startswith("interrupted: the server shut down")
         server.proc.send_signal(signal.SIGTERM)
         await server.proc.wait()
+
+
+@pytest.mark.parametrize("app", LAUNCH_FORMS)
+async def test_both_launch_forms_serve_the_same_app(tmp_path: Path, app: str) -> None:
+    """The lazy ``app`` and the ``create_app()`` factory: the app serves, runs a job to its
+    end, and a SIGTERM stops it gracefully."""
+    async with hypercorn_server(tmp_path / "data", app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            health = await client.get("/healthz")
+            assert health.status_code == 200 and health.json()["supervisor"] == "alive"
+            assert (await client.get("/readyz")).status_code == 200
+            job_id = await _submit(client, fake_job("env"))
+            await _wait_all_finished(client, [job_id])
+            assert (await client.get(f"/job/{job_id}")).json()["status"] == "Completed"
+        server.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await server.proc.wait() == 0
+
+
+@pytest.mark.parametrize("app", LAUNCH_FORMS)
+def test_both_launch_forms_refuse_an_invalid_setting_alike(tmp_path: Path, app: str) -> None:
+    """One line naming the variable, exit code 2, nothing started (hypercorn without a
+    separate worker process, so that its exit code is the app's)."""
+    env = _environment(tmp_path / "data", LMEVAL_API_KEYS=" , ")
+    argv = [str(HYPERCORN), "--config", "hypercorn.toml", "--workers", "0", "--bind"]
+    done = subprocess.run(
+        [*argv, "127.0.0.1:0", app],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "lmeval-trio: invalid settings: LMEVAL_API_KEYS is set but holds no key; unset it to"
+        " run an open server\n"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+def test_importing_the_asgi_module_builds_nothing() -> None:
+    """With settings that would stop a start: the import reads none of them, derives no
+    request model and builds no app."""
+    probe = (
+        "import lmeval_trio.asgi as asgi\n"
+        "from lmeval_trio import cli_schema\n"
+        "assert asgi.app.built is None\n"
+        "assert cli_schema.request_model.cache_info().currsize == 0\n"
+        "import sys; assert 'lm_eval' not in sys.modules, 'lm-eval imported'\n"
+    )
+    env = {**os.environ, "LMEVAL_API_KEYS": " , ", "LMEVAL_DATA_DIR": "relative/nowhere"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
 
 
 async def test_repeated_sigterms_shut_down_once_and_promptly(tmp_path: Path) -> None:

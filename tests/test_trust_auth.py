@@ -21,7 +21,7 @@ import trio
 
 from lmeval_trio import admission
 from lmeval_trio.config import Settings, SettingsError
-from tests.conftest import SUPPORT, fake_job, make_settings, start_server
+from tests.conftest import LOAD_SERVED_APP, SUPPORT, fake_job, make_settings, start_server
 from tests.support import raw_http
 
 KEY = "key-for-the-trust-tests"
@@ -61,12 +61,15 @@ def test_blank_entries_are_no_keys(tmp_path: Path) -> None:
         make_settings(tmp_path, api_keys=("", "  "))
 
 
-def test_the_served_app_refuses_to_start_with_an_empty_key_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", sorted(LOAD_SERVED_APP))
+def test_the_served_app_refuses_to_start_with_an_empty_key_source(
+    tmp_path: Path, form: str
+) -> None:
     """The real entry point (what hypercorn imports) exits 2 with the reason, starting
     nothing; no open server ever listens."""
     env = {**os.environ, "LMEVAL_DATA_DIR": str(tmp_path / "data"), "LMEVAL_API_KEYS": " , "}
     done = subprocess.run(
-        [sys.executable, "-c", "import lmeval_trio.asgi"],
+        [sys.executable, "-c", LOAD_SERVED_APP[form]],
         env=env,
         capture_output=True,
         text=True,
