@@ -237,7 +237,7 @@ def test_importing_the_asgi_module_builds_nothing() -> None:
     request model and builds no app."""
     probe = (
         "import lmeval_trio.asgi as asgi\n"
-        "from lmeval_trio import cli_schema\n"
+        "from lmeval_trio.harness import request_model as cli_schema\n"
         "assert asgi.app.built is None\n"
         "assert cli_schema.request_model.cache_info().currsize == 0\n"
         "import sys; assert 'lm_eval' not in sys.modules, 'lm-eval imported'\n"
