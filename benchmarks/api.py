@@ -36,11 +36,11 @@ import trio
 
 from benchmarks._report import Metric, Report, Target, run
 from benchmarks._server import MB, SUPPORT, ServerFactory, cpu_seconds, hypercorn_server, rss_bytes
-from lmeval_trio import command
-from lmeval_trio.progress import ProgressTracker
-from lmeval_trio.records import utc_now
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import Draft, JobStore
+from lmeval_trio.jobs.progress import ProgressTracker
+from lmeval_trio.jobs.record import utc_now
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners import job_command as command
+from lmeval_trio.store.sqlite import Draft, JobStore
 
 REQUEST: dict[str, Any] = {
     "model": "local-completions",

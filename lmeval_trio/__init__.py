@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from lmeval_trio.engine.supervisor import Supervisor
     from lmeval_trio.errors import LmevalTrioError
     from lmeval_trio.http.app import create_app
-    from lmeval_trio.records import JobRecord
-    from lmeval_trio.status import JobStatus
+    from lmeval_trio.jobs.record import JobRecord
+    from lmeval_trio.jobs.status import JobStatus
 
 _EXPORTS = {
     "ApiError": "lmeval_trio.client",
@@ -30,8 +30,8 @@ _EXPORTS = {
     "serve_app": "lmeval_trio.embedding",
     "LmevalTrioError": "lmeval_trio.errors",
     "create_app": "lmeval_trio.http.app",
-    "JobRecord": "lmeval_trio.records",
-    "JobStatus": "lmeval_trio.status",
+    "JobRecord": "lmeval_trio.jobs.record",
+    "JobStatus": "lmeval_trio.jobs.status",
     "Supervisor": "lmeval_trio.engine.supervisor",
 }
 

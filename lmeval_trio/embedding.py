@@ -46,8 +46,8 @@ from lmeval_trio.errors import (
     SupervisorError,
 )
 from lmeval_trio.http.app import create_app
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
 
 __all__ = [
     "JobNotFound",

@@ -3,8 +3,8 @@
 An embedder (see embedding.py) catches ``LmevalTrioError`` for anything lmeval-trio refused
 or could not do, or one subtree for one kind of answer; the HTTP edge (http/errors.py) maps
 classes to statuses, so a new error is one class here (or under one of these) and one line
-there. Classes defined next to the code that raises them (PolicyViolation in policy.py,
-StoreError in store.py, ...) derive from these; some keep a builtin base too (ValueError,
+there. Classes defined next to the code that raises them (PolicyViolation in policy/rules.py,
+StoreError in store/sqlite.py, ...) derive from these; some keep a builtin base too (ValueError,
 RuntimeError, FileNotFoundError) because callers catch them by it.
 
     LmevalTrioError

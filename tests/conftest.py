@@ -20,7 +20,7 @@ from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.app import create_app
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import TERMINAL, JobStatus
+from lmeval_trio.jobs.status import TERMINAL, JobStatus
 from tests.support.stub_openai import StubHandle, start_stub
 
 SUPPORT = Path(__file__).parent / "support"

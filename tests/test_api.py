@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import FAKE_LM_EVAL, Server, fake_job
 
 SUMMARY_KEYS = {"job_id", "argument", "status", "timestamp", "exit_code", "inference_progress_pct"}

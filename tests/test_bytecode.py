@@ -12,8 +12,8 @@ import lm_eval
 import pytest
 import trio
 
-from lmeval_trio import bytecode
 from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.runners import bytecode
 from tests.conftest import fake_job, make_settings
 
 PREPARE_GUARD_S = 900  # the first start in a fresh venv compiles all of site-packages

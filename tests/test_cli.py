@@ -25,7 +25,7 @@ from lmeval_trio.cli import _render as render
 from lmeval_trio.cli._serve import BUILTIN_ARGS, bind_for, find_hypercorn_config
 from lmeval_trio.client import Phase, Progress, ProgressEvent, StatusEvent
 from lmeval_trio.http.schemas import JobSummary
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import (
     DUMMY_JOB,
     FAKE_LM_EVAL,

@@ -24,7 +24,7 @@ from lmeval_trio.client import (
 from lmeval_trio.client._protocol import Follow, LogPager
 from lmeval_trio.config import Settings
 from lmeval_trio.http.schemas import JobDetail, LogChunkOut
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import Server, fake_job, make_settings, start_server
 
 LM_EVAL_RESULTS: dict[str, Any] = {

@@ -23,15 +23,15 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio.command import Launcher
 from lmeval_trio.config import Settings, SettingsError
-from lmeval_trio.confinement import Walls, abi_version
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.harness.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.job_walls import JobWalls
-from lmeval_trio.records import JobRecord
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.runners.confinement import Walls, abi_version
 from lmeval_trio.runners.environment import local_environment
+from lmeval_trio.runners.job_command import Launcher
+from lmeval_trio.runners.job_walls import JobWalls
 from tests.conftest import (
     DUMMY_JOB,
     FAKE_LM_EVAL,
@@ -347,7 +347,7 @@ async def test_hf_cache_variables_never_open_the_servers_own_files(tmp_path: Pat
     cwd) for writing: every HF cache variable is judged and made absolute by the policy, and
     the wall grants none that is relative or lies in (or around) the server's own files."""
     from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
-    from lmeval_trio.policy import HF_CACHE_VARIABLES, PATH_ENV_NAMES
+    from lmeval_trio.policy.rules import HF_CACHE_VARIABLES, PATH_ENV_NAMES
 
     assert set(HF_CACHE_VARIABLES) <= PATH_ENV_NAMES
     settings = confined_settings(tmp_path)

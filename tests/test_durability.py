@@ -12,8 +12,15 @@ import trio
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import MIGRATIONS, SCHEMA_VERSION, Draft, IdTaken, JobStore, StoreError
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.store.sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Draft,
+    IdTaken,
+    JobStore,
+    StoreError,
+)
 from tests.conftest import Server, fake_job, make_settings
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job

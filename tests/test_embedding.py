@@ -14,12 +14,12 @@ import pytest
 import trio
 
 import lmeval_trio
-from lmeval_trio import process
 from lmeval_trio.client import AsyncClient, ServerUnreachable
 from lmeval_trio.embedding import serve_app
 from lmeval_trio.engine.supervisor import StopOutcome, Supervisor
 from lmeval_trio.errors import NotAccepting
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners import process
 from tests.conftest import CACHE_DIR, fake_job, make_settings
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "embed_in_trio.py"

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import trio
 
-from lmeval_trio.command import Launcher
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.records import JobRecord
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners.environment import inherited, job_environment, local_environment
-from lmeval_trio.status import JobStatus
+from lmeval_trio.runners.job_command import Launcher
 from tests.conftest import FAKE_LM_EVAL, SUPPORT, make_settings
 from tests.test_ray import _record as ray_record
 
@@ -80,7 +80,7 @@ def test_the_builder_output_is_pinned_for_every_backend(server_settings: Setting
     local = local_environment(server_settings, own)
     assert list(local.items()) == [*inherited(server_settings).items(), *PINNED_OWN]
 
-    from lmeval_trio.ray_runner import RayRunner
+    from lmeval_trio.runners.ray import RayRunner
 
     ray_settings = server_settings.model_copy(update={"backend": "ray", "kill_grace_s": 2.5})
     record = ray_record(server_settings.data_dir, external_id=None)

@@ -7,22 +7,18 @@ import sqlite3
 
 import pytest
 
-from lmeval_trio import (
-    admission,
-    cli_schema,
-    config,
-    errors,
-    job_walls,
-    logs,
-    policy,
-    process,
-    ray_runner,
-    results,
-    status,
-    store,
-)
+from lmeval_trio import config, errors
+from lmeval_trio.harness import request_model as cli_schema
+from lmeval_trio.harness import versions
 from lmeval_trio.http import errors as http_errors
 from lmeval_trio.http import strict_json
+from lmeval_trio.jobs import status
+from lmeval_trio.outputs import logs, results
+from lmeval_trio.policy import budget as admission
+from lmeval_trio.policy import rules as policy
+from lmeval_trio.runners import job_walls, process
+from lmeval_trio.runners import ray as ray_runner
+from lmeval_trio.store import sqlite as store
 
 # (class, the subtree it belongs to, the builtin base callers catch it by, if any)
 TREE: list[tuple[type[Exception], type[Exception], type[Exception] | None]] = [
@@ -33,7 +29,7 @@ TREE: list[tuple[type[Exception], type[Exception], type[Exception] | None]] = [
     (policy.PolicyViolation, errors.Forbidden, None),
     (policy.MissingPath, errors.InvalidRequest, ValueError),
     (cli_schema.RequestRejected, errors.InvalidRequest, ValueError),
-    (cli_schema.LmEvalUnsupported, errors.CannotStart, RuntimeError),
+    (versions.LmEvalUnsupported, errors.CannotStart, RuntimeError),
     (results.ResultsUnavailable, errors.NotFound, None),
     (errors.InvalidParameter, errors.InvalidRequest, None),
     (strict_json.NonFiniteNumber, errors.InvalidRequest, ValueError),

@@ -11,9 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from lmeval_trio import process
-from lmeval_trio.records import JobRecord
-from lmeval_trio.runner import Runner, Started
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners import process
+from lmeval_trio.runners.base import Runner, Started
 from lmeval_trio.runners.fake import (
     Block,
     Crash,
@@ -28,7 +29,6 @@ from lmeval_trio.runners.fake import (
     stderr,
     stdout,
 )
-from lmeval_trio.status import JobStatus
 
 
 def _record(tmp_path: Path, job_id: int = 1) -> JobRecord:

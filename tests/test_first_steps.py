@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio import process
+from lmeval_trio.runners import process
 from tests.test_server_process import _free_port
 
 ROOT = Path(__file__).parent.parent

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from lmeval_trio import process
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners import process
 from tests.conftest import FAKE_LM_EVAL, Server, fake_job, job_files, make_settings, start_server
 
 

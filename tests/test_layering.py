@@ -25,6 +25,7 @@ def _imported(tree: ast.AST) -> set[str]:
 
 
 def _is_store(name: str) -> bool:
+    """The store package or anything in it (``lmeval_trio.store.sqlite``, ``.unrecorded``)."""
     return name == "lmeval_trio.store" or name.startswith("lmeval_trio.store.")
 
 
@@ -69,7 +70,14 @@ def test_one_helper_reaches_the_supervisor() -> None:
 
 
 def test_the_checks_see_what_they_look_for() -> None:
-    for source in ("from lmeval_trio import store", "import lmeval_trio.store as s"):
-        assert list(filter(_is_store, _imported(ast.parse(source)))) == ["lmeval_trio.store"]
+    for source, found in (
+        ("from lmeval_trio import store", ["lmeval_trio.store"]),
+        ("import lmeval_trio.store.sqlite as s", ["lmeval_trio.store.sqlite"]),
+        (
+            "from lmeval_trio.store.sqlite import JobStore",
+            ["lmeval_trio.store.sqlite", "lmeval_trio.store.sqlite.JobStore"],
+        ),
+    ):
+        assert sorted(filter(_is_store, _imported(ast.parse(source)))) == found
     tree = ast.parse("x = sup.store.counts()")
     assert any(isinstance(n, ast.Attribute) and n.attr == "store" for n in ast.walk(tree))

@@ -14,15 +14,15 @@ import pytest
 import trio
 from werkzeug.datastructures import Accept
 
-from lmeval_trio import store as store_module
 from lmeval_trio.engine import listing as listing_module
 from lmeval_trio.engine.listing import LIVE, JobListing, ListingBody, summary
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import deflate, listing_encoding
 from lmeval_trio.http.app import create_app
 from lmeval_trio.http.listing_encoding import ListingEncoder
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import MIGRATIONS, Draft, JobStore, Versioned
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.store import sqlite as store_module
+from lmeval_trio.store.sqlite import MIGRATIONS, Draft, JobStore, Versioned
 from tests.conftest import fake_job, make_settings
 
 Q, R, C, F = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED

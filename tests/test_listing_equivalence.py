@@ -21,7 +21,7 @@ from lmeval_trio.engine.listing import summary
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http import listing_encoding
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import Server, fake_job, job_files, make_settings, start_server
 
 Q, R, C, F, S = (

@@ -14,7 +14,7 @@ import trio
 
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import make_settings, start_server
 
 JOBS = 1000

@@ -17,8 +17,8 @@ from lmeval_trio.config import Settings, SettingsError, env_name
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.http.params import SUPERVISOR_KEY
+from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.logging_setup import JsonLineFormatter
-from lmeval_trio.status import JobStatus
 from tests.conftest import LOAD_SERVED_APP, Server, fake_job, make_settings
 
 ROOT = Path(__file__).parent.parent

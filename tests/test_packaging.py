@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lmeval_trio.config import Settings
 from lmeval_trio.harness.request_model import request_model
-from lmeval_trio.policy import Policy
+from lmeval_trio.policy.rules import Policy
 
 ROOT = Path(__file__).parent.parent
 LAUNCH = "hypercorn --config hypercorn.toml lmeval_trio.asgi:app"

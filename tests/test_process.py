@@ -1,4 +1,4 @@
-"""lmeval_trio.process against real child processes (the fake jobs in tests/support/fake_jobs)."""
+"""lmeval_trio.runners.process against real child processes (tests/support/fake_jobs)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import trio
 
-from lmeval_trio import process
-from lmeval_trio.process import (
+from lmeval_trio.runners import process
+from lmeval_trio.runners.process import (
     ProcessInfo,
     SpawnError,
     group_alive,

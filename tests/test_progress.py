@@ -1,4 +1,4 @@
-"""Tests for lmeval_trio.progress against captured and modelled lm-eval stderr.
+"""Tests for lmeval_trio.jobs.progress against captured and modelled lm-eval stderr.
 
 dummy_two_phases.txt is a real `lm_eval run --model dummy` capture (two tasks: one
 multiple_choice, one generate_until). api_two_phases.txt and hf_two_phases.txt were
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lmeval_trio.progress import PhaseProgress, ProgressSnapshot, ProgressTracker
+from lmeval_trio.jobs.progress import PhaseProgress, ProgressSnapshot, ProgressTracker
 
 DATA = Path(__file__).parent / "data" / "stderr"
 _SPLIT = re.compile(r"[\r\n]")

@@ -22,12 +22,12 @@ import pytest
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.slots import Slots
 from lmeval_trio.engine.supervisor import Supervisor, default_runner
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.ray_runner import RayRunner, _gist
-from lmeval_trio.records import JobRecord
-from lmeval_trio.slots import Slots
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners.ray import RayRunner, _gist
 from tests.conftest import CACHE_DIR, DUMMY_JOB, Server, fake_job, make_settings, start_server
 from tests.support.ray_head import RayHead
 
@@ -327,7 +327,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _stored(settings: Settings, job_id: int) -> JobRecord:
-    from lmeval_trio.store import JobStore
+    from lmeval_trio.store.sqlite import JobStore
 
     store = JobStore(settings.data_dir / "jobs.db")
     await store.open()

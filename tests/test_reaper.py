@@ -15,7 +15,7 @@ FAKE = Path(__file__).parent / "support" / "fake_lm_eval.py"
 
 PROGRAM = f"""
 import os, subprocess, sys
-from lmeval_trio import reaper
+from lmeval_trio.runners import reaper
 assert reaper.become_subreaper()
 out = subprocess.run([sys.executable, {str(FAKE)!r}], env={{**os.environ, "FAKE_MODE": "daemon"}},
                      capture_output=True, text=True, check=True).stdout
@@ -38,7 +38,7 @@ def test_a_subreaper_kills_the_daemons_left_below_it(tmp_path: Path) -> None:
 
 SIGTERMED = f"""
 import os, signal, subprocess, sys
-from lmeval_trio import reaper
+from lmeval_trio.runners import reaper
 reaper.become_subreaper()
 reaper.reap_on_sigterm()
 out = subprocess.run([sys.executable, {str(FAKE)!r}], env={{**os.environ, "FAKE_MODE": "daemon"}},

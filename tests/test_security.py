@@ -21,8 +21,8 @@ import trio
 from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS, Settings, SettingsError
 from lmeval_trio.harness.request_model import MAX_ENV_VARS, MAX_LIST_ITEMS, MAX_STRING_CHARS
 from lmeval_trio.http.security import OPEN_PATHS
-from lmeval_trio.policy import OFFLINE_ENV
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.rules import OFFLINE_ENV
 from tests.conftest import FAKE_LM_EVAL, TASKS_DIR, Server, fake_job, make_settings, start_server
 
 KEY = "k-0123456789-secret"

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio import process
 from lmeval_trio.config import Settings
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners import process
 from tests.conftest import (
     DUMMY_JOB,
     FAKE_LM_EVAL,

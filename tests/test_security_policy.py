@@ -17,8 +17,8 @@ import trio
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.harness.effective import effective_run
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.policy import REMOTE_CODE_MODEL_DEFAULTS
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.rules import REMOTE_CODE_MODEL_DEFAULTS
 from tests.conftest import fake_job, make_settings, start_server
 
 BASE: dict[str, Any] = {"model": "dummy", "tasks": "tiny_mc"}

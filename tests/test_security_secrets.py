@@ -19,8 +19,14 @@ import httpx
 import trio
 
 from lmeval_trio.http.download import CHUNK_BYTES
-from lmeval_trio.secrets import job_secrets, mask_text, masked_chunks, secret_forms, secret_name
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.secrets import (
+    job_secrets,
+    mask_text,
+    masked_chunks,
+    secret_forms,
+    secret_name,
+)
 from tests.conftest import DUMMY_JOB, Server, fake_job, job_files, make_settings, start_server
 from tests.test_cli import cli
 

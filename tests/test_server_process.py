@@ -26,7 +26,7 @@ import pytest
 import trio
 from hypercorn.config import Config
 
-from lmeval_trio import process
+from lmeval_trio.runners import process
 from tests.conftest import CACHE_DIR, FAKE_LM_EVAL, SUPPORT, fake_job
 
 ROOT = Path(__file__).parent.parent

@@ -24,7 +24,6 @@ import pytest
 import trio
 import trio.testing
 
-from lmeval_trio import unrecorded
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import (
     StopOutcome,
@@ -32,7 +31,8 @@ from lmeval_trio.engine.supervisor import (
 )
 from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
 from lmeval_trio.harness.request_model import RequestRejected
-from lmeval_trio.records import JobRecord
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import TRANSITIONS, InvalidTransition, JobStatus, check_transition
 from lmeval_trio.runners.fake import (
     Block,
     Crash,
@@ -48,8 +48,8 @@ from lmeval_trio.runners.fake import (
     stderr,
     stdout,
 )
-from lmeval_trio.status import TRANSITIONS, InvalidTransition, JobStatus, check_transition
-from lmeval_trio.store import JobStore, StoreError
+from lmeval_trio.store import unrecorded
+from lmeval_trio.store.sqlite import JobStore, StoreError
 
 JOB: dict[str, Any] = {"model": "dummy", "tasks": "tiny"}
 SHUTDOWN_REQUEUED = "interrupted: the server shut down while this job ran; requeued"

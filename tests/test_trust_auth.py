@@ -19,8 +19,8 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio import admission
 from lmeval_trio.config import Settings, SettingsError
+from lmeval_trio.policy import budget as admission
 from tests.conftest import LOAD_SERVED_APP, SUPPORT, fake_job, make_settings, start_server
 from tests.support import raw_http
 

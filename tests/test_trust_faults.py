@@ -16,8 +16,8 @@ import trio
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import StopOutcome, Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import JobStore, StoreError
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.store.sqlite import JobStore, StoreError
 from tests.conftest import Server, fake_job, job_files, make_settings, pid_alive, start_server
 from tests.test_trust_races import assert_consistent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import Server, fake_job
 from tests.support import raw_http
 

@@ -24,7 +24,7 @@ from lmeval_trio.engine.live import LiveJob, StopReason
 from lmeval_trio.engine.supervisor import StopOutcome, Supervisor
 from lmeval_trio.errors import JobNotFound
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import Server, fake_job, make_settings, pid_alive, start_server
 
 

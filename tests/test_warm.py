@@ -18,14 +18,14 @@ import pytest
 import trio
 import trio.testing
 
-from lmeval_trio import process
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
-from lmeval_trio.records import JobRecord
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners import process
 from lmeval_trio.runners.environment import local_environment
-from lmeval_trio.status import JobStatus
-from lmeval_trio.warm import MAX_SPEC_BYTES, WarmPool, environment_key
+from lmeval_trio.runners.warm_pool import MAX_SPEC_BYTES, WarmPool, environment_key
 from tests.conftest import SUPPORT, Server, fake_job, make_settings, start_server
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job

@@ -14,7 +14,7 @@ from lmeval_trio.cli import _render as render
 from lmeval_trio.cli._request import build_request
 from lmeval_trio.client import ApiError, Client, EndEvent, Stream
 from lmeval_trio.http.schemas import JobDetail, Submitted
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # a followed job ended Failed or Stopped, or was deleted

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from lmeval_trio.client import JobEvent, Phase, Progress, ProgressEvent, StatusEvent
 from lmeval_trio.http.schemas import JobDetail, JobResults, JobSummary, MetricRow
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 BAR_WIDTH = 24
 MAX_CELL = 48

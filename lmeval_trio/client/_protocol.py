@@ -37,7 +37,7 @@ from lmeval_trio.http.schemas import (
     StopResult,
     Submitted,
 )
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 URL_ENV = "LMEVAL_URL"
 API_KEY_ENV = "LMEVAL_API_KEY"

@@ -40,7 +40,7 @@ from lmeval_trio.http.schemas import (
     StopResult,
     Submitted,
 )
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 
 class Client(ClientBase):

@@ -9,7 +9,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from lmeval_trio.http.schemas import JobSummary
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 
 class ClientError(Exception):

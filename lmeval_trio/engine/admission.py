@@ -18,15 +18,15 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import admission as budget
-from lmeval_trio import command
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import log
+from lmeval_trio.engine.slots import Slots
 from lmeval_trio.harness.request_model import RequestRejected, request_model
-from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy, PolicyViolation
-from lmeval_trio.records import JobRecord, utc_now
-from lmeval_trio.slots import Slots
-from lmeval_trio.store import Draft, IdTaken, JobStore, StoreError
+from lmeval_trio.jobs.record import JobRecord, utc_now
+from lmeval_trio.policy import budget
+from lmeval_trio.policy.rules import CONFIG_COPY, Admitted, Policy, PolicyViolation
+from lmeval_trio.runners import job_command as command
+from lmeval_trio.store.sqlite import Draft, IdTaken, JobStore, StoreError
 
 MAX_SKIPPED_IDS = 1000  # ids in a row whose folders exist before a submission gives up
 

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from lmeval_trio.engine.live import LiveJob, LiveJobs
-from lmeval_trio.records import JobRecord
-from lmeval_trio.slots import Slots
+from lmeval_trio.engine.slots import Slots
+from lmeval_trio.jobs.record import JobRecord
 
 #: Runs one dispatched job to its end, in the supervisor's nursery.
 Execute = Callable[[LiveJob, tuple[str, ...]], Awaitable[None]]

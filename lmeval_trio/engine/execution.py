@@ -23,25 +23,25 @@ from typing import Any
 
 import trio
 
-from lmeval_trio import process
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
+from lmeval_trio.engine.metrics import Metrics
 from lmeval_trio.engine.retention import Retention
-from lmeval_trio.logs import (
+from lmeval_trio.engine.slots import Slots
+from lmeval_trio.jobs.record import JobRecord, utc_now
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.outputs.logs import (
     REPLAY_MAX_BYTES,
     LogPump,
     open_regular_file,
     read_segments,
     read_tail_lines,
 )
-from lmeval_trio.metrics import Metrics
-from lmeval_trio.policy import CONFIG_COPY
-from lmeval_trio.records import JobRecord, utc_now
-from lmeval_trio.runner import Runner, Started
-from lmeval_trio.secrets import output_secrets
-from lmeval_trio.slots import Slots
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import JobStore
+from lmeval_trio.policy.rules import CONFIG_COPY
+from lmeval_trio.policy.secrets import output_secrets
+from lmeval_trio.runners import process
+from lmeval_trio.runners.base import Runner, Started
+from lmeval_trio.store.sqlite import JobStore
 
 #: What a store write raises when the database cannot be written (full disk, read-only, I/O).
 STORE_FAULTS = (sqlite3.Error, OSError)

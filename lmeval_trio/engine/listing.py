@@ -25,10 +25,16 @@ from operator import eq, itemgetter, ne
 from typing import TYPE_CHECKING, Any, cast
 
 from lmeval_trio.http.strict_json import finite
-from lmeval_trio.records import JobRecord
-from lmeval_trio.secrets import job_secrets, mask_json, mask_text, public_argument, public_request
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import Versioned
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.secrets import (
+    job_secrets,
+    mask_json,
+    mask_text,
+    public_argument,
+    public_request,
+)
+from lmeval_trio.store.sqlite import Versioned
 
 if TYPE_CHECKING:
     from lmeval_trio.engine.supervisor import Supervisor

@@ -14,10 +14,10 @@ from typing import Any
 
 import trio
 
-from lmeval_trio.progress import ProgressTracker
-from lmeval_trio.pulse import Pulse
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import JobStatus
+from lmeval_trio.engine.change_signal import Pulse
+from lmeval_trio.jobs.progress import ProgressTracker
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus
 
 #: Every engine module logs as the supervisor did: operators filter on this name.
 log = logging.getLogger("lmeval_trio.supervisor")

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import trio
 
-from lmeval_trio import unrecorded
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.dispatch import Dispatcher
 from lmeval_trio.engine.execution import STORE_FAULTS, Execution, log_transition
 from lmeval_trio.engine.live import LiveJobs, StoreFaults, log
 from lmeval_trio.engine.retention import Retention
-from lmeval_trio.runner import Runner
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import JobStore, StoreError
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners.base import Runner
+from lmeval_trio.store import unrecorded
+from lmeval_trio.store.sqlite import JobStore, StoreError
 
 RETRY_FIRST_S = 0.1  # first wait before writing again to a store that refused a write
 RETRY_MAX_S = 30.0

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine.change_signal import Pulse
 from lmeval_trio.engine.live import log
-from lmeval_trio.pulse import Pulse
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import TERMINAL
-from lmeval_trio.store import JobStore
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import TERMINAL
+from lmeval_trio.store.sqlite import JobStore
 
 
 class Retention:

@@ -28,28 +28,30 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import bytecode, command
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.admission import Admission
+from lmeval_trio.engine.change_signal import Pulse
 from lmeval_trio.engine.dispatch import Dispatcher
 from lmeval_trio.engine.execution import Execution
 from lmeval_trio.engine.listing import JobListing
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
+from lmeval_trio.engine.metrics import Metrics
 from lmeval_trio.engine.recovery import Recovery
 from lmeval_trio.engine.retention import Retention
+from lmeval_trio.engine.slots import Slots
 from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
-from lmeval_trio.job_walls import JobWalls
-from lmeval_trio.metrics import Metrics
-from lmeval_trio.policy import Admitted, Policy
-from lmeval_trio.progress import ProgressSnapshot
-from lmeval_trio.pulse import Pulse
-from lmeval_trio.records import JobRecord, utc_now
-from lmeval_trio.runner import LocalRunner, Runner
+from lmeval_trio.jobs.progress import ProgressSnapshot
+from lmeval_trio.jobs.record import JobRecord, utc_now
+from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.rules import Admitted, Policy
+from lmeval_trio.runners import bytecode
+from lmeval_trio.runners import job_command as command
+from lmeval_trio.runners.base import Runner
 from lmeval_trio.runners.environment import job_environment, local_environment
-from lmeval_trio.slots import Slots
-from lmeval_trio.status import JobStatus
-from lmeval_trio.store import JobStore
-from lmeval_trio.warm import WarmPool
+from lmeval_trio.runners.job_walls import JobWalls
+from lmeval_trio.runners.local import LocalRunner
+from lmeval_trio.runners.warm_pool import WarmPool
+from lmeval_trio.store.sqlite import JobStore
 
 
 class StopOutcome(enum.Enum):
@@ -537,7 +539,7 @@ def default_runner(
 ) -> Runner:
     """The runner the settings select (local processes unless configured otherwise)."""
     if settings.backend == "ray":
-        from lmeval_trio.ray_runner import RayRunner  # only servers that use Ray load it
+        from lmeval_trio.runners.ray import RayRunner  # only servers that use Ray load it
 
         return RayRunner(settings)
     return LocalRunner(settings, warm, walls)

@@ -13,8 +13,8 @@ from typing import BinaryIO
 import trio
 from quart import Response
 
-from lmeval_trio.logs import open_inside
-from lmeval_trio.secrets import masked_chunks
+from lmeval_trio.outputs.logs import open_inside
+from lmeval_trio.policy.secrets import masked_chunks
 
 CHUNK_BYTES = 256 * 1024
 

@@ -26,8 +26,8 @@ from lmeval_trio.errors import (
 )
 from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.http.params import running_supervisor
-from lmeval_trio.policy import MissingPath, PolicyViolation
-from lmeval_trio.results import ResultsUnavailable
+from lmeval_trio.outputs.results import ResultsUnavailable
+from lmeval_trio.policy.rules import MissingPath, PolicyViolation
 
 log = logging.getLogger("lmeval_trio.http")
 #: Set on ``g`` when authentication refused the request (its body is then never read).

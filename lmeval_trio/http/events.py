@@ -17,9 +17,9 @@ from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.errors import InvalidParameter, JobNotFound
 from lmeval_trio.http import strict_json
 from lmeval_trio.http.params import ascii_int
-from lmeval_trio.logs import LogChunk, collapse_redraws, read_range
-from lmeval_trio.records import JobRecord
-from lmeval_trio.secrets import margin_bytes
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.outputs.logs import LogChunk, collapse_redraws, read_range
+from lmeval_trio.policy.secrets import margin_bytes
 
 STREAMS = ("stdout", "stderr")
 CHUNK_BYTES = 64 * 1024

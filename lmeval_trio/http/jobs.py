@@ -15,8 +15,8 @@ from lmeval_trio.harness.request_model import request_model
 from lmeval_trio.http import schemas, strict_json
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import ACTIVE, JobStatus
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import ACTIVE, JobStatus
 
 MAX_PAGE = 1000
 

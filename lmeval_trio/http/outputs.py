@@ -11,15 +11,15 @@ from quart import Blueprint, Response, jsonify, make_response, request
 from quart_schema import document_querystring, document_response, tag
 from werkzeug.exceptions import NotFound
 
-from lmeval_trio import results
 from lmeval_trio.errors import Conflict
 from lmeval_trio.http import schemas
 from lmeval_trio.http.download import file_response
 from lmeval_trio.http.events import event_stream, jobs_stream, parse_last_event_id
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
-from lmeval_trio.logs import collapse_redraws, read_range
-from lmeval_trio.secrets import margin_bytes, mask_json
-from lmeval_trio.status import TERMINAL
+from lmeval_trio.jobs.status import TERMINAL
+from lmeval_trio.outputs import results
+from lmeval_trio.outputs.logs import collapse_redraws, read_range
+from lmeval_trio.policy.secrets import margin_bytes, mask_json
 
 MAX_LOG_READ_BYTES = 1024 * 1024
 STREAMS = ("stdout", "stderr")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 
 class JobSummary(BaseModel):

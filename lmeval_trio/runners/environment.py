@@ -1,5 +1,5 @@
 """A job's environment, built in one place for every backend: local processes, the spares
-(pre-imported lm-eval processes, ``warm.py``) and Ray.
+(pre-imported lm-eval processes, ``warm_pool.py``) and Ray.
 
 It has two layers. What a job *inherits* is the server's environment as it was when the
 settings were read, minus the server's own settings (they may hold secrets); only local
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from lmeval_trio.config import Settings
-from lmeval_trio.job_walls import SINGLE_THREADED_IMPORTS
-from lmeval_trio.policy import CODE_OFF_ENV, OFFLINE_ENV
+from lmeval_trio.policy.rules import CODE_OFF_ENV, OFFLINE_ENV
+from lmeval_trio.runners.job_walls import SINGLE_THREADED_IMPORTS
 
 #: lm-eval reads this one server-prefixed variable itself, so it passes through.
 PASSED_SETTING = "LMEVAL_LOG_LEVEL"

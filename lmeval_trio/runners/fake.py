@@ -33,10 +33,10 @@ from typing import Literal
 
 import trio
 
-from lmeval_trio import process
-from lmeval_trio.process import Sink
-from lmeval_trio.records import JobRecord
-from lmeval_trio.runner import Started
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.runners import process
+from lmeval_trio.runners.base import Started
+from lmeval_trio.runners.process import Sink
 
 Stream = Literal["stdout", "stderr"]
 Outcome = Literal["exited", "killed", "refused", "crashed", "cancelled", "detached"]
@@ -187,7 +187,7 @@ class FakeRunnerStatistics:
 
 
 class FakeRunner:
-    """A :class:`~lmeval_trio.runner.Runner` that plays scripts; see the module docstring.
+    """A :class:`~lmeval_trio.runners.local.Runner` that plays scripts; see the module docstring.
 
     ``detach``: what ``detach()`` answers at shutdown (True: jobs are left "running", as a
     Ray runner leaves them). ``alive_elsewhere``: ids of jobs ``recover()`` reports still

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmeval_trio import reaper
 from lmeval_trio.harness.fastrun import ENV_DISABLE, default_cache_dir
+from lmeval_trio.runners import reaper
 
 USAGE = (
     "usage: python -m lmeval_trio.harness.fastrun [--walls JSON] [--index-cache DIR] [--] "
@@ -102,7 +102,7 @@ def _match_console_script_sys_path() -> None:
 
 def _confine(encoded: str) -> None:
     """Become the job behind its wall before anything of lm_eval is imported."""
-    from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
+    from lmeval_trio.runners.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
     try:
         enter(Walls.decode(encoded))

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmeval_trio.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
+from lmeval_trio.runners.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
 #: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
 #: API-model classes a server mostly runs. A module whose import fails is skipped: the job

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from lmeval_trio.errors import NotFound
-from lmeval_trio.logs import open_inside
-from lmeval_trio.paths import inside
-from lmeval_trio.records import JobRecord
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.outputs.logs import open_inside
+from lmeval_trio.policy.paths import inside
 
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
 

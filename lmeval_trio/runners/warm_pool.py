@@ -2,7 +2,7 @@
 
 Names: a *spare* is one such idle process (``python -m lmeval_trio.harness.fastrun --warm``; users
 know spares as "warm runners", the setting's and the metrics' word); a *runner* is always
-where a job runs (``runner.py``: the local backend, Ray), never a spare.
+where a job runs (``runners/local.py``: the local backend, Ray), never a spare.
 
 Importing lm_eval costs ~3 s per job on a small machine. A spare pays that before its job
 exists and then becomes the job when it receives its arguments on stdin. Because lm_eval and
@@ -29,9 +29,9 @@ from subprocess import PIPE
 
 import trio
 
-from lmeval_trio import process
-from lmeval_trio.confinement import Walls
 from lmeval_trio.harness.fastrun._warm import READY, Spec
+from lmeval_trio.runners import process
+from lmeval_trio.runners.confinement import Walls
 
 log = logging.getLogger("lmeval_trio.warm")
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmeval_trio import admission
 from lmeval_trio.config import Settings
 from lmeval_trio.errors import Forbidden, InvalidRequest
 from lmeval_trio.harness.request_model import PATH_FIELDS as PATH_FLAGS
-from lmeval_trio.paths import Where, inside, resolve
-from lmeval_trio.secrets import secret_name
+from lmeval_trio.policy import budget as admission
+from lmeval_trio.policy.paths import Where, inside, resolve
+from lmeval_trio.policy.secrets import secret_name
 
 if TYPE_CHECKING:
     from lmeval_trio.harness.effective import EffectiveRun

@@ -11,7 +11,7 @@ from __future__ import annotations
 import trio
 
 from lmeval_trio.config import Settings
-from lmeval_trio.pulse import Pulse
+from lmeval_trio.engine.change_signal import Pulse
 
 
 class GpuPool:

@@ -41,12 +41,12 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
-from lmeval_trio import process
 from lmeval_trio.config import Settings
 from lmeval_trio.errors import Unavailable
-from lmeval_trio.process import Sink
-from lmeval_trio.records import JobRecord
-from lmeval_trio.runner import Started
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.runners import process
+from lmeval_trio.runners.base import Started
+from lmeval_trio.runners.process import Sink
 
 log = logging.getLogger("lmeval_trio.ray_runner")
 

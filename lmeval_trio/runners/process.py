@@ -175,7 +175,7 @@ class SpareLost(Exception):
 
 
 async def hand_over(proc: trio.Process, spec: bytes) -> None:
-    """Tell a pre-started process (a spare, ``warm.py``) its job: ``spec`` on its stdin, then EOF.
+    """Tell a pre-started process (a spare, ``warm_pool.py``) its job: ``spec`` on stdin, then EOF.
 
     ``spec`` must fit an empty pipe, since nothing reads the process's output yet.
     Raises SpareLost if the process already exited.

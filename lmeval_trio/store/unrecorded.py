@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 FILENAME = "unrecorded-end.json"
 log = logging.getLogger("lmeval_trio.supervisor")

@@ -1,7 +1,8 @@
-"""Turns a validated job request into the child's argv, environment and folders.
+"""A job's command: which program starts it, its words, and the folders it runs in.
 
-The argv's words come from ``harness/argv.py`` (lm-eval's flags, judged by its own parser);
-this module adds the job's folders and environment.
+The words come from ``harness/argv.py`` (lm-eval's flags, judged by its own parser); this
+module adds the program (stock lm-eval, fastrun, or a spare) and the job's folders. Its
+environment comes from ``environment.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class Launcher:
     """How the server starts its own lm-eval."""
 
     executable: tuple[str, ...]
-    #: The same command as a spare (``fastrun --warm``, see ``warm.py``), if it has one.
+    #: The same command as a spare (``fastrun --warm``, see ``warm_pool.py``), if it has one.
     warm: tuple[str, ...] | None = None
 
     @classmethod

@@ -3,7 +3,7 @@ its ``Walls`` name, whatever code it runs next (the wall survives ``execve`` and
 every child).
 
 Runs inside a job's process, at the moment it becomes the job: fastrun's ``--walls``, a spare's
-handover (``warm.py``), or this file run as a script, an exec wrapper for any other program::
+handover (``warm_pool.py``), or this file run as a script, an exec wrapper for any other program::
 
     python -I -S .../confinement.py --read=PATH... --write=PATH... [--tmpdir=PATH] -- COMMAND...
     python -I -S .../confinement.py --probe

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import trio
 
-from lmeval_trio import confinement
 from lmeval_trio.config import Settings
-from lmeval_trio.confinement import Walls
 from lmeval_trio.errors import CannotStart
-from lmeval_trio.policy import HF_CACHE_VARIABLES
+from lmeval_trio.policy.rules import HF_CACHE_VARIABLES
+from lmeval_trio.runners import confinement
+from lmeval_trio.runners.confinement import Walls
 
 log = logging.getLogger("lmeval_trio.confinement")
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import trio
 
+from lmeval_trio.engine.change_signal import Pulse
 from lmeval_trio.errors import NotFound
-from lmeval_trio.pulse import Pulse
-from lmeval_trio.secrets import margin_bytes, mask_window
+from lmeval_trio.policy.secrets import margin_bytes, mask_window
 
 MAX_SEGMENT_CHARS = 64 * 1024
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lmeval_trio.status import JobStatus
+from lmeval_trio.jobs.status import JobStatus
 
 
 def utc_now() -> str:

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import trio
 
 from lmeval_trio.errors import CannotStart
-from lmeval_trio.records import JobRecord
-from lmeval_trio.status import JobStatus, check_transition
+from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import JobStatus, check_transition
 
 T = TypeVar("T")
 log = logging.getLogger("lmeval_trio.store")

@@ -1,0 +1,1 @@
+"""What a job is: its record, its statuses and their transitions, its progress (no I/O)."""

@@ -1,0 +1,1 @@
+"""What a job leaves behind: its logs, results and artifacts."""

@@ -1,0 +1,1 @@
+"""Persistence: the SQLite job store and the ends it could not record yet."""
