@@ -149,6 +149,13 @@ class Settings(BaseModel):
         description="Longest the checks of one submission (path resolution, folder walks) may "
         "take (403 beyond).",
     )
+    task_catalog_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Longest building the task catalog of lm-eval's tasks or of one request's "
+        "include_path folders may take (a cold build parses ~14,000 YAML files).",
+    )
     body_read_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -34,6 +34,7 @@ import trio
 from pydantic import BaseModel
 
 from lmeval_trio import admission, bytecode, command, process, unrecorded
+from lmeval_trio.catalog import Catalogs
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.job_walls import JobWalls
@@ -153,6 +154,7 @@ class Supervisor:
         self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.policy = Policy(settings, self.launcher.executable)
+        self.catalogs = Catalogs(settings, lambda: local_environment(self.job_environment({})))
         self.slots = Slots(settings)
         self.metrics = Metrics()
         self._send, self._receive = trio.open_memory_channel[int](math.inf)
@@ -184,6 +186,7 @@ class Supervisor:
         await self.walls.check()  # raises ConfinementUnavailable if a required wall cannot be
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
+        self.catalogs.attach(self._nursery)  # the task catalog's build (catalog.py)
         try:
             await trio.to_thread.run_sync(_make_private, self.settings.data_dir)
             await self.store.open()

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from lmeval_trio.catalog import CatalogUnavailable
 from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.policy import MissingPath, PolicyViolation
 from lmeval_trio.results import ResultsUnavailable
@@ -166,6 +167,12 @@ def install(app: Quart) -> None:
     @app.errorhandler(QueueFull)
     async def _queue_full(error: QueueFull) -> Response:
         response = error_response(429, str(error), rule="LMEVAL_MAX_QUEUED_JOBS")
+        response.headers["Retry-After"] = "30"
+        return response
+
+    @app.errorhandler(CatalogUnavailable)
+    async def _no_catalog(error: CatalogUnavailable) -> Response:
+        response = error_response(503, str(error))
         response.headers["Retry-After"] = "30"
         return response
 

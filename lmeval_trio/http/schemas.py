@@ -154,3 +154,30 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
         "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
         "request": public_request(record.request, hidden),
     }
+
+
+class TaskEntry(BaseModel):
+    """One task, group or tag of the catalog."""
+
+    name: str
+    kind: str = Field(description="task, group or tag.")
+    output_type: str | None
+    dataset: dict[str, str | None] | None = Field(description="{path, name} of its dataset.")
+    num_fewshot: int | None = Field(description="The YAML's default; null: lm-eval's (0).")
+    metrics: list[str]
+    tags: list[str]
+    subtasks: list[str] = Field(description="A group's or tag's members.")
+    description: str | None
+    yaml_path: str | None = Field(description="Relative to lm-eval's tasks folder (or its own).")
+    source: str = Field(description="lm_eval, or the include_path folder defining it.")
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskEntry]
+    total: int = Field(description="Entries matching the query (before limit/offset).")
+    limit: int
+    offset: int
+
+
+class TaskDetail(TaskEntry):
+    config: dict[str, Any] | None = Field(description="The YAML after includes.")

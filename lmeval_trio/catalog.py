@@ -1,0 +1,290 @@
+"""The task catalog: every task, group and tag lm-eval knows, held in memory for search.
+
+lm-eval's own index builds it, in a child process (``harness/task_catalog.py``: seconds of
+imports and, cold, 14,000 YAML files, never in the server); the server reads the JSON file
+the child names, in a worker thread, once. The built-in catalog is built on first use, by a
+task in the supervisor's nursery that every waiter shares; a request's ``include_path``
+folders are built for that request (their files are cached on disk by fingerprint).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lmeval_trio.config import Settings
+
+log = logging.getLogger(__name__)
+CHILD_MODULE = "lmeval_trio.harness.task_catalog"
+KINDS = ("task", "group", "tag")
+#: Output types a chat-completions model cannot serve (it has no prompt log-probabilities).
+LOGLIKELIHOOD_TYPES = frozenset({"loglikelihood", "loglikelihood_rolling", "multiple_choice"})
+MAX_SUGGESTIONS = 5
+#: Groups nest; expanding one stops at this depth (lm-eval's own groups nest 4 deep).
+MAX_GROUP_DEPTH = 16
+
+
+class CatalogUnavailable(Exception):
+    """The catalog could not be built; the message says why (a 503 for catalog routes)."""
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task, group or tag of the catalog."""
+
+    name: str
+    kind: str
+    output_type: str | None
+    dataset: dict[str, str | None] | None
+    num_fewshot: int | None
+    metrics: tuple[str, ...]
+    tags: tuple[str, ...]
+    subtasks: tuple[str, ...]
+    description: str | None
+    yaml_path: str | None
+    source: str  # "lm_eval", or the include_path folder that defines it
+    #: Where its config is: (side file, offset, length); read on demand (read_config).
+    config_at: tuple[Path, int, int] | None = field(default=None, repr=False)
+    haystack: str = field(default="", repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The entry as ``GET /tasks`` lists it."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "output_type": self.output_type,
+            "dataset": self.dataset,
+            "num_fewshot": self.num_fewshot,
+            "metrics": list(self.metrics),
+            "tags": list(self.tags),
+            "subtasks": list(self.subtasks),
+            "description": self.description,
+            "yaml_path": self.yaml_path,
+            "source": self.source,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """The entry with its config after includes, as ``GET /tasks/{name}`` shows it
+        (reads the side file: call from a thread)."""
+        return {**self.summary(), "config": self.read_config()}
+
+    def read_config(self) -> Any:
+        if self.config_at is None:
+            return None
+        path, offset, length = self.config_at
+        try:
+            with open(path, "rb") as file:
+                file.seek(offset)
+                return json.loads(file.read(length))
+        except (OSError, ValueError) as error:
+            why = f"the config of {self.name!r} is unreadable: {error}"
+            raise CatalogUnavailable(why) from None
+
+
+class Catalog:
+    """Entries by name (a later source overrides an earlier one, as lm-eval merges its roots),
+    listed in name order."""
+
+    def __init__(self, entries: Iterable[TaskEntry]) -> None:
+        self._by_name = {e.name: e for e in entries}
+        self.entries = sorted(self._by_name.values(), key=lambda e: e.name)
+        self.names = [e.name for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, name: str) -> TaskEntry | None:
+        return self._by_name.get(name)
+
+    def merged(self, other: Catalog) -> Catalog:
+        """This catalog with ``other``'s entries on top (an include folder over lm-eval's)."""
+        return Catalog([*self.entries, *other.entries])
+
+    def search(
+        self, query: str | None, kind: str | None, output_type: str | None
+    ) -> list[TaskEntry]:
+        """Entries whose name, description or tags hold ``query`` (any case), filtered."""
+        needle = (query or "").casefold()
+        return [
+            e
+            for e in self.entries
+            if (kind is None or e.kind == kind)
+            and (output_type is None or e.output_type == output_type)
+            and needle in e.haystack
+        ]
+
+    def matches(self, pattern: str) -> list[str]:
+        """Names ``pattern`` selects the way lm-eval's ``match_tasks`` does (fnmatch)."""
+        if pattern in self._by_name:
+            return [pattern]
+        return fnmatch.filter(self.names, pattern)
+
+    def suggestions(self, name: str) -> list[str]:
+        """Up to MAX_SUGGESTIONS close names (difflib; CPU-bound: call from a thread)."""
+        return difflib.get_close_matches(name[:200], self.names, n=MAX_SUGGESTIONS, cutoff=0.6)
+
+    def leaves(self, name: str) -> Iterator[TaskEntry]:
+        """The tasks ``name`` runs: itself, or a group's or tag's members, recursively."""
+        seen: set[str] = set()
+        stack = [(name, 0)]
+        while stack:
+            current, depth = stack.pop()
+            entry = self._by_name.get(current)
+            if entry is None or current in seen or depth > MAX_GROUP_DEPTH:
+                continue
+            seen.add(current)
+            if entry.kind == "task":
+                yield entry
+            stack.extend((member, depth + 1) for member in entry.subtasks)
+
+
+def entry_from_json(raw: dict[str, Any], source: str, configs: Path) -> TaskEntry:
+    """A catalog entry from the child's JSON (our own file; shapes still checked)."""
+    name = str(raw["name"])
+    description = raw.get("description") if isinstance(raw.get("description"), str) else None
+    tags = tuple(str(t) for t in raw.get("tags") or ())
+    kind = raw.get("kind") if raw.get("kind") in KINDS else "task"
+    return TaskEntry(
+        name=name,
+        kind=str(kind),
+        output_type=_optional_text(raw.get("output_type")),
+        dataset=raw.get("dataset") if isinstance(raw.get("dataset"), dict) else None,
+        num_fewshot=raw.get("num_fewshot") if isinstance(raw.get("num_fewshot"), int) else None,
+        metrics=tuple(str(m) for m in raw.get("metrics") or ()),
+        tags=tags,
+        subtasks=tuple(str(s) for s in raw.get("subtasks") or ()),
+        description=description,
+        yaml_path=_optional_text(raw.get("yaml_path")),
+        source=source,
+        config_at=_config_at(raw.get("config_at"), configs),
+        haystack="\n".join([name, description or "", *tags]).casefold(),
+    )
+
+
+def _config_at(value: Any, configs: Path) -> tuple[Path, int, int] | None:
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (configs, value[0], value[1])
+    return None
+
+
+def _optional_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def read_catalog_file(path: Path, source: str) -> Catalog:
+    """Parse one file the child wrote (worker thread: ~25 MB for lm-eval's tasks)."""
+    with open(path, "rb") as file:
+        document = json.load(file)
+    entries = document.get("entries") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path} holds no catalog entries")
+    configs = path.with_suffix(".configs.jsonl")
+    return Catalog(
+        entry_from_json(raw, source, configs) for raw in entries if isinstance(raw, dict)
+    )
+
+
+class Catalogs:
+    """Builds and holds catalogs for one supervisor; every build runs in a child process."""
+
+    def __init__(self, settings: Settings, environment: Callable[[], dict[str, str]]) -> None:
+        self.settings = settings
+        self._environment = environment
+        self._nursery: trio.Nursery | None = None
+        self._builtin: Catalog | None = None
+        self._building: trio.Event | None = None
+        self._error = "the task catalog was not built yet"
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """The nursery that owns the built-in catalog's build (the supervisor's)."""
+        self._nursery = nursery
+
+    async def builtin(self) -> Catalog:
+        """lm-eval's own tasks; the first caller starts the build, later ones share it.
+        A failed build is retried by the next caller."""
+        if self._builtin is not None:
+            return self._builtin
+        if self._building is None:
+            if self._nursery is None:
+                raise CatalogUnavailable("the server is not running")
+            self._building = trio.Event()
+            self._nursery.start_soon(self._build_builtin, self._building)
+        await self._building.wait()
+        if self._builtin is None:
+            raise CatalogUnavailable(self._error)
+        return self._builtin
+
+    async def _build_builtin(self, done: trio.Event) -> None:
+        try:
+            (path,) = await self._run_child(["builtin"])
+            self._builtin = await trio.to_thread.run_sync(read_catalog_file, path, "lm_eval")
+            log.info("task catalog: %d tasks, groups and tags", len(self._builtin))
+        except (CatalogUnavailable, OSError, ValueError, KeyError) as error:
+            self._error = f"the task catalog could not be built: {error}"
+            log.warning("%s", self._error)
+        finally:
+            self._building = None
+            done.set()
+
+    async def folders(self, folders: Sequence[Path]) -> Catalog:
+        """The entries lm-eval's index finds in ``folders`` (judged paths), later ones on top."""
+        if not folders:
+            return Catalog([])
+        paths = await self._run_child([os.fspath(f) for f in folders])
+        catalogs = [
+            await trio.to_thread.run_sync(read_catalog_file, path, os.fspath(folder))
+            for path, folder in zip(paths, folders, strict=True)
+        ]
+        return Catalog(e for catalog in catalogs for e in catalog.entries)
+
+    async def for_request(self, folders: Sequence[Path]) -> Catalog:
+        """What a job with these ``include_path`` folders can name: lm-eval's, then theirs."""
+        builtin = await self.builtin()
+        return builtin.merged(await self.folders(folders)) if folders else builtin
+
+    async def _run_child(self, roots: Sequence[str]) -> list[Path]:
+        cache = self.settings.effective_cache_dir
+        argv = [sys.executable, "-m", CHILD_MODULE, "--index-cache", str(cache / "task-index")]
+        argv += ["--catalog-cache", str(cache / "task-catalog")]
+        argv += [word for root in roots for word in ("--root", root)]
+        with trio.move_on_after(self.settings.task_catalog_timeout_s) as scope:
+            done = await trio.run_process(
+                argv,
+                env=self._environment(),
+                cwd=self.settings.data_dir,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        if scope.cancelled_caught:
+            raise CatalogUnavailable(
+                f"building it took over {self.settings.task_catalog_timeout_s:g} s "
+                "(LMEVAL_TASK_CATALOG_TIMEOUT_S)"
+            )
+        return _child_files(done, len(roots))
+
+
+def _child_files(done: subprocess.CompletedProcess[bytes], expected: int) -> list[Path]:
+    """The files the child named, or why it failed (its last stderr line, never more)."""
+    if done.returncode == 0:
+        try:
+            files = json.loads(done.stdout.decode().strip().splitlines()[-1])["catalogs"]
+            if isinstance(files, list) and len(files) == expected:
+                return [Path(f) for f in files]
+        except (ValueError, IndexError, KeyError, TypeError):
+            pass
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    last = lines[-1][:300] if lines else "no output"
+    raise CatalogUnavailable(f"lm-eval's task index failed (exit code {done.returncode}): {last}")
