@@ -2,13 +2,15 @@
 
 lm-eval's own index builds it, in a child process (``harness/task_catalog.py``: seconds of
 imports and, cold, 14,000 YAML files, never in the server); the server reads the JSON file
-the child names, in a worker thread, once. The built-in catalog is built on first use, by a
-task in the supervisor's nursery that every waiter shares; a request's ``include_path``
-folders are built for that request (their files are cached on disk by fingerprint).
+the child names, in a worker thread, once. The built-in catalog is built by a task in the
+supervisor's nursery that every waiter shares (at start when task checks are on, else on
+first use); a request's ``include_path`` folders are built when first named and kept in
+memory while their stat fingerprint stays the same (and on disk, by the child).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import json
@@ -24,6 +26,7 @@ from typing import Any
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.fastrun._cache import fingerprint_tree
 
 log = logging.getLogger(__name__)
 CHILD_MODULE = "lmeval_trio.harness.task_catalog"
@@ -31,6 +34,8 @@ KINDS = ("task", "group", "tag")
 #: Output types a chat-completions model cannot serve (it has no prompt log-probabilities).
 LOGLIKELIHOOD_TYPES = frozenset({"loglikelihood", "loglikelihood_rolling", "multiple_choice"})
 MAX_SUGGESTIONS = 5
+#: Task folders whose catalogs stay in memory (the least recently built go first).
+MAX_HELD_FOLDERS = 32
 #: Groups nest; expanding one stops at this depth (lm-eval's own groups nest 4 deep).
 MAX_GROUP_DEPTH = 16
 
@@ -205,10 +210,21 @@ class Catalogs:
         self._builtin: Catalog | None = None
         self._building: trio.Event | None = None
         self._error = "the task catalog was not built yet"
+        self._by_folder: dict[Path, tuple[tuple[str, int], Catalog]] = {}
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        """The nursery that owns the built-in catalog's build (the supervisor's)."""
+    def attach(self, nursery: trio.Nursery, *, preload_after: trio.Event | None = None) -> None:
+        """The nursery that owns the built-in catalog's build (the supervisor's). With task
+        checks on, the build starts once ``preload_after`` is set (the job caches prepared,
+        so it reuses their task index rather than building it at the same time), and the
+        first submission rarely waits for it."""
         self._nursery = nursery
+        if preload_after is not None and self.settings.check_tasks:
+            nursery.start_soon(self._preload, preload_after)
+
+    async def _preload(self, after: trio.Event) -> None:
+        await after.wait()
+        with contextlib.suppress(CatalogUnavailable):  # logged; the next use retries
+            await self.builtin()
 
     async def builtin(self) -> Catalog:
         """lm-eval's own tasks; the first caller starts the build, later ones share it.
@@ -238,15 +254,28 @@ class Catalogs:
             done.set()
 
     async def folders(self, folders: Sequence[Path]) -> Catalog:
-        """The entries lm-eval's index finds in ``folders`` (judged paths), later ones on top."""
-        if not folders:
-            return Catalog([])
-        paths = await self._run_child([os.fspath(f) for f in folders])
-        catalogs = [
-            await trio.to_thread.run_sync(read_catalog_file, path, os.fspath(folder))
-            for path, folder in zip(paths, folders, strict=True)
-        ]
-        return Catalog(e for catalog in catalogs for e in catalog.entries)
+        """The entries lm-eval's index finds in ``folders`` (judged paths), later ones on top.
+        A folder unchanged since its last build (same stat fingerprint) is served from
+        memory; the others are built by one child."""
+        prints = [await trio.to_thread.run_sync(fingerprint_tree, f) for f in folders]
+        missing = [f for f, p in zip(folders, prints, strict=True) if self._held(f, p) is None]
+        if missing:
+            paths = await self._run_child([os.fspath(f) for f in missing])
+            for folder, path in zip(missing, paths, strict=True):
+                built = await trio.to_thread.run_sync(read_catalog_file, path, os.fspath(folder))
+                self._hold(folder, prints[folders.index(folder)], built)
+        held = [self._held(f, p) for f, p in zip(folders, prints, strict=True)]
+        return Catalog(e for catalog in held if catalog is not None for e in catalog.entries)
+
+    def _held(self, folder: Path, fingerprint: tuple[str, int]) -> Catalog | None:
+        found = self._by_folder.get(folder)
+        return found[1] if found is not None and found[0] == fingerprint else None
+
+    def _hold(self, folder: Path, fingerprint: tuple[str, int], catalog: Catalog) -> None:
+        self._by_folder.pop(folder, None)
+        self._by_folder[folder] = (fingerprint, catalog)
+        while len(self._by_folder) > MAX_HELD_FOLDERS:  # the oldest first
+            del self._by_folder[next(iter(self._by_folder))]
 
     async def for_request(self, folders: Sequence[Path]) -> Catalog:
         """What a job with these ``include_path`` folders can name: lm-eval's, then theirs."""

@@ -149,6 +149,11 @@ class Settings(BaseModel):
         description="Longest the checks of one submission (path resolution, folder walks) may "
         "take (403 beyond).",
     )
+    check_tasks: bool = Field(
+        default=True,
+        description="Refuse at submission a task name lm-eval does not define, or an output "
+        "type the model cannot serve (README: Checks before a job is queued).",
+    )
     task_catalog_timeout_s: float = Field(
         default=300.0,
         gt=0,

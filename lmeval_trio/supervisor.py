@@ -33,7 +33,7 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from lmeval_trio import admission, bytecode, command, process, unrecorded
+from lmeval_trio import admission, admission_checks, bytecode, command, process, unrecorded
 from lmeval_trio.catalog import Catalogs
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
@@ -186,7 +186,7 @@ class Supervisor:
         await self.walls.check()  # raises ConfinementUnavailable if a required wall cannot be
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        self.catalogs.attach(self._nursery)  # the task catalog's build (catalog.py)
+        self.catalogs.attach(self._nursery, preload_after=self.caches_prepared)  # catalog.py
         try:
             await trio.to_thread.run_sync(_make_private, self.settings.data_dir)
             await self.store.open()
@@ -414,8 +414,7 @@ class Supervisor:
         self._check_accepting()
         request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
         with self._queue_place():
-            admitted = await self._admit(request)
-            self._check_gpus(request.get("num_gpus"))
+            admitted = await admission_checks.admit(self, request, self._gates())
             record = await self._create_and_enqueue(request, admitted, resumed_from)
         self.metrics.submissions.inc()
         log.info(  # not the argv: model_args may carry credentials
@@ -426,6 +425,15 @@ class Supervisor:
             extra={"job_id": record.id},
         )
         return record
+
+    async def dry_run(self, body: Mapping[str, Any] | BaseModel) -> admission_checks.Report:
+        """Every admission check of ``body`` (admission_checks), queuing nothing."""
+        self._check_accepting()
+        request = command.normalise(_as_request(body).model_dump(exclude_unset=True))
+        return await admission_checks.dry_run(self, request, self._gates())
+
+    def _gates(self) -> admission_checks.Gates:
+        return admission_checks.Gates(self._admit, self._check_gpus, self._queue_place)
 
     async def _create_and_enqueue(
         self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None

@@ -25,6 +25,7 @@ from lmeval_trio.supervisor import (
     NotResumable,
     QueueFull,
 )
+from lmeval_trio.task_checks import TaskRefused
 
 log = logging.getLogger("lmeval_trio.http")
 #: Set on ``g`` when authentication refused the request (its body is then never read).
@@ -112,6 +113,12 @@ def field_errors(location: str, error: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _report(error: Exception) -> dict[str, Any]:
+    """The admission report a refused submission carries (admission_checks), if any."""
+    report = getattr(error, "checks", None)
+    return {"checks": report["checks"], "ok": False} if isinstance(report, dict) else {}
+
+
 def install(app: Quart) -> None:
     """Register the handlers on ``app``."""
     app.after_request(_drain_body)
@@ -137,16 +144,23 @@ def install(app: Quart) -> None:
                 "type": "lm_eval_rejected",
             }
         ]
-        return error_response(422, detail)
+        return error_response(422, detail, **_report(error))
 
     @app.errorhandler(MissingPath)
     async def _missing(error: MissingPath) -> Response:
         detail = [{"loc": ["body", error.field], "msg": error.message, "type": "missing_path"}]
-        return error_response(422, detail)
+        return error_response(422, detail, **_report(error))
+
+    @app.errorhandler(TaskRefused)
+    async def _tasks(error: TaskRefused) -> Response:
+        detail = [{"loc": ["body", error.field], "msg": error.message, "type": error.kind}]
+        return error_response(422, detail, **error.extra, **_report(error))
 
     @app.errorhandler(PolicyViolation)
     async def _policy(error: PolicyViolation) -> Response:
-        return error_response(403, str(error), reason="policy", field=error.field, rule=error.rule)
+        return error_response(
+            403, str(error), reason="policy", field=error.field, rule=error.rule, **_report(error)
+        )
 
     @app.errorhandler(JobNotFound)
     async def _not_found(error: JobNotFound) -> Response:

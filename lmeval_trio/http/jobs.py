@@ -46,10 +46,14 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Error, 429)
     @document_response(schemas.Error, 503)
     async def submit() -> Response:
-        """Queue an lm-eval job."""
+        """Queue an lm-eval job; with dry_run=true, run every admission check and answer
+        their report ({checks: [{name, ok, detail}], ok}) without queuing anything."""
         body = await _json_body()
         if not isinstance(body, dict):
             raise InvalidParameter("body", "body", "expected a JSON object")
+        if bool_arg("dry_run", False):
+            report = await supervisor().dry_run(job_request.model_validate(body))
+            return jsonify(report.to_json())
         record = await supervisor().submit(job_request.model_validate(body))
         return jsonify(
             schemas.Submitted(
