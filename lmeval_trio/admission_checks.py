@@ -4,7 +4,8 @@ A submission runs them until the first refusal, which is raised with the report 
 attached (``checks``: the answer shows what passed and what did not); a dry run runs them all
 and returns the report, queuing nothing. Order: the queue bound (dry runs; a submission
 holds its place first), the execution policy, lm-eval's parser, GPUs, the task names and the
-output types they need.
+output types they need; dry runs end with the endpoint pre-flight (preflight.py), which real
+jobs pass at dispatch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from lmeval_trio import command, task_checks
+from lmeval_trio import command, preflight, task_checks
 from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.effective import EffectiveRun, effective_run
 from lmeval_trio.policy import Admitted, MissingPath, PolicyViolation
@@ -31,6 +32,7 @@ REFUSALS: tuple[type[Exception], ...] = (
     MissingPath,
     PolicyViolation,
     TaskRefused,
+    preflight.EndpointDown,
 )
 #: Attribute a raised refusal carries the report in (read by the HTTP error mapper).
 REPORT_ATTRIBUTE = "checks"
@@ -133,7 +135,13 @@ async def _checks(
         async def tasks() -> str:
             return await task_checks.check_tasks(supervisor, request, effective)
 
+        async def endpoint() -> str:
+            env = request.get("env_vars") or {}
+            return await preflight.check(effective, env, supervisor.settings.preflight_timeout_s)
+
         await run.step("tasks", tasks)
+        if run.keep_going:  # real jobs: at dispatch, before a slot (see preflight.py)
+            await run.step("endpoint", endpoint)
     return admitted[0] if admitted else None
 
 

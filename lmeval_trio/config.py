@@ -154,6 +154,20 @@ class Settings(BaseModel):
         description="Refuse at submission a task name lm-eval does not define, or an output "
         "type the model cannot serve (README: Checks before a job is queued).",
     )
+    preflight: Literal["fail", "wait", "off"] = Field(
+        default="wait",
+        description="API-model jobs whose endpoint fails the pre-flight: fail at once, or "
+        "wait queued (no slot held), retried with back-off up to preflight_wait_max_s.",
+    )
+    preflight_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="Bound on each pre-flight request."
+    )
+    preflight_wait_max_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Longest a job waits for its endpoint (preflight=wait) before it fails.",
+    )
     task_catalog_timeout_s: float = Field(
         default=300.0,
         gt=0,

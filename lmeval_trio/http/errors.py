@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from lmeval_trio.catalog import CatalogUnavailable
 from lmeval_trio.cli_schema import RequestRejected
 from lmeval_trio.policy import MissingPath, PolicyViolation
+from lmeval_trio.preflight import EndpointDown
 from lmeval_trio.results import ResultsUnavailable
 from lmeval_trio.supervisor import (
     JobNotFound,
@@ -155,6 +156,11 @@ def install(app: Quart) -> None:
     async def _tasks(error: TaskRefused) -> Response:
         detail = [{"loc": ["body", error.field], "msg": error.message, "type": error.kind}]
         return error_response(422, detail, **error.extra, **_report(error))
+
+    @app.errorhandler(EndpointDown)
+    async def _endpoint(error: EndpointDown) -> Response:
+        detail = [{"loc": ["body", error.field], "msg": error.message, "type": "endpoint"}]
+        return error_response(422, detail, **_report(error))
 
     @app.errorhandler(PolicyViolation)
     async def _policy(error: PolicyViolation) -> Response:

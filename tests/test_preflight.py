@@ -1,0 +1,110 @@
+"""Endpoint pre-flight against the stub OpenAI server on 127.0.0.1: up, down, a model it
+does not serve, a remote tokenizer that does not answer; credentials never shown; no
+evaluation request ever sent."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lmeval_trio.preflight import server_root, shown
+from tests.conftest import TASKS_DIR, Server
+from tests.support.stub_openai import StubHandle, running_stub
+
+
+@pytest.fixture
+def stub() -> Iterator[StubHandle]:
+    with running_stub() as handle:
+        yield handle
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then closed: refused until someone takes it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _job(base_url: str, **model_args: Any) -> dict[str, Any]:
+    return {
+        "model": "local-completions",
+        "model_args": {"model": "stub-model", "base_url": base_url, **model_args},
+        "tasks": "tiny_gen",
+        "include_path": str(TASKS_DIR),
+    }
+
+
+async def _endpoint(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+    response = await server.client.post("/job", params={"dry_run": "true"}, json=body)
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    (check,) = [c for c in report["checks"] if c["name"] == "endpoint"]
+    assert report["ok"] is check["ok"]
+    return dict(check)
+
+
+async def test_endpoint_up_serving_the_model(server: Server, stub: StubHandle) -> None:
+    check = await _endpoint(server, _job(stub.completions_url, tokenizer_backend="remote"))
+    assert check["ok"] is True
+    assert (
+        "serves 'stub-model'" in check["detail"] and "remote tokenizer answers" in check["detail"]
+    )
+    assert stub.state.snapshot()["v1_requests"] == 0  # no evaluation request was sent
+
+
+async def test_endpoint_down_is_named(server: Server) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/v1/completions"
+    check = await _endpoint(server, _job(url))
+    assert check["ok"] is False
+    assert check["detail"] == f"model_args: endpoint {url} refused the connection"
+
+
+async def test_wrong_model_name(server: Server, stub: StubHandle) -> None:
+    body = _job(stub.completions_url)
+    body["model_args"]["model"] = "gpt-17"
+    check = await _endpoint(server, body)
+    assert check["ok"] is False
+    assert check["detail"].startswith("model_args.model: endpoint")
+    assert "serves 'stub-model', not 'gpt-17'" in check["detail"]
+
+
+async def test_remote_tokenizer_down(server: Server) -> None:
+    with running_stub(tokenizer=False) as stub:
+        check = await _endpoint(server, _job(stub.completions_url, tokenizer_backend="remote"))
+        assert check["ok"] is False
+        assert check["detail"].startswith("model_args.tokenizer_backend: remote tokenizer")
+        # without the remote tokenizer the same endpoint passes
+        assert (await _endpoint(server, _job(stub.completions_url)))["ok"] is True
+
+
+async def test_credentials_are_used_but_never_shown(server: Server, stub: StubHandle) -> None:
+    port = _closed_port()
+    url = f"http://user:hunter2@127.0.0.1:{port}/v1/completions?key=sk-in-query"
+    body = _job(url, api_key="sk-secret-model-arg")
+    body["env_vars"] = {"OPENAI_API_KEY": "sk-secret-env"}
+    response = await server.client.post("/job", params={"dry_run": "true"}, json=body)
+    text = response.text
+    for secret in ("hunter2", "sk-in-query", "sk-secret-model-arg", "sk-secret-env", "user:"):
+        assert secret not in text
+    assert json.loads(text)["ok"] is False
+
+
+def test_urls_are_shown_without_credentials() -> None:
+    assert shown("http://a:b@h:81/v1/completions?k=v#f") == "http://h:81/v1/completions"
+    assert shown("not a url \x00") in ("the base_url", "://")
+    assert server_root("http://h/v1/chat/completions/") == "http://h"
+
+
+async def test_non_api_models_are_not_checked(server: Server) -> None:
+    body = {"model": "dummy", "tasks": "tiny_gen", "include_path": str(TASKS_DIR)}
+    check = await _endpoint(server, body)
+    assert check == {
+        "name": "endpoint",
+        "ok": True,
+        "detail": "not an API model (dummy): nothing to check",
+    }
