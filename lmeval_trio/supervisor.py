@@ -37,6 +37,7 @@ from lmeval_trio import admission, admission_checks, bytecode, command, process,
 from lmeval_trio.catalog import Catalogs
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
+from lmeval_trio.endpoint_wait import EndpointGate
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.logs import (
     REPLAY_MAX_BYTES,
@@ -681,10 +682,18 @@ class Supervisor:
     async def _dispatch(self) -> None:
         """Hand queued jobs to free slots, in order, the moment a slot frees."""
         assert self._nursery is not None
+        gate = EndpointGate(  # endpoint_wait.py: pre-flight before a slot
+            self.settings,
+            self._nursery,
+            self._owns,
+            self._fail_queued,
+            self._enqueue_again,
+            self._note_reason,
+        )
         with self._dispatch_scope:
             async for job_id in self._receive:
                 live = self._live.get(job_id)
-                if live is None or live.scope.cancel_called:
+                if live is None or live.scope.cancel_called or not await gate.ready(live):
                     continue
                 wanted = self.slots.gpus_for(live.record.request.get("num_gpus"))
                 gpus = await self.slots.acquire(job_id, wanted)
@@ -694,6 +703,30 @@ class Supervisor:
                 live.dispatched = True
                 live.slot_granted_at = trio.current_time()
                 self._nursery.start_soon(self._run_job, live, gpus)
+
+    def _owns(self, live: LiveJob) -> bool:
+        """Still queued, not stopped, not handed on: the dispatcher's to settle."""
+        return self._live.get(live.id) is live and not (live.scope.cancel_called or live.dispatched)
+
+    async def _fail_queued(self, live: LiveJob, reason: str) -> None:
+        live.dispatched = True  # from now on only this settles it (a stop waits for it)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._settle(live, JobStatus.FAILED, reason=reason, finished_at=utc_now())
+            except Exception:
+                log.exception("job %s: could not record its end", live.id)
+            self._forget(live)
+
+    def _enqueue_again(self, live: LiveJob) -> None:
+        self._send.send_nowait(live.id)
+
+    async def _note_reason(self, live: LiveJob, reason: str) -> None:
+        try:
+            live.record = await self.store.update(live.id, reason=reason)
+        except STORE_FAULTS as error:
+            log.warning("job %s: could not store why it waits: %s", live.id, error)
+        live.changed.fire()
+        self.changed.fire()
 
     async def _run_job(self, live: LiveJob, gpus: tuple[str, ...]) -> None:
         """One job from Running to its end; nothing it does may escape to the nursery."""

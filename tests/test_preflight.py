@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trio
 
+from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.preflight import server_root, shown
-from tests.conftest import TASKS_DIR, Server
+from lmeval_trio.records import JobRecord
+from lmeval_trio.status import JobStatus
+from lmeval_trio.supervisor import Supervisor
+from tests.conftest import TASKS_DIR, Server, fake_job, make_settings, start_server
 from tests.support.stub_openai import StubHandle, running_stub
 
 
@@ -108,3 +116,79 @@ async def test_non_api_models_are_not_checked(server: Server) -> None:
         "ok": True,
         "detail": "not an API model (dummy): nothing to check",
     }
+
+
+# -- real jobs: the pre-flight before a slot ---------------------------------------------------
+
+
+@asynccontextmanager
+async def _serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        url, shutdown, app = await start_server(nursery, make_settings(tmp_path, **overrides))
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            yield Server(url, client, app)
+        shutdown.set()
+
+
+async def _until(server: Server, job_id: int, done: Callable[[JobRecord], bool]) -> JobRecord:
+    """Wait on the supervisor's change signal until ``done(record)``."""
+    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    with trio.fail_after(120):
+        while True:
+            version = supervisor.changed.version
+            record = await supervisor.get(job_id)
+            if done(record):
+                return record
+            await supervisor.changed.wait_past(version)
+
+
+async def test_fail_mode_fails_the_job_before_it_takes_a_slot(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/v1/completions"
+    async with _serving(tmp_path, preflight="fail") as server:
+        job_id = await server.submit(_job(url))
+        job = await server.wait_status(job_id, JobStatus.FAILED, JobStatus.COMPLETED)
+        assert job["status"] == "Failed"
+        assert job["reason"] == f"model_args: endpoint {url} refused the connection"
+        assert job["started_at"] is None and job["attempts"] == 0  # no slot, no process
+
+
+async def test_wait_mode_waits_without_a_slot_then_runs_when_the_stub_comes_up(
+    tmp_path: Path,
+) -> None:
+    port = _closed_port()
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    async with _serving(tmp_path, max_concurrency=1) as server:
+        job_id = await server.submit(_job(url, tokenizer_backend="remote"))
+        waiting = await _until(server, job_id, lambda r: bool(r.reason))
+        assert waiting.status is JobStatus.QUEUED
+        refused = f"model_args: endpoint {url} refused the connection"
+        assert waiting.reason == f"waiting for its endpoint: {refused}"
+        supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+        assert supervisor.statistics().slots_free == 1  # the slot is not held meanwhile
+        other = await server.submit(fake_job("env"))  # the queue moves on behind it
+        assert (await server.wait_status(other))["status"] == "Completed"
+        with running_stub(port=port) as stub:
+            job = await server.wait_status(job_id)
+            assert job["status"] == "Completed", job["reason"]
+            assert job["reason"] is None and stub.state.snapshot()["v1_requests"] > 0
+
+
+async def test_wait_mode_gives_up_at_its_bound(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/v1/completions"
+    async with _serving(tmp_path, preflight_wait_max_s=1.5) as server:
+        job_id = await server.submit(_job(url))
+        job = await server.wait_status(job_id)
+        assert job["status"] == "Failed"
+        refused = f"model_args: endpoint {url} refused the connection"
+        assert job["reason"] == f"{refused} (waited 1.5 s)"
+
+
+async def test_a_waiting_job_can_be_stopped(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/v1/completions"
+    async with _serving(tmp_path) as server:
+        job_id = await server.submit(_job(url))
+        await _until(server, job_id, lambda r: bool(r.reason))
+        stopped = await server.client.post(f"/job/{job_id}/stop")
+        assert stopped.json()["job_status"] == "Stopped"
+        supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+        assert supervisor.statistics().queued == 0
