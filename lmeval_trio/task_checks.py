@@ -17,7 +17,12 @@ import trio
 from lmeval_trio import admission
 from lmeval_trio.catalog import LOGLIKELIHOOD_TYPES, Catalog, CatalogUnavailable
 from lmeval_trio.effective import EffectiveRun
-from lmeval_trio.policy import MissingPath, PolicyViolation
+from lmeval_trio.policy import (
+    CODE_RULE,
+    REMOTE_CODE_TASK_PREFIXES,
+    MissingPath,
+    PolicyViolation,
+)
 
 #: lm-eval's chat-completions models: ``loglikelihood`` raises NotImplementedError (they have
 #: no prompt log-probabilities), after the model and every task have loaded.
@@ -89,7 +94,23 @@ async def check_tasks(supervisor: Supervisor, request: Mapping[str, Any], run: E
     except CatalogUnavailable as error:
         return f"not checked: {error}"
     chosen = await trio.to_thread.run_sync(_known, catalog, run, names)
+    if not supervisor.settings.allow_code_execution:
+        _check_remote_code(catalog, run, chosen)
     return _check_output_types(catalog, run, chosen)
+
+
+def _check_remote_code(catalog: Catalog, run: EffectiveRun, names: list[str]) -> None:
+    """The policy's remote-code task rule, on the tasks a group or tag really runs (the
+    policy itself sees names only: ``longcxt`` is a tag of RULER tasks)."""
+    for name in names:
+        for leaf in catalog.leaves(name):
+            if leaf.name.startswith(REMOTE_CODE_TASK_PREFIXES):
+                via = "" if leaf.name == name else f" (in {name!r})"
+                raise PolicyViolation(
+                    run.field("tasks"),
+                    f"task {leaf.name!r}{via} loads its tokenizer with trust_remote_code=True, "
+                    f"and {CODE_RULE}",
+                )
 
 
 def _known(catalog: Catalog, run: EffectiveRun, names: list[str]) -> list[str]:

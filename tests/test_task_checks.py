@@ -190,3 +190,23 @@ async def test_dry_run_reports_a_full_queue(tmp_path: Path) -> None:
             assert "queue holds 1 jobs" in report["checks"][0]["detail"]
             assert (await client.post("/jobs/stop")).status_code == 200
         shutdown.set()
+
+
+async def test_remote_code_tasks_inside_tags_and_groups_are_refused(server: Server) -> None:
+    """The policy matches names; the catalog expands ``longcxt`` (a tag of RULER tasks)."""
+    body = await _refused(server, {"model": "dummy", "tasks": "arc_easy,longcxt"}, 403)
+    assert body["field"] == "tasks" and "LMEVAL_ALLOW_CODE_EXECUTION" in body["rule"]
+    assert "(in 'longcxt')" in body["rule"]
+    assert _checks(body) == {"policy": True, "parser": True, "gpus": True, "tasks": False}
+
+
+async def test_remote_code_tags_pass_with_code_execution_on(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, check_tasks=True, allow_code_execution=True)
+    async with trio.open_nursery() as nursery:
+        url, shutdown, app = await start_server(nursery, settings)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            report = await _dry_run(
+                Server(url, client, app), {"model": "dummy", "tasks": "longcxt"}
+            )
+            assert report["ok"] is True, report
+        shutdown.set()
