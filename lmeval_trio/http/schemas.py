@@ -181,3 +181,16 @@ class TaskList(BaseModel):
 
 class TaskDetail(TaskEntry):
     config: dict[str, Any] | None = Field(description="The YAML after includes.")
+
+
+class Check(BaseModel):
+    name: str = Field(description="queue, policy, parser, gpus, tasks or endpoint.")
+    ok: bool
+    detail: str
+
+
+class CheckReport(BaseModel):
+    """POST /job?dry_run=true: every admission check, nothing queued."""
+
+    checks: list[Check]
+    ok: bool
