@@ -211,6 +211,8 @@ class Catalogs:
         self._building: trio.Event | None = None
         self._error = "the task catalog was not built yet"
         self._by_folder: dict[Path, tuple[tuple[str, int], Catalog]] = {}
+        self._scopes: set[trio.CancelScope] = set()
+        self._closed = False
 
     def attach(self, nursery: trio.Nursery, *, preload_after: trio.Event | None = None) -> None:
         """The nursery that owns the built-in catalog's build (the supervisor's). With task
@@ -222,9 +224,27 @@ class Catalogs:
             nursery.start_soon(self._preload, preload_after)
 
     async def _preload(self, after: trio.Event) -> None:
-        await after.wait()
-        with contextlib.suppress(CatalogUnavailable):  # logged; the next use retries
-            await self.builtin()
+        with self._cancelled_at_close():
+            await after.wait()
+            with contextlib.suppress(CatalogUnavailable):  # logged; the next use retries
+                await self.builtin()
+
+    def close(self) -> None:
+        """Shutdown: end the builds this object started (their children are killed)."""
+        self._closed = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _cancelled_at_close(self) -> Iterator[None]:
+        with trio.CancelScope() as scope:
+            if self._closed:
+                scope.cancel()
+            self._scopes.add(scope)
+            try:
+                yield
+            finally:
+                self._scopes.discard(scope)
 
     async def builtin(self) -> Catalog:
         """lm-eval's own tasks; the first caller starts the build, later ones share it.
@@ -243,8 +263,12 @@ class Catalogs:
 
     async def _build_builtin(self, done: trio.Event) -> None:
         try:
-            (path,) = await self._run_child(["builtin"])
-            self._builtin = await trio.to_thread.run_sync(read_catalog_file, path, "lm_eval")
+            with self._cancelled_at_close():
+                (path,) = await self._run_child(["builtin"])
+                self._builtin = await trio.to_thread.run_sync(read_catalog_file, path, "lm_eval")
+            if self._builtin is None:  # cancelled: the server is stopping
+                self._error = "the server is stopping"
+                return
             log.info("task catalog: %d tasks, groups and tags", len(self._builtin))
         except (CatalogUnavailable, OSError, ValueError, KeyError) as error:
             self._error = f"the task catalog could not be built: {error}"

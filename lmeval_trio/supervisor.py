@@ -320,6 +320,7 @@ class Supervisor:
         self._dispatch_scope.cancel()
         self._warm_scope.cancel()
         self._compile_scope.cancel()
+        self.catalogs.close()  # a task catalog build in progress (catalog.py)
         self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
         ids = [live.id for live in started]
@@ -681,28 +682,34 @@ class Supervisor:
 
     async def _dispatch(self) -> None:
         """Hand queued jobs to free slots, in order, the moment a slot frees."""
-        assert self._nursery is not None
-        gate = EndpointGate(  # endpoint_wait.py: pre-flight before a slot
-            self.settings,
-            self._nursery,
-            self._owns,
-            self._fail_queued,
-            self._enqueue_again,
-            self._note_reason,
-        )
         with self._dispatch_scope:
-            async for job_id in self._receive:
-                live = self._live.get(job_id)
-                if live is None or live.scope.cancel_called or not await gate.ready(live):
-                    continue
-                wanted = self.slots.gpus_for(live.record.request.get("num_gpus"))
-                gpus = await self.slots.acquire(job_id, wanted)
-                if live.scope.cancel_called or job_id not in self._live:
-                    self.slots.release(job_id)
-                    continue
-                live.dispatched = True
-                live.slot_granted_at = trio.current_time()
-                self._nursery.start_soon(self._run_job, live, gpus)
+            async with trio.open_nursery() as waiting:  # jobs waiting for their endpoint
+                await self._dispatch_through(
+                    EndpointGate(  # endpoint_wait.py: pre-flight before a slot
+                        self.settings,
+                        waiting,
+                        self._owns,
+                        self._fail_queued,
+                        self._enqueue_again,
+                        self._note_reason,
+                    )
+                )
+
+    async def _dispatch_through(self, gate: EndpointGate) -> None:
+        """Each queued job, in order, once the gate lets it through, to a free slot."""
+        assert self._nursery is not None
+        async for job_id in self._receive:
+            live = self._live.get(job_id)
+            if live is None or live.scope.cancel_called or not await gate.ready(live):
+                continue
+            wanted = self.slots.gpus_for(live.record.request.get("num_gpus"))
+            gpus = await self.slots.acquire(job_id, wanted)
+            if live.scope.cancel_called or job_id not in self._live:
+                self.slots.release(job_id)
+                continue
+            live.dispatched = True
+            live.slot_granted_at = trio.current_time()
+            self._nursery.start_soon(self._run_job, live, gpus)
 
     def _owns(self, live: LiveJob) -> bool:
         """Still queued, not stopped, not handed on: the dispatcher's to settle."""

@@ -192,3 +192,17 @@ async def test_a_waiting_job_can_be_stopped(tmp_path: Path) -> None:
         assert stopped.json()["job_status"] == "Stopped"
         supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
         assert supervisor.statistics().queued == 0
+
+
+async def test_shutdown_does_not_wait_for_a_waiting_job(tmp_path: Path) -> None:
+    """The wait (600 s by default) ends with the server; the job stays Queued for the next."""
+    url = f"http://127.0.0.1:{_closed_port()}/v1/completions"
+    with trio.fail_after(60):  # a hang guard: the wait itself would take 600 s
+        async with _serving(tmp_path) as server:
+            job_id = await server.submit(_job(url))
+            await _until(server, job_id, lambda r: bool(r.reason))
+            supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    assert supervisor.closed.is_set()
+    async with _serving(tmp_path, preflight="fail") as again:
+        job = await again.wait_status(job_id)
+        assert job["status"] == "Failed" and "refused the connection" in job["reason"]
