@@ -57,6 +57,11 @@ def _checks(report: dict[str, Any]) -> dict[str, bool]:
     return {check["name"]: check["ok"] for check in report["checks"]}
 
 
+def _detail(report: dict[str, Any], name: str) -> str:
+    (detail,) = [check["detail"] for check in report["checks"] if check["name"] == name]
+    return str(detail)
+
+
 async def _no_jobs(server: Server) -> None:
     assert (await server.client.get("/jobs")).json()["total"] == 0
 
@@ -108,16 +113,19 @@ async def test_chat_model_refuses_loglikelihood_tasks(server: Server) -> None:
     tag = await _refused(server, {**CHAT, "model": "openai-chat-completions", "tasks": "ai2_arc"})
     assert tag["tasks"] == ["arc_challenge (multiple_choice)", "arc_easy (multiple_choice)"]
     fine = await _dry_run(server, {**CHAT, "tasks": "tiny_gen"})
-    assert fine["ok"] is True and "suits 'local-chat-completions'" in fine["checks"][-1]["detail"]
+    assert _checks(fine)["tasks"] is True
+    assert "suits 'local-chat-completions'" in _detail(fine, "tasks")
+    assert _checks(fine)["endpoint"] is False  # nothing listens on port 9
     completions = {**CHAT, "model": "local-completions", "tasks": "tiny_mc"}
-    assert (await _dry_run(server, completions))["ok"] is True
+    assert _checks(await _dry_run(server, completions))["tasks"] is True
     await _no_jobs(server)
 
 
 async def test_dry_run_reports_every_check_and_queues_nothing(server: Server) -> None:
     report = await _dry_run(server, DUMMY_JOB)
     assert report["ok"] is True
-    assert [c["name"] for c in report["checks"]] == ["queue", "policy", "parser", "gpus", "tasks"]
+    names = [c["name"] for c in report["checks"]]
+    assert names == ["queue", "policy", "parser", "gpus", "tasks", "endpoint"]
     assert all(c["ok"] and c["detail"] for c in report["checks"])
     bad = await _dry_run(server, {**DUMMY_JOB, "num_gpus": 2, "env_vars": {"LD_PRELOAD": "x"}})
     assert bad["ok"] is False
@@ -127,7 +135,7 @@ async def test_dry_run_reports_every_check_and_queues_nothing(server: Server) ->
     detail = {c["name"]: c["detail"] for c in bad["checks"]}
     assert detail["policy"].startswith("env_vars.LD_PRELOAD:")
     unknown = await _dry_run(server, {"model": "dummy", "tasks": "tiny_mcq"})
-    assert _checks(unknown)["tasks"] is False and "tiny_mcq" in unknown["checks"][-1]["detail"]
+    assert _checks(unknown)["tasks"] is False and "tiny_mcq" in _detail(unknown, "tasks")
     await _no_jobs(server)
 
 
@@ -144,7 +152,7 @@ async def test_failed_submission_keeps_its_shape_and_adds_the_report(server: Ser
 async def test_own_lm_eval_is_not_checked_against_the_servers_catalog(server: Server) -> None:
     report = await _dry_run(server, fake_job("env"))
     assert report["ok"] is True
-    assert "lm_eval_path" in report["checks"][-1]["detail"]
+    assert "lm_eval_path" in _detail(report, "tasks")
 
 
 async def test_the_checks_can_be_turned_off(tmp_path: Path) -> None:
@@ -153,7 +161,7 @@ async def test_the_checks_can_be_turned_off(tmp_path: Path) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             report = await _dry_run(Server(url, client, app), {"model": "dummy", "tasks": "nope"})
             assert report["ok"] is True
-            assert report["checks"][-1]["detail"] == "not checked: LMEVAL_CHECK_TASKS is off"
+            assert _detail(report, "tasks") == "not checked: LMEVAL_CHECK_TASKS is off"
         shutdown.set()
 
 
