@@ -27,6 +27,7 @@ import trio
 
 from lmeval_trio.config import Settings
 from lmeval_trio.fastrun._cache import fingerprint_tree
+from lmeval_trio.job_walls import JobWalls
 
 log = logging.getLogger(__name__)
 CHILD_MODULE = "lmeval_trio.harness.task_catalog"
@@ -203,9 +204,15 @@ def read_catalog_file(path: Path, source: str) -> Catalog:
 class Catalogs:
     """Builds and holds catalogs for one supervisor; every build runs in a child process."""
 
-    def __init__(self, settings: Settings, environment: Callable[[], dict[str, str]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        environment: Callable[[], dict[str, str]],
+        walls: JobWalls | None = None,
+    ) -> None:
         self.settings = settings
         self._environment = environment
+        self._walls = walls  # a user's task folder is read behind the jobs' walls
         self._nursery: trio.Nursery | None = None
         self._builtin: Catalog | None = None
         self._building: trio.Event | None = None
@@ -284,7 +291,7 @@ class Catalogs:
         prints = [await trio.to_thread.run_sync(fingerprint_tree, f) for f in folders]
         missing = [f for f, p in zip(folders, prints, strict=True) if self._held(f, p) is None]
         if missing:
-            paths = await self._run_child([os.fspath(f) for f in missing])
+            paths = await self._run_child([os.fspath(f) for f in missing], confined=True)
             for folder, path in zip(missing, paths, strict=True):
                 built = await trio.to_thread.run_sync(read_catalog_file, path, os.fspath(folder))
                 self._hold(folder, prints[folders.index(folder)], built)
@@ -306,11 +313,19 @@ class Catalogs:
         builtin = await self.builtin()
         return builtin.merged(await self.folders(folders)) if folders else builtin
 
-    async def _run_child(self, roots: Sequence[str]) -> list[Path]:
+    async def _run_child(self, roots: Sequence[str], *, confined: bool = False) -> list[Path]:
+        """Run the harness child; a user's folders behind the walls every job has (a YAML
+        ``include:`` can name any file: the child may read only what a job may)."""
         cache = self.settings.effective_cache_dir
+        catalog_cache = cache / "task-catalog"
         argv = [sys.executable, "-m", CHILD_MODULE, "--index-cache", str(cache / "task-index")]
-        argv += ["--catalog-cache", str(cache / "task-catalog")]
+        argv += ["--catalog-cache", str(catalog_cache)]
         argv += [word for root in roots for word in ("--root", root)]
+        if confined and self._walls is not None and self._walls.confined:
+            tmpdir = catalog_cache / "tmp"
+            await trio.to_thread.run_sync(_make_folder, tmpdir)
+            walls = self._walls.helper([str(catalog_cache)], str(tmpdir))
+            argv = self._walls.command(argv, walls)
         with trio.move_on_after(self.settings.task_catalog_timeout_s) as scope:
             done = await trio.run_process(
                 argv,
@@ -327,6 +342,10 @@ class Catalogs:
                 "(LMEVAL_TASK_CATALOG_TIMEOUT_S)"
             )
         return _child_files(done, len(roots))
+
+
+def _make_folder(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _child_files(done: subprocess.CompletedProcess[bytes], expected: int) -> list[Path]:

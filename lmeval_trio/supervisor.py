@@ -155,7 +155,9 @@ class Supervisor:
         self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.policy = Policy(settings, self.launcher.executable)
-        self.catalogs = Catalogs(settings, lambda: local_environment(self.job_environment({})))
+        self.catalogs = Catalogs(
+            settings, lambda: local_environment(self.job_environment({})), self.walls
+        )
         self.slots = Slots(settings)
         self.metrics = Metrics()
         self._send, self._receive = trio.open_memory_channel[int](math.inf)

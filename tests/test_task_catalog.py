@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
-from tests.conftest import TASKS_DIR, Server
+from lmeval_trio.http.params import SUPERVISOR_KEY
+from tests.conftest import TASKS_DIR, Server, job_files
 
 
 async def _tasks(server: Server, **params: Any) -> dict[str, Any]:
@@ -152,3 +153,23 @@ async def test_odd_unicode_queries_are_answered(server: Server) -> None:
         body = await _tasks(server, q=q)
         assert (body["total"], body["tasks"]) == (0, [])
     assert (await _tasks(server, q="ARC_EASY"))["total"] >= 1  # any case
+
+
+async def test_a_task_folder_is_read_behind_the_jobs_walls(server: Server, tmp_path: Path) -> None:
+    """A YAML ``include:`` may name any file; the catalog's child reads a user's folder with
+    the walls every job has, so a file no job may read never reaches the catalog."""
+    supervisor = server.app.extensions[SUPERVISOR_KEY]
+    if not supervisor.walls.confined:
+        pytest.skip("jobs run unconfined here (no Landlock): nothing to prove")
+    secret = tmp_path / "secret" / "s.yaml"  # in the data dir's root: no job may read it
+    secret.parent.mkdir()
+    secret.write_text("dataset_path: TOP-SECRET\n")
+    folder = job_files(tmp_path) / "leaky"
+    folder.mkdir()
+    (folder / "leaky.yaml").write_text(f"include: {secret}\ntask: leaky\noutput_type: x\n")
+    (folder / "fine.yaml").write_text("task: fine\noutput_type: generate_until\n")
+    listing = await server.client.get("/tasks", params={"include_path": str(folder)})
+    assert listing.status_code == 200, listing.text
+    assert [e["name"] for e in listing.json()["tasks"]] == ["fine"]  # leaky: unreadable include
+    detail = await server.client.get("/tasks/leaky", params={"include_path": str(folder)})
+    assert detail.status_code == 404 and "TOP-SECRET" not in detail.text + listing.text
