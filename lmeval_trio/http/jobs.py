@@ -31,6 +31,12 @@ class ListQuery(BaseModel):
     order: str = Field("asc", pattern="^(asc|desc)$")
 
 
+class SubmitQuery(BaseModel):
+    dry_run: bool = Field(
+        False, description="Run every admission check and answer their report; queue nothing."
+    )
+
+
 def blueprint() -> Blueprint:
     """Build the routes (the request model comes from the installed lm-eval)."""
     bp = Blueprint("jobs", __name__)
@@ -39,8 +45,9 @@ def blueprint() -> Blueprint:
 
     @bp.post("/job")
     @tag(["jobs"])
+    @document_querystring(SubmitQuery)
     @document_request(job_request)
-    @document_response(schemas.Submitted, 200)
+    @document_response(schemas.SubmitAnswer, 200)
     @document_response(schemas.Error, 422)
     @document_response(schemas.Error, 403)
     @document_response(schemas.Error, 429)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from lmeval_trio.records import JobRecord
 from lmeval_trio.secrets import job_secrets, mask_json, mask_text, public_argument, public_request
@@ -194,3 +194,7 @@ class CheckReport(BaseModel):
 
     checks: list[Check]
     ok: bool
+
+
+class SubmitAnswer(RootModel[Submitted | CheckReport]):
+    """POST /job: the queued job, or with dry_run=true the admission report."""
