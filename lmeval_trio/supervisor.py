@@ -34,7 +34,7 @@ import trio
 from pydantic import BaseModel
 
 from lmeval_trio import admission, admission_checks, bytecode, command, process, unrecorded
-from lmeval_trio.catalog import Catalogs
+from lmeval_trio.catalog_builds import Catalogs
 from lmeval_trio.cli_schema import RequestRejected, request_model
 from lmeval_trio.config import Settings
 from lmeval_trio.endpoint_wait import EndpointGate
@@ -189,7 +189,7 @@ class Supervisor:
         await self.walls.check()  # raises ConfinementUnavailable if a required wall cannot be
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        self.catalogs.attach(self._nursery, preload_after=self.caches_prepared)  # catalog.py
+        self.catalogs.attach(self._nursery, preload_after=self.caches_prepared)  # catalog_builds.py
         try:
             await trio.to_thread.run_sync(_make_private, self.settings.data_dir)
             await self.store.open()
@@ -322,7 +322,7 @@ class Supervisor:
         self._dispatch_scope.cancel()
         self._warm_scope.cancel()
         self._compile_scope.cancel()
-        self.catalogs.close()  # a task catalog build in progress (catalog.py)
+        self.catalogs.close()  # a task catalog build in progress (catalog_builds.py)
         self._detached = self.runner.detach()
         started = [live for live in self._live.values() if live.dispatched]
         ids = [live.id for live in started]
