@@ -168,6 +168,13 @@ class Settings(BaseModel):
         le=7 * 24 * 3600,
         description="Longest a job waits for its endpoint (preflight=wait) before it fails.",
     )
+    task_check_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Longest a submission waits for the task catalog (built once, at start or "
+        "first use); past it the job goes through unchecked, saying so.",
+    )
     task_catalog_timeout_s: float = Field(
         default=300.0,
         gt=0,

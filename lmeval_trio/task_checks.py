@@ -89,10 +89,21 @@ async def check_tasks(supervisor: Supervisor, request: Mapping[str, Any], run: E
     if not names:
         return "no task names to check (files and folders are judged as paths)"
     folders = _include_folders(supervisor, run)
+    wait_s = supervisor.settings.task_check_wait_s
     try:
-        catalog = await supervisor.catalogs.for_request(folders)
+        with trio.move_on_after(wait_s):  # the build goes on, owned by the supervisor
+            catalog = await supervisor.catalogs.for_request(folders)
+            return await _check_names(supervisor, catalog, run, names)
     except CatalogUnavailable as error:
         return f"not checked: {error}"
+    return (
+        f"not checked: the task catalog is still being built (LMEVAL_TASK_CHECK_WAIT_S={wait_s:g})"
+    )
+
+
+async def _check_names(
+    supervisor: Supervisor, catalog: Catalog, run: EffectiveRun, names: list[str]
+) -> str:
     chosen = await trio.to_thread.run_sync(_known, catalog, run, names)
     if not supervisor.settings.allow_code_execution:
         _check_remote_code(catalog, run, chosen)
