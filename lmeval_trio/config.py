@@ -159,6 +159,39 @@ class Settings(BaseModel):
         description="Longest the checks of one submission (path resolution, folder walks) may "
         "take (403 beyond).",
     )
+    check_tasks: bool = Field(
+        default=True,
+        description="Refuse at submission a task name lm-eval does not define, or an output "
+        "type the model cannot serve (README: Checks before a job is queued).",
+    )
+    preflight: Literal["fail", "wait", "off"] = Field(
+        default="wait",
+        description="API-model jobs whose endpoint fails the pre-flight: fail at once, or "
+        "wait queued (no slot held), retried with back-off up to preflight_wait_max_s.",
+    )
+    preflight_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="Bound on each pre-flight request."
+    )
+    preflight_wait_max_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Longest a job waits for its endpoint (preflight=wait) before it fails.",
+    )
+    task_check_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Longest a submission waits for the task catalog (built once, at start or "
+        "first use); past it the job goes through unchecked, saying so.",
+    )
+    task_catalog_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Longest building the task catalog of lm-eval's tasks or of one request's "
+        "include_path folders may take (a cold build parses ~14,000 YAML files).",
+    )
     body_read_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -57,6 +57,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "progress_flush_s": 0.05,
         "cache_dir": CACHE_DIR,  # task index and bytecode: built once per machine
         "warm_runners": 0,  # pre-started lm-eval processes only where a test asks for them
+        # Submission-time task checks (test_task_checks.py) build the full task catalog: only
+        # where a test asks for them, so tests of other concerns may name tasks freely.
+        "check_tasks": False,
+        "task_check_wait_s": 600.0,  # where they are on: however long the catalog takes
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -65,6 +65,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         "fast_start": False,
         "kill_grace_s": 5.0,
         "progress_flush_s": 0.05,
+        "check_tasks": False,  # the task catalog is a child process: test_task_checks.py
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -85,6 +85,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _serve.add_arguments(add("serve", None, "run the server (hypercorn, shipped config)"))
     _submit_parser(add("submit", commands.submit, "queue an lm-eval job"), command == "submit")
     _jobs_parser(add("jobs", commands.jobs, "list jobs"))
+    _tasks_parser(add("tasks", commands.tasks, "search the server's task catalog"))
     _job_id(add("show", commands.show, "one job in detail, with the end of its stderr"))
     _logs_parser(add("logs", commands.logs, "print a job's logs"))
     _results_parser(add("results", commands.results, "a finished job's metrics"))
@@ -103,12 +104,27 @@ def _submit_parser(parser: argparse.ArgumentParser, with_lm_eval_flags: bool) ->
     )
     _follow_flag(parser)
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every admission check (and the endpoint pre-flight), queue nothing; "
+        "exit 4 if a check fails",
+    )
+    parser.add_argument(
         "--env", action="append", metavar="NAME=VALUE", help="environment variable for the job"
     )
     parser.add_argument("--lm-eval-path", help="lm-eval executable (if the server allows it)")
     parser.add_argument("--num-gpus", type=int, metavar="N", help="GPUs the job holds")
     if with_lm_eval_flags:
         add_lm_eval_flags(parser)
+
+
+def _tasks_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("query", nargs="?", metavar="QUERY", help="substring (any case)")
+    parser.add_argument("--kind", choices=("task", "group", "tag"), help="only this kind")
+    parser.add_argument("--output-type", help="e.g. generate_until, multiple_choice")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many")
+    parser.add_argument("--include-path", help="list this task folder (on the server) instead")
 
 
 def _jobs_parser(parser: argparse.ArgumentParser) -> None:

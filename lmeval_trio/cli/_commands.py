@@ -45,7 +45,24 @@ class Output:
 
 
 def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.dry_run:
+        report = client.submit(build_request(args), dry_run=True)
+        out.data(report, render.checks_table(report))
+        return EXIT_OK if report.ok else EXIT_REFUSED
     return _queued(client, client.submit(build_request(args)), args.follow, out)
+
+
+def tasks(client: Client, args: argparse.Namespace, out: Output) -> int:
+    found = client.tasks(
+        args.query,
+        kind=args.kind,
+        output_type=args.output_type,
+        limit=args.limit,
+        offset=args.offset,
+        include_path=args.include_path,
+    )
+    out.data(found, render.tasks_table(found))
+    return EXIT_OK
 
 
 def resume(client: Client, args: argparse.Namespace, out: Output) -> int:

@@ -12,7 +12,14 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from lmeval_trio.client import JobEvent, Phase, Progress, ProgressEvent, StatusEvent
-from lmeval_trio.http.schemas import JobDetail, JobResults, JobSummary, MetricRow
+from lmeval_trio.http.schemas import (
+    CheckReport,
+    JobDetail,
+    JobResults,
+    JobSummary,
+    MetricRow,
+    TaskList,
+)
 from lmeval_trio.jobs.status import JobStatus
 
 BAR_WIDTH = 24
@@ -100,6 +107,24 @@ def _words(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"))
     return "-" if value is None else str(value)
+
+
+def tasks_table(found: TaskList) -> str:
+    """NAME KIND OUTPUT TYPE DESCRIPTION, and which slice of how many matches."""
+    rows = [
+        (e.name, e.kind, e.output_type or "-", (e.description or "").replace("\n", " "))
+        for e in found.tasks
+    ]
+    shown = f"{found.offset + 1}-{found.offset + len(rows)}" if rows else "none"
+    footer = f"{shown} of {found.total}"
+    return table(("NAME", "KIND", "OUTPUT TYPE", "DESCRIPTION"), rows) + "\n" + footer
+
+
+def checks_table(report: CheckReport) -> str:
+    """One line per admission check, then the verdict."""
+    rows = [(c.name, "ok" if c.ok else "FAILED", c.detail) for c in report.checks]
+    verdict = "would be queued" if report.ok else "would be refused"
+    return table(("CHECK", "RESULT", "DETAIL"), rows) + "\n" + verdict
 
 
 def jobs_table(jobs: Sequence[JobSummary]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, overload
 
 import httpx
 from pydantic import BaseModel
@@ -35,12 +35,15 @@ from lmeval_trio.client._types import (
 from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
+    CheckReport,
     JobDetail,
     JobList,
     JobResults,
     LogChunkOut,
     StopResult,
     Submitted,
+    TaskDetail,
+    TaskList,
 )
 from lmeval_trio.jobs.status import JobStatus
 
@@ -83,9 +86,42 @@ class AsyncClient(ClientBase):
             )
         return call.result(response)
 
-    async def submit(self, request: Mapping[str, Any] | BaseModel) -> Submitted:
-        """Queue a job; ``request`` is lm-eval's flags as JSON (``tasks`` required)."""
+    @overload
+    async def submit(
+        self, request: Mapping[str, Any] | BaseModel, *, dry_run: Literal[False] = False
+    ) -> Submitted: ...
+
+    @overload
+    async def submit(
+        self, request: Mapping[str, Any] | BaseModel, *, dry_run: Literal[True]
+    ) -> CheckReport: ...
+
+    async def submit(
+        self, request: Mapping[str, Any] | BaseModel, *, dry_run: bool = False
+    ) -> Submitted | CheckReport:
+        """Queue a job; ``request`` is lm-eval's flags as JSON (``tasks`` required). With
+        ``dry_run=True`` run every admission check and return their report, queuing nothing."""
+        if dry_run:
+            return await self._send(Routes.dry_run(request))
         return await self._send(Routes.submit(request))
+
+    async def tasks(
+        self,
+        query: str | None = None,
+        *,
+        kind: str | None = None,
+        output_type: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        include_path: str | None = None,
+    ) -> TaskList:
+        """``GET /tasks``: search the task catalog (or a task folder's own tasks)."""
+        call = Routes.tasks(query, kind, output_type, limit, offset, include_path)
+        return await self._send(call)
+
+    async def task(self, name: str, *, include_path: str | None = None) -> TaskDetail:
+        """``GET /tasks/{name}``: one task, group or tag with its config after includes."""
+        return await self._send(Routes.task(name, include_path))
 
     async def list_jobs(
         self,

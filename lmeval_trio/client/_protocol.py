@@ -29,6 +29,7 @@ from lmeval_trio.client._types import (
 from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
+    CheckReport,
     JobDetail,
     JobList,
     JobResults,
@@ -36,6 +37,8 @@ from lmeval_trio.http.schemas import (
     LogChunkOut,
     StopResult,
     Submitted,
+    TaskDetail,
+    TaskList,
 )
 from lmeval_trio.jobs.status import JobStatus
 
@@ -99,6 +102,35 @@ class Routes:
     @staticmethod
     def submit(request: Mapping[str, Any] | BaseModel) -> Call[Submitted]:
         return Call("POST", "/job", _model(Submitted), body=_request_body(request))
+
+    @staticmethod
+    def dry_run(request: Mapping[str, Any] | BaseModel) -> Call[CheckReport]:
+        body = _request_body(request)
+        params: dict[str, str | int] = {"dry_run": "true"}
+        return Call("POST", "/job", _model(CheckReport), params=params, body=body)
+
+    @staticmethod
+    def tasks(
+        query: str | None,
+        kind: str | None,
+        output_type: str | None,
+        limit: int | None,
+        offset: int,
+        include_path: str | None,
+    ) -> Call[TaskList]:
+        wanted = {"q": query, "kind": kind, "output_type": output_type, "limit": limit}
+        params: dict[str, str | int] = {k: v for k, v in wanted.items() if v is not None}
+        if offset:
+            params["offset"] = offset
+        if include_path:
+            params["include_path"] = include_path
+        return Call("GET", "/tasks", _model(TaskList), params=params)
+
+    @staticmethod
+    def task(name: str, include_path: str | None) -> Call[TaskDetail]:
+        params: dict[str, str | int] = {"include_path": include_path} if include_path else {}
+        path = f"/tasks/{quote(name, safe='')}"
+        return Call("GET", path, _model(TaskDetail), params=params)
 
     @staticmethod
     def list_jobs(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, overload
 
 import httpx
 from pydantic import BaseModel
@@ -33,12 +33,15 @@ from lmeval_trio.client._types import (
 from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
+    CheckReport,
     JobDetail,
     JobList,
     JobResults,
     LogChunkOut,
     StopResult,
     Submitted,
+    TaskDetail,
+    TaskList,
 )
 from lmeval_trio.jobs.status import JobStatus
 
@@ -81,9 +84,42 @@ class Client(ClientBase):
             )
         return call.result(response)
 
-    def submit(self, request: Mapping[str, Any] | BaseModel) -> Submitted:
-        """Queue a job; ``request`` is lm-eval's flags as JSON (``tasks`` required)."""
+    @overload
+    def submit(
+        self, request: Mapping[str, Any] | BaseModel, *, dry_run: Literal[False] = False
+    ) -> Submitted: ...
+
+    @overload
+    def submit(
+        self, request: Mapping[str, Any] | BaseModel, *, dry_run: Literal[True]
+    ) -> CheckReport: ...
+
+    def submit(
+        self, request: Mapping[str, Any] | BaseModel, *, dry_run: bool = False
+    ) -> Submitted | CheckReport:
+        """Queue a job; ``request`` is lm-eval's flags as JSON (``tasks`` required). With
+        ``dry_run=True`` run every admission check and return their report, queuing nothing."""
+        if dry_run:
+            return self._send(Routes.dry_run(request))
         return self._send(Routes.submit(request))
+
+    def tasks(
+        self,
+        query: str | None = None,
+        *,
+        kind: str | None = None,
+        output_type: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        include_path: str | None = None,
+    ) -> TaskList:
+        """``GET /tasks``: search the task catalog (or a task folder's own tasks)."""
+        call = Routes.tasks(query, kind, output_type, limit, offset, include_path)
+        return self._send(call)
+
+    def task(self, name: str, *, include_path: str | None = None) -> TaskDetail:
+        """``GET /tasks/{name}``: one task, group or tag with its config after includes."""
+        return self._send(Routes.task(name, include_path))
 
     def list_jobs(
         self,

@@ -29,9 +29,12 @@ import trio
 from pydantic import BaseModel
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine import admission_checks
 from lmeval_trio.engine.admission import Admission
+from lmeval_trio.engine.catalog_builds import Catalogs
 from lmeval_trio.engine.change_signal import Pulse
 from lmeval_trio.engine.dispatch import Dispatcher
+from lmeval_trio.engine.endpoint_wait import EndpointGate
 from lmeval_trio.engine.execution import Execution
 from lmeval_trio.engine.listing import JobListing
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
@@ -98,6 +101,9 @@ class Supervisor:
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.listing = JobListing(self)  # the read model the HTTP edge lists jobs from
         self.policy = Policy(settings, self.launcher.executable)
+        self.catalogs = Catalogs(  # the task catalog (GET /tasks, the checks at submission)
+            settings, lambda: local_environment(settings, self.job_environment({})), self.walls
+        )
         self.slots = Slots(settings)
         self.metrics = Metrics()
         self.live = LiveJobs()
@@ -163,12 +169,13 @@ class Supervisor:
                     raise error from None
                 raise
             raise
+        self.catalogs.attach(self._nursery, preload_after=self.caches_prepared)
         if self.warm is not None:
             self.warm.prime(local_environment(self.settings, self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
         if isinstance(self.runner, LocalRunner):
             self._nursery.start_soon(self._compile_bytecode)
-        self._nursery.start_soon(self.dispatcher.run, self._nursery, self.execution.run)
+        self._nursery.start_soon(self.dispatcher.run, self._nursery, self.execution.run, self._gate)
         self._nursery.start_soon(self.recovery.reconcile)
         self._accepting = self._alive = True
         return self
@@ -280,6 +287,7 @@ class Supervisor:
         self.dispatcher.stop()
         self._warm_scope.cancel()
         self._compile_scope.cancel()
+        self.catalogs.close()  # a task catalog build in progress (catalog_builds.py)
         self.execution.detached = self.runner.detach()
         started = [live for live in self.live.jobs.values() if live.dispatched]
         _log_shutdown(started, len(self.live.jobs) - len(started), self.execution.detached)
@@ -290,18 +298,29 @@ class Supervisor:
                 await self._settled_or_refused(live)
         await self.recovery.keep_unrecorded()
 
+    def _gate(self, nursery: trio.Nursery) -> EndpointGate:
+        """The endpoint pre-flight before a slot (endpoint_wait.py), its waits in ``nursery``."""
+        return EndpointGate(
+            self.settings,
+            self.live,
+            self.store,
+            self.execution.settle,
+            self.dispatcher.requeue,
+            nursery,
+        )
+
     # -- public operations ----------------------------------------------------------------
 
     async def submit(
         self, body: Mapping[str, Any] | BaseModel, *, resumed_from: JobRecord | None = None
     ) -> JobRecord:
-        """Validate, check the policy, store and queue a job. Raises pydantic's
-        ValidationError, PolicyViolation, RequestRejected, QueueFull or NotAccepting."""
+        """Validate, run the admission checks (admission_checks), store and queue a job.
+        Raises pydantic's ValidationError, PolicyViolation, RequestRejected, TaskRefused,
+        QueueFull or NotAccepting."""
         self._check_accepting()
         request = self.admission.parse(body)
         with self._queue_place():
-            admitted = await self.admission.admit(request)
-            self.admission.check_gpus(request.get("num_gpus"))
+            admitted = await admission_checks.admit(self, request, self._gates())
             record = await self._create_and_enqueue(request, admitted, resumed_from)
         self.metrics.submissions.inc()
         log.info(  # not the argv: model_args may carry credentials
@@ -312,6 +331,16 @@ class Supervisor:
             extra={"job_id": record.id},
         )
         return record
+
+    async def dry_run(self, body: Mapping[str, Any] | BaseModel) -> admission_checks.Report:
+        """Every admission check of ``body`` (admission_checks), queuing nothing."""
+        self._check_accepting()
+        return await admission_checks.dry_run(self, self.admission.parse(body), self._gates())
+
+    def _gates(self) -> admission_checks.Gates:
+        return admission_checks.Gates(
+            self.admission.admit, self.admission.check_gpus, self._queue_place
+        )
 
     @contextmanager
     def _queue_place(self) -> Iterator[None]:

@@ -17,6 +17,9 @@ from pydantic import ValidationError
 from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from lmeval_trio.engine.catalog import CatalogUnavailable
+from lmeval_trio.engine.preflight import EndpointDown
+from lmeval_trio.engine.task_checks import TaskRefused
 from lmeval_trio.errors import (
     Conflict,
     InvalidParameter,
@@ -141,6 +144,16 @@ def _policy(error: Exception) -> tuple[Any, dict[str, Any]]:
     return str(refused), {"field": refused.field, "rule": refused.rule}
 
 
+def _tasks(error: Exception) -> tuple[Any, dict[str, Any]]:
+    bad = cast(TaskRefused, error)
+    return [{"loc": ["body", bad.field], "msg": bad.message, "type": bad.kind}], dict(bad.extra)
+
+
+def _endpoint(error: Exception) -> tuple[Any, dict[str, Any]]:
+    bad = cast(EndpointDown, error)
+    return [{"loc": ["body", bad.field], "msg": bad.message, "type": "endpoint"}], {}
+
+
 def _queue_full(error: Exception) -> tuple[Any, dict[str, Any]]:
     return str(error), {"rule": "LMEVAL_MAX_QUEUED_JOBS"}
 
@@ -166,6 +179,8 @@ ANSWERS: dict[type[Exception], Answer] = {
     InvalidParameter: Answer(422, _parameter),
     RequestRejected: Answer(422, _rejected),
     MissingPath: Answer(422, _missing),
+    TaskRefused: Answer(422, _tasks),
+    EndpointDown: Answer(422, _endpoint),
     RecursionError: Answer(422, _undecodable),
     UnicodeDecodeError: Answer(422, _undecodable),
     PolicyViolation: Answer(403, _policy, reason="policy"),
@@ -174,8 +189,15 @@ ANSWERS: dict[type[Exception], Answer] = {
     Conflict: Answer(409),
     QueueFull: Answer(429, _queue_full, retry_after_s=30),
     NotAccepting: Answer(503, retry_after_s=5),
+    CatalogUnavailable: Answer(503, retry_after_s=30),
     sqlite3.Error: Answer(503, _store_fault, retry_after_s=30),
 }
+
+
+def _report(error: Exception) -> dict[str, Any]:
+    """The admission report a refused submission carries (engine/admission_checks), if any."""
+    report = getattr(error, "checks", None)
+    return {"checks": report["checks"], "ok": False} if isinstance(report, dict) else {}
 
 
 def answer_for(error: Exception) -> Answer | None:
@@ -191,6 +213,7 @@ async def _answer(error: Exception) -> Response:
     answer = answer_for(error)
     assert answer is not None  # registered only for the table's classes
     detail, extra = answer.body(error)
+    extra.update(_report(error))
     response = error_response(answer.status, detail, reason=answer.reason, **extra)
     if answer.retry_after_s is not None:
         response.headers["Retry-After"] = str(answer.retry_after_s)

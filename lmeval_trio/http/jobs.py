@@ -30,6 +30,12 @@ class ListQuery(BaseModel):
     order: str = Field("asc", pattern="^(asc|desc)$")
 
 
+class SubmitQuery(BaseModel):
+    dry_run: bool = Field(
+        False, description="Run every admission check and answer their report; queue nothing."
+    )
+
+
 def blueprint() -> Blueprint:
     """Build the routes (the request model comes from the installed lm-eval)."""
     bp = Blueprint("jobs", __name__)
@@ -38,17 +44,22 @@ def blueprint() -> Blueprint:
 
     @bp.post("/job")
     @tag(["jobs"])
+    @document_querystring(SubmitQuery)
     @document_request(job_request)
-    @document_response(schemas.Submitted, 200)
+    @document_response(schemas.SubmitAnswer, 200)
     @document_response(schemas.Error, 422)
     @document_response(schemas.Error, 403)
     @document_response(schemas.Error, 429)
     @document_response(schemas.Error, 503)
     async def submit() -> Response:
-        """Queue an lm-eval job."""
+        """Queue an lm-eval job; with dry_run=true, run every admission check and answer
+        their report ({checks: [{name, ok, detail}], ok}) without queuing anything."""
         body = await _json_body()
         if not isinstance(body, dict):
             raise InvalidParameter("body", "body", "expected a JSON object")
+        if bool_arg("dry_run", False):
+            report = await supervisor().dry_run(job_request.model_validate(body))
+            return jsonify(report.to_json())
         record = await supervisor().submit(job_request.model_validate(body))
         return jsonify(
             schemas.Submitted(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from lmeval_trio.jobs.status import JobStatus
 
@@ -127,3 +127,47 @@ class EffectiveSettings(BaseModel):
     """GET /config: every setting by name, secrets masked."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class TaskEntry(BaseModel):
+    """One task, group or tag of the catalog."""
+
+    name: str
+    kind: str = Field(description="task, group or tag.")
+    output_type: str | None
+    dataset: dict[str, str | None] | None = Field(description="{path, name} of its dataset.")
+    num_fewshot: int | None = Field(description="The YAML's default; null: lm-eval's (0).")
+    metrics: list[str]
+    tags: list[str]
+    subtasks: list[str] = Field(description="A group's or tag's members.")
+    description: str | None
+    yaml_path: str | None = Field(description="Relative to lm-eval's tasks folder (or its own).")
+    source: str = Field(description="lm_eval, or the include_path folder defining it.")
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskEntry]
+    total: int = Field(description="Entries matching the query (before limit/offset).")
+    limit: int
+    offset: int
+
+
+class TaskDetail(TaskEntry):
+    config: dict[str, Any] | None = Field(description="The YAML after includes.")
+
+
+class Check(BaseModel):
+    name: str = Field(description="queue, policy, parser, gpus, tasks or endpoint.")
+    ok: bool
+    detail: str
+
+
+class CheckReport(BaseModel):
+    """POST /job?dry_run=true: every admission check, nothing queued."""
+
+    checks: list[Check]
+    ok: bool
+
+
+class SubmitAnswer(RootModel[Submitted | CheckReport]):
+    """POST /job: the queued job, or with dry_run=true the admission report."""

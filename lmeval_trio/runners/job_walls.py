@@ -130,6 +130,17 @@ class JobWalls:
             tmpdir=None if tmpdir is None else str(tmpdir),
         )
 
+    def helper(self, write: Sequence[str], tmpdir: str) -> Walls | None:
+        """Walls for a helper the server starts on a request's behalf (the task catalog's
+        child reading a user's task folder, whose YAML ``include:`` may name any file): what
+        every job may read, and only ``write`` (and ``/dev``), with ``tmpdir`` (inside ``write``)
+        for temporary files. None when jobs run unconfined."""
+        if not self.confined:
+            return None
+        writable = self._granted([DEVICES, *write])
+        read = tuple(self._granted(self._read))
+        return Walls(read=read, write=tuple(writable), tmpdir=tmpdir)
+
     def command(self, argv: Sequence[str], walls: Walls | None) -> list[str]:
         """The argv that starts ``argv`` behind ``walls``: fastrun puts the wall up itself
         (``--walls``), anything else through the exec wrapper (``confinement.py`` as a script).

@@ -9,6 +9,7 @@ import * as compareView from "./compare.js";
 import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
 import * as submitView from "./submit.js";
+import * as tasksView from "./tasks.js";
 import { toast } from "./ui.js";
 
 const ROUTES = [
@@ -16,6 +17,7 @@ const ROUTES = [
   { pattern: /^\/new$/, view: submitView, nav: "new" },
   { pattern: /^\/job\/(\d+)$/, view: jobView, nav: "jobs" },
   { pattern: /^\/compare$/, view: compareView, nav: "compare" },
+  { pattern: /^\/tasks$/, view: tasksView, nav: "tasks" },
 ];
 
 const root = document.getElementById("view");

@@ -148,6 +148,52 @@ function buildField(name, prop, required, doc) {
   return { name, kind, types, input, wrapper, error };
 }
 
+/** Task names from the catalog as you type (the last comma-separated word), and the output
+ *  type and description of each name already entered. */
+function suggestTasks(field, signal) {
+  const list = h("datalist", { id: "task-suggestions" });
+  const info = h("ul", { class: "task-info help", id: "task-info" });
+  field.input.setAttribute("list", "task-suggestions");
+  field.wrapper.append(list, info);
+  const known = new Map();
+  let timer = null;
+  const names = () => field.input.value.split(",").map((n) => n.trim()).filter(Boolean);
+
+  function describe() {
+    clear(info, ...names().filter((n) => known.has(n)).map((n) => {
+      const entry = known.get(n);
+      const what = entry.output_type || entry.kind;
+      return h("li", { dataset: { task: n } }, h("strong", {}, n), ` (${what})`, entry.description ? ` — ${entry.description}` : "");
+    }));
+  }
+
+  async function lookup() {
+    const words = field.input.value.split(",");
+    const word = words[words.length - 1].trim();
+    const wanted = names().filter((n) => !known.has(n));
+    try {
+      for (const name of wanted.slice(0, 5)) {
+        const found = await api(`/tasks?${new URLSearchParams({ q: name, limit: "20" })}`, { signal });
+        for (const entry of found.tasks) known.set(entry.name, entry);
+      }
+      if (word) {
+        const found = await api(`/tasks?${new URLSearchParams({ q: word, limit: "20" })}`, { signal });
+        const prefix = words.slice(0, -1).map((w) => w.trim()).filter(Boolean);
+        clear(list, ...found.tasks.map((entry) => {
+          known.set(entry.name, entry);
+          const value = [...prefix, entry.name].join(",");
+          return h("option", { value, label: `${entry.name} · ${entry.output_type || entry.kind}` });
+        }));
+      }
+    } catch (error) {
+      if (error.name !== "AbortError" && !(error instanceof AuthError)) list.replaceChildren();
+    }
+    describe();
+  }
+
+  field.input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(lookup, 150); });
+}
+
 export function mount(root, { params }, ctx) {
   const fields = new Map();
   let mode = "form";
@@ -189,6 +235,8 @@ export function mount(root, { params }, ctx) {
   const formTab = h("button", { type: "button", role: "tab", "aria-selected": "true", id: "tab-form" }, "Form");
   const jsonTab = h("button", { type: "button", role: "tab", "aria-selected": "false", id: "tab-json" }, "Advanced (JSON)");
   const submitButton = h("button", { class: "btn primary", type: "submit", id: "submit-job" }, "Queue job");
+  const checkButton = h("button", { class: "btn", type: "button", id: "dry-run-job" }, "Check (dry run)");
+  const report = h("div", { id: "dry-run-report", hidden: true });
   const resetButton = h("button", { class: "btn ghost", type: "button" }, "Reset");
   const form = h(
     "form",
@@ -197,7 +245,8 @@ export function mount(root, { params }, ctx) {
     formError,
     formPane,
     jsonPane,
-    h("div", { class: "form-actions" }, submitButton, resetButton, h("span", { class: "muted small" }, "Fields left empty use lm-eval's defaults.")),
+    report,
+    h("div", { class: "form-actions" }, submitButton, checkButton, resetButton, h("span", { class: "muted small" }, "Fields left empty use lm-eval's defaults.")),
   );
 
   clear(
@@ -341,6 +390,7 @@ export function mount(root, { params }, ctx) {
     }
     submitButton.disabled = true;
     try {
+      await dryRun(body); // the report shows inline; the server judges the real submission
       const answer = await api("/job", { method: "POST", body, signal: ctx.signal });
       toast(answer.message || `Job ${answer.job_id} queued.`);
       ctx.navigate(`#/job/${answer.job_id}`);
@@ -349,6 +399,54 @@ export function mount(root, { params }, ctx) {
       showApiError(error);
     } finally {
       submitButton.disabled = false;
+    }
+  });
+
+  /** POST /job?dry_run=true and show its report; never throws (the real POST reports). */
+  async function dryRun(body) {
+    try {
+      showReport(await api("/job?dry_run=true", { method: "POST", body, signal: ctx.signal }));
+    } catch (error) {
+      if (error.name === "AbortError" || error instanceof AuthError) return;
+      report.hidden = true;
+    }
+  }
+
+  function showReport(answer) {
+    report.hidden = false;
+    report.className = answer.ok ? "callout info" : "callout error";
+    clear(
+      report,
+      h("strong", {}, answer.ok ? "Every check passes." : "Some checks fail:"),
+      h("ul", { class: "checks" }, answer.checks.map((check) => h(
+        "li",
+        { dataset: { check: check.name, ok: String(check.ok) } },
+        h("span", { class: check.ok ? "ok" : "bad" }, check.ok ? "✓ " : "✗ "),
+        h("strong", {}, check.name),
+        `: ${check.detail}`,
+      ))),
+    );
+  }
+
+  checkButton.addEventListener("click", async () => {
+    clearErrors();
+    let body;
+    try {
+      body = mode === "json" ? JSON.parse(editor.value || "{}") : values();
+    } catch (error) {
+      if (error instanceof FieldError) showErrors(new Map([[error.field, [error.message]]]), []);
+      else showErrors(new Map(), [`Invalid JSON: ${error.message}`]);
+      return;
+    }
+    checkButton.disabled = true;
+    try {
+      showReport(await api("/job?dry_run=true", { method: "POST", body, signal: ctx.signal }));
+    } catch (error) {
+      if (error.name === "AbortError" || error instanceof AuthError) return;
+      report.hidden = true;
+      showApiError(error);
+    } finally {
+      checkButton.disabled = false;
     }
   });
 
@@ -384,6 +482,7 @@ export function mount(root, { params }, ctx) {
       const box = PRIMARY.includes(name) || required.has(name) ? primaryBox : SERVER.includes(name) ? serverBox : moreBox;
       box.append(field.wrapper);
     }
+    if (fields.has("tasks")) suggestTasks(fields.get("tasks"), ctx.signal);
     if (Object.keys(extra).length) fill({ ...extra }); // JSON typed before the schema arrived
     form.dataset.ready = "true";
     const from = Number.parseInt(params.get("from") || "", 10);

@@ -1,0 +1,162 @@
+"""Every check a job request passes before it is queued, in one order, with a report.
+
+A submission runs them until the first refusal, which is raised with the report so far
+attached (``checks``: the answer shows what passed and what did not); a dry run runs them all
+and returns the report, queuing nothing. Order: the queue bound (dry runs; a submission
+holds its place first), the execution policy, lm-eval's parser, GPUs, the task names and the
+output types they need; dry runs end with the endpoint pre-flight (preflight.py), which real
+jobs pass at dispatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from lmeval_trio.engine import preflight, task_checks
+from lmeval_trio.engine.task_checks import TaskRefused
+from lmeval_trio.errors import QueueFull
+from lmeval_trio.harness import argv
+from lmeval_trio.harness.effective import EffectiveRun, effective_run
+from lmeval_trio.harness.request_model import RequestRejected
+from lmeval_trio.policy.rules import Admitted, MissingPath, PolicyViolation
+
+if TYPE_CHECKING:
+    from lmeval_trio.engine.supervisor import Supervisor
+
+#: Refusals a check may raise; anything else is a server fault, not a verdict.
+REFUSALS: tuple[type[Exception], ...] = (
+    RequestRejected,
+    MissingPath,
+    PolicyViolation,
+    TaskRefused,
+    preflight.EndpointDown,
+)
+#: Attribute a raised refusal carries the report in (read by the HTTP error mapper).
+REPORT_ATTRIBUTE = "checks"
+
+
+@dataclass
+class Report:
+    """``{"checks": [{"name", "ok", "detail"}, ...], "ok": bool}``."""
+
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check["ok"] for check in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append({"name": name, "ok": ok, "detail": detail})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checks": list(self.checks), "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The supervisor's own checks: the policy's verdict (bounded), the GPU count, and the
+    queue bound (a context that holds a place while it is open)."""
+
+    admit: Callable[[dict[str, Any]], Awaitable[Admitted]]
+    gpus: Callable[[int | None], None]
+    queue_place: Callable[[], AbstractContextManager[None]]
+
+
+class _Run:
+    """One pass over the checks; ``keep_going`` (dry run) records refusals and goes on."""
+
+    def __init__(self, keep_going: bool) -> None:
+        self.keep_going = keep_going
+        self.report = Report()
+
+    async def step(self, name: str, check: Callable[[], Awaitable[str]]) -> bool:
+        try:
+            detail = await check()
+        except REFUSALS as error:
+            self.report.add(name, False, describe(error))
+            if not self.keep_going:
+                setattr(error, REPORT_ATTRIBUTE, self.report.to_json())
+                raise
+            return False
+        self.report.add(name, True, detail)
+        return True
+
+
+async def admit(supervisor: Supervisor, request: dict[str, Any], gates: Gates) -> Admitted:
+    """Run every check (the caller holds a queue place); raise the first refusal."""
+    run = _Run(keep_going=False)
+    admitted = await _checks(supervisor, request, gates, run)
+    assert admitted is not None  # a refusal raised
+    return admitted
+
+
+async def dry_run(supervisor: Supervisor, request: dict[str, Any], gates: Gates) -> Report:
+    """Run every check that can run, queuing nothing; the report says what would happen."""
+    run = _Run(keep_going=True)
+    try:
+        with gates.queue_place():
+            pass
+        bound = supervisor.settings.max_queued_jobs
+        run.report.add("queue", True, f"room in the queue (LMEVAL_MAX_QUEUED_JOBS={bound})")
+    except QueueFull as error:
+        run.report.add("queue", False, str(error))
+    await _checks(supervisor, request, gates, run)
+    return run.report
+
+
+async def _checks(
+    supervisor: Supervisor, request: dict[str, Any], gates: Gates, run: _Run
+) -> Admitted | None:
+    async def parser() -> str:
+        await trio.to_thread.run_sync(argv.check, request)
+        return "lm-eval's parser accepts the flags"
+
+    admitted: list[Admitted] = []
+
+    async def policy() -> str:
+        admitted.append(await gates.admit(request))
+        return "the execution policy allows every path, variable and setting"
+
+    async def gpus() -> str:
+        gates.gpus(request.get("num_gpus"))
+        return f"{len(supervisor.settings.gpus)} GPUs on this server (LMEVAL_GPUS)"
+
+    allowed = await run.step("policy", policy)  # first, as before: a 403 stays a 403
+    parsed = await run.step("parser", parser)
+    await run.step("gpus", gpus)
+    if parsed and allowed:
+        effective = await trio.to_thread.run_sync(_effective, request, admitted[0])
+
+        async def tasks() -> str:
+            return await task_checks.check_tasks(supervisor, request, effective)
+
+        async def endpoint() -> str:
+            env = request.get("env_vars") or {}
+            return await preflight.check(effective, env, supervisor.settings.preflight_timeout_s)
+
+        await run.step("tasks", tasks)
+        if run.keep_going:  # real jobs: at dispatch, before a slot (see preflight.py)
+            await run.step("endpoint", endpoint)
+    return admitted[0] if admitted else None
+
+
+def _effective(request: Mapping[str, Any], admitted: Admitted) -> EffectiveRun:
+    """What lm-eval will run with (the policy judged the config file's bytes already)."""
+    import yaml
+
+    raw = admitted.config_bytes
+    config = None if raw is None else yaml.safe_load(raw.decode("utf-8"))
+    return effective_run(request, config if isinstance(config, dict) else None)
+
+
+def describe(error: Exception) -> str:
+    """A refusal in one line, naming the field."""
+    if isinstance(error, RequestRejected):
+        where = f"{error.field}: " if error.field else ""
+        return f"{where}lm-eval rejects this: {error.message}"
+    return str(error)
