@@ -964,3 +964,99 @@ def _random_script(rng: random.Random) -> Script:
     if kind == "hangs":
         return Script((stdout("up\n"), Block()), stop_grace_s=grace_s)
     return Script((Sleep(rng.random() * 3), Exit(0 if kind == "quick" else 1)), grace_s)
+
+
+# -- the endpoint gate (engine/endpoint_wait.py) -------------------------------------------
+
+
+class SlowEndpoint:
+    """A model server on 127.0.0.1 that holds each request until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.paths: list[bytes] = []
+        self.asked = trio.Event()  # a pre-flight request arrived
+        self.answer = trio.Event()  # the test lets every held request be answered
+        self.answered = trio.Event()  # an answer was sent
+        self.port = 0
+
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        self.paths.append(head.split(b" ")[1])
+        self.asked.set()
+        await self.answer.wait()
+        body = b'{"data": [{"id": "served-model"}]}'
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        await stream.aclose()
+        self.answered.set()
+
+    def job(self) -> dict[str, Any]:
+        base_url = f"http://127.0.0.1:{self.port}/v1/completions"
+        return {
+            "model": "local-completions",
+            "model_args": {"model": "served-model", "base_url": base_url},
+        }
+
+
+async def test_a_slow_endpoint_holds_up_no_other_job(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An API job's pre-flight runs beside the dispatcher: the job queued behind it starts
+    while the pre-flight still waits for its endpoint (it used to wait up to the timeout)."""
+    settings = settings_for(tmp_path, max_concurrency=1, preflight_timeout_s=120.0)
+    endpoint = SlowEndpoint()
+    async with trio.open_nursery() as nursery, rig(settings, autojump_clock) as r:
+        await nursery.start(endpoint.serve)
+        slow = await r.submit(**endpoint.job())
+        with r._real_time():  # no jump to the pre-flight's timeout while threads work
+            await endpoint.asked.wait()
+            other = await r.submit()
+            await r.runner.wait_started(other.id)
+            assert (await r.supervisor.get(slow.id)).status is JobStatus.QUEUED
+            assert not endpoint.answer.is_set()  # its pre-flight is still in flight
+            endpoint.answer.set()
+            final = await r.supervisor.wait(slow.id)
+        nursery.cancel_scope.cancel()
+    assert final.status is JobStatus.COMPLETED and final.reason is None
+    assert endpoint.paths == [b"/v1/models"]  # one pre-flight; no evaluation request
+
+
+async def test_a_job_cleared_by_its_pre_flight_keeps_its_place(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Pre-flights run while every slot is busy; the job cleared goes first when one frees,
+    ahead of the job queued after it."""
+    settings = settings_for(tmp_path, max_concurrency=1, preflight_timeout_s=120.0)
+    endpoint = SlowEndpoint()
+    busy, held = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery, rig(settings, autojump_clock) as r:
+        await nursery.start(endpoint.serve)
+        running = await r.submit(WaitFor(busy), Exit(0))
+        await r.runner.wait_started(running.id)
+        with r._real_time():
+            api = await r.submit(WaitFor(held), Exit(0), **endpoint.job())
+            await endpoint.asked.wait()  # checked while the only slot is busy
+            later = await r.submit()
+            endpoint.answer.set()
+            await endpoint.answered.wait()
+            await trio.testing.wait_all_tasks_blocked()  # the answer read: the job is cleared
+            busy.set()
+            await r.runner.wait_started(api.id)
+            assert (await r.supervisor.get(later.id)).status is JobStatus.QUEUED
+            held.set()
+            assert (await r.supervisor.wait(later.id)).status is JobStatus.COMPLETED
+        nursery.cancel_scope.cancel()

@@ -1,13 +1,17 @@
-"""What happens to a queued API-model job whose endpoint fails the pre-flight, before it takes
-a slot: with ``LMEVAL_PREFLIGHT=fail`` it ends Failed at once with the reason; with ``wait``
-(the default) it stays Queued, the reason on its record, without a slot, and is checked
-again with back-off (1 s doubling to 30 s) until the endpoint answers (then it queues again,
-behind the jobs queued meanwhile) or ``LMEVAL_PREFLIGHT_WAIT_MAX_S`` has passed (then it
-fails with the reason). ``off`` skips the pre-flight.
+"""The endpoint gate before a slot: a queued API-model job's pre-flight (preflight.py), run
+in the gate's own nursery so that a slow or down endpoint never holds up other jobs.
 
-The retry sleeps are the back-off of an outside server that sends no signal when it comes
-up; nothing inside the server is polled. A stop or delete ends the wait (the job's cancel
-scope is checked after every sleep, and its settling is left to whoever stopped it).
+The dispatcher asks ``ready`` of each job it passes in queue order; the first time, an API
+job's check starts and the job is passed over (it keeps its place) until the check clears
+it. A job whose endpoint fails the check: with ``LMEVAL_PREFLIGHT=fail`` it ends Failed at
+once with the reason; with ``wait`` (the default) it stays Queued, the reason on its record,
+without a slot, and is checked again with back-off (1 s doubling to 30 s) until the endpoint
+answers (then it is first again at its place in the queue) or ``LMEVAL_PREFLIGHT_WAIT_MAX_S``
+has passed (then it fails with the reason). ``off`` skips the pre-flight.
+
+The back-off sleeps wait for an outside server that sends no signal when it comes up; a stop
+or delete ends them at once (they also wait on the job's ``done``), and its settling is left
+to whoever stopped it. At most ``MAX_CHECKS`` checks run at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -35,22 +39,60 @@ STORE_FAULTS = (sqlite3.Error, OSError)
 Settle = Callable[..., Awaitable[None]]
 FIRST_RETRY_S = 1.0
 MAX_RETRY_S = 30.0
+#: Pre-flights in flight at once (each holds a connection for up to the timeout).
+MAX_CHECKS = 16
 
 
 @dataclass
 class EndpointGate:
     """Lets a queued job through to a slot once its endpoint answers; fails it, or keeps
-    it waiting (its waits in ``nursery``), otherwise."""
+    it waiting, otherwise. Checks run in ``nursery``; ``cleared`` wakes the dispatcher."""
 
     settings: Settings
     jobs: LiveJobs
     store: JobStore
     settle: Settle
-    requeue: Callable[[LiveJob], None]
     nursery: trio.Nursery
+    cleared: Callable[[], None]
+    _checking: set[int] = field(default_factory=set)
+    _passed: set[int] = field(default_factory=set)
+    _limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(MAX_CHECKS))
 
-    async def ready(self, live: LiveJob) -> bool:
-        """True if the job may take a slot now; else it was failed or set waiting."""
+    def ready(self, live: LiveJob) -> bool:
+        """Whether the job may take a slot now; the first time, an API job's check starts
+        (and ``cleared`` is called once it passes)."""
+        if live.id in self._passed:
+            return True
+        if live.id in self._checking:
+            return False
+        if not self._needs_check(live):
+            return True
+        self._checking.add(live.id)
+        self.nursery.start_soon(self._check, live)
+        return False
+
+    def forget(self, job_id: int) -> None:
+        """The job left the queue (dispatched, stopped or deleted): a requeue checks again."""
+        self._passed.discard(job_id)
+
+    def _needs_check(self, live: LiveJob) -> bool:
+        request: dict[str, Any] = live.record.request
+        if self.settings.preflight == "off" or live.reattach or request.get("lm_eval_path"):
+            return False
+        return request.get("model") in preflight.API_MODELS
+
+    async def _check(self, live: LiveJob) -> None:
+        passed = False
+        try:
+            passed = await self._verdict(live) and self.owned(live)
+        finally:
+            self._checking.discard(live.id)
+            if passed:
+                self._passed.add(live.id)
+                self.cleared()
+
+    async def _verdict(self, live: LiveJob) -> bool:
+        """True once the endpoint answers; False if the job was failed or stopped."""
         reason = await self._problem(live)
         if reason is None:
             return True
@@ -58,48 +100,43 @@ class EndpointGate:
             return False
         if self.settings.preflight == "fail":
             await self.fail(live, reason)
-        else:
-            await self.note(live, f"waiting for its endpoint: {reason}")
-            self.nursery.start_soon(self._wait, live, reason)
-        return False
+            return False
+        await self.note(live, f"waiting for its endpoint: {reason}")
+        return await self._wait(live)
 
     async def _problem(self, live: LiveJob) -> str | None:
-        """Why the job's endpoint cannot serve it, or None (also for non-API jobs)."""
+        """Why the job's endpoint cannot serve it, or None."""
         request: dict[str, Any] = live.record.request
-        model = request.get("model")
-        if self.settings.preflight == "off" or live.reattach or request.get("lm_eval_path"):
-            return None
-        if model not in preflight.API_MODELS:
-            return None
         try:
             run = await trio.to_thread.run_sync(effective_run, request, None)
         except ValueError:  # judged at submission; a surprise now is lm-eval's to report
             return None
         env = request.get("env_vars") or {}
         try:
-            await preflight.check(run, env, self.settings.preflight_timeout_s)
+            async with self._limiter:
+                await preflight.check(run, env, self.settings.preflight_timeout_s)
         except preflight.EndpointDown as down:
             return str(down)
         return None
 
-    async def _wait(self, live: LiveJob, reason: str) -> None:
+    async def _wait(self, live: LiveJob) -> bool:
         deadline = trio.current_time() + self.settings.preflight_wait_max_s
         delay_s = FIRST_RETRY_S
         while True:
-            await trio.sleep(min(delay_s, max(0.0, deadline - trio.current_time())))
+            with trio.move_on_after(min(delay_s, max(0.0, deadline - trio.current_time()))):
+                await live.done.wait()  # a stop or delete ends the wait at once
             if not self.owned(live):
-                return
+                return False
             problem = await self._problem(live)
             if not self.owned(live):
-                return
+                return False
             if problem is None:
-                log.info("job %s: its endpoint answers now; queued again", live.id)
-                self.requeue(live)
-                return
+                log.info("job %s: its endpoint answers now", live.id)
+                return True
             if trio.current_time() >= deadline:
                 waited = self.settings.preflight_wait_max_s
                 await self.fail(live, f"{problem} (waited {waited:g} s)")
-                return
+                return False
             delay_s = min(delay_s * 2, MAX_RETRY_S)
 
     def owned(self, live: LiveJob) -> bool:

@@ -46,6 +46,7 @@ class Slots:
         self.gpus = GpuPool(settings.gpus if self._local_gpus else ())
         self.default_gpus = settings.gpus_per_job if settings.gpus else 0
         self._held: dict[int, tuple[str, ...]] = {}
+        self.freed = Pulse()  # a slot was given back (the dispatcher waits on it)
 
     @property
     def total(self) -> int:
@@ -68,6 +69,7 @@ class Slots:
             group = await self.gpus.take(gpus) if gpus else ()
         except BaseException:
             self._limiter.release_on_behalf_of(job_id)
+            self.freed.fire()
             raise
         self._held[job_id] = group
         return group
@@ -80,3 +82,4 @@ class Slots:
         if group:
             self.gpus.give_back(group)
         self._limiter.release_on_behalf_of(job_id)
+        self.freed.fire()

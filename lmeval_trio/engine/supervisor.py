@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -298,16 +298,10 @@ class Supervisor:
                 await self._settled_or_refused(live)
         await self.recovery.keep_unrecorded()
 
-    def _gate(self, nursery: trio.Nursery) -> EndpointGate:
-        """The endpoint pre-flight before a slot (endpoint_wait.py), its waits in ``nursery``."""
-        return EndpointGate(
-            self.settings,
-            self.live,
-            self.store,
-            self.execution.settle,
-            self.dispatcher.requeue,
-            nursery,
-        )
+    def _gate(self, nursery: trio.Nursery, cleared: Callable[[], None]) -> EndpointGate:
+        """The endpoint pre-flight before a slot (endpoint_wait.py), its checks in ``nursery``."""
+        settle = self.execution.settle
+        return EndpointGate(self.settings, self.live, self.store, settle, nursery, cleared)
 
     # -- public operations ----------------------------------------------------------------
 
