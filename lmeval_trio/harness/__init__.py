@@ -5,7 +5,8 @@ Modules: ``versions`` (supported range, the start-up check, :class:`LmEvalUnsupp
 (the job's command line), ``key_values`` (lm-eval's ``key=value`` parser), ``effective``
 (what lm-eval will run with, ``--config`` merged its way), ``log_wording`` (the log lines
 progress parsing keys on), ``fastrun`` (the job launcher that serves lm-eval's task index from
-a cache). This package's ``__init__`` imports nothing: every job process imports it
+a cache), ``task_catalog`` (the task catalog's child: lm-eval's task index flattened to
+JSON). This package's ``__init__`` imports nothing: every job process imports it
 (``python -m lmeval_trio.harness.fastrun``).
 
 How an unrecognised internal fails, everywhere:
@@ -78,6 +79,10 @@ model, with arguments``, ``Cached requests: N, Requests remaining: M``; bar desc
 ``lm_eval.__main__.cli_evaluate``                                 [logged fallback to stock]
     use: run lm-eval's CLI in fastrun and warm runners (fastrun/_main.run_lm_eval)
     breaks: "cli_evaluate is missing; running lm_eval's __main__ the stock way"
+``lm_eval.tasks._index.TaskIndex.build``, ``Entry.name/kind/yaml_path/cfg/tags``,
+``Kind.TASK/PY_TASK/GROUP/TAG`` (task_catalog)                                    [degrades]
+    use: the task catalog (GET /tasks, the task checks at submission)
+    breaks: a renamed field gives nulls; a failed build leaves submissions unchecked (saying so)
 modules warm runners import ahead of the job (fastrun/_warm.PRELOAD)     [debug log; stock]
     breaks: a renamed module is imported by the job itself, as stock does
 ``LMEVAL_LOG_LEVEL`` and lm-eval's log line layout (fastrun/_log)                  [cosmetic]
