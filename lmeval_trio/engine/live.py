@@ -42,6 +42,8 @@ class LiveJob:
     reattach: bool = False  # still running elsewhere from before a restart: follow it
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
     dispatched: bool = False  # handed to a slot: from now on only its own task settles it
+    timed_out: bool = False  # this attempt ran past its time limit (and was stopped)
+    transient: bool = False  # this attempt failed in a way another attempt may not
 
     @property
     def id(self) -> int:
