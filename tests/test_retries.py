@@ -113,6 +113,7 @@ async def test_stop_or_delete_during_the_back_off_ends_the_wait_at_once(
                 stopped = await supervisor.wait(record.id)
                 assert stopped.status is JobStatus.STOPPED and stopped.attempts == 1
                 assert stopped.reason == "stopped by request"
+                assert stopped.retry_at is None
             else:
                 await supervisor.delete(record.id)
                 assert await supervisor.store.get(record.id) is None

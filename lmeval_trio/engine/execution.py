@@ -143,7 +143,10 @@ class Execution:
             )
         except STORE_FAULTS:  # the retry cannot be recorded: the failure is, when it can be
             log.exception("job %s: the store refused its retry; it ends Failed", live.id)
-            await self._record_end(live, JobStatus.FAILED, {**fields, "attempt_history": history})
+            final = retries.closed(
+                record, JobStatus.FAILED, exit_code=fields.get("exit_code"), reason=cause
+            )
+            await self._record_end(live, JobStatus.FAILED, {**fields, "attempt_history": final})
             return
         log_transition(live.record, JobStatus.RUNNING)
         self._reset_for_next_attempt(live)
@@ -153,7 +156,9 @@ class Execution:
         self.dispatcher.requeue_after(live, delay_s)
 
     def _reset_for_next_attempt(self, live: LiveJob) -> None:
-        live.dispatched = False
+        """The live job as a fresh queued one: the next attempt starts afresh (even after a
+        re-attached one), under a new cancel scope (a scope is entered once)."""
+        live.dispatched = live.reattach = False
         live.scope = trio.CancelScope()
         live.progress = ProgressTracker()
         live.timed_out = live.transient = False
@@ -385,6 +390,8 @@ class Execution:
         if status is not JobStatus.QUEUED:
             fields.setdefault("progress", snapshot.to_dict())
             fields.setdefault("progress_pct", snapshot.percent)
+            if live.record.retry_at is not None:  # stopped while waiting to retry
+                fields.setdefault("retry_at", None)
         old = live.record.status
         if status is old:
             pass  # shut down before it started (stays queued), or detached (stays running)
