@@ -53,7 +53,9 @@ class Attempt(BaseModel):
 
 
 class JobDetail(JobSummary):
-    attempt_history: list[Attempt] = Field(description="Every attempt, oldest first.")
+    attempt_history: list[Attempt] = Field(
+        default_factory=list, description="Every attempt, oldest first."
+    )
     stdout: list[str] = Field(description="The most recent stdout lines.")
     stderr: list[str] = Field(description="The most recent stderr lines (bars collapsed).")
 
