@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import signal
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,11 @@ async def test_a_restart_keeps_the_back_off(tmp_path: Path) -> None:
         final = await supervisor.wait(record.id)
     assert final.attempts == 2 and len(final.attempt_history) == 2
     second = final.attempt_history[1]
-    assert second["started_at"] >= (waiting.retry_at or "")
+    assert waiting.retry_at is not None
+    started, retry_at = (
+        datetime.fromisoformat(t) for t in (second["started_at"], waiting.retry_at)
+    )
+    assert started >= retry_at
 
 
 async def test_a_timeout_stops_the_job_and_it_fails(tmp_path: Path) -> None:
