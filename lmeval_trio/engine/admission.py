@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import log
@@ -62,6 +63,22 @@ class Admission:
             data = body.model_dump(exclude_unset=True) if isinstance(body, BaseModel) else body
             request = model.model_validate(dict(data))
         return command.normalise(request.model_dump(exclude_unset=True))
+
+    def check_limits(self, request: Mapping[str, Any]) -> None:
+        """What the request model cannot know: this server's bound on ``max_attempts``
+        (a 422 naming the field, like any other value out of range)."""
+        attempts = request.get("max_attempts")
+        limit = self.settings.max_attempts_limit
+        if attempts is not None and attempts > limit:
+            error = PydanticCustomError(
+                "less_than_equal",
+                "Input should be less than or equal to {le} on this server "
+                "(LMEVAL_MAX_ATTEMPTS_LIMIT)",
+                {"le": limit},
+            )
+            raise ValidationError.from_exception_data(
+                "JobRequest", [{"type": error, "loc": ("max_attempts",), "input": attempts}]
+            )
 
     def queue_full(self, waiting: int) -> bool:
         """Whether ``waiting`` queued jobs and the submissions under way fill the queue."""

@@ -1,7 +1,9 @@
 """Dispatch: the queue, the execution slots and GPUs, and handing a job to execution.
 
 A memory channel is the queue and the slots a CapacityLimiter (with a GPU pool), so a job
-starts the moment a slot frees (no polling), in queue order.
+starts the moment a slot frees (no polling), in queue order. A job waiting to retry waits
+beside the queue, holding no slot, and joins the queue's end once its wait is over (or
+never, if it is stopped or deleted meanwhile).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from lmeval_trio.engine.live import LiveJob, LiveJobs
+from lmeval_trio.engine.retries import seconds_until
 from lmeval_trio.engine.slots import Slots
 from lmeval_trio.jobs.record import JobRecord
 
@@ -27,11 +30,34 @@ class Dispatcher:
         self.slots = slots
         self._send, self._receive = trio.open_memory_channel[int](math.inf)
         self._scope = trio.CancelScope()
+        self._waits: trio.Nursery | None = None  # jobs waiting to retry, while run() runs
+        self._pending: list[tuple[LiveJob, float]] = []  # … and those that came before
 
     def enqueue(self, record: JobRecord, *, reattach: bool = False) -> None:
-        """Make the job live and give it its place at the end of the queue."""
-        self.live.add(record, reattach=reattach)
-        self._send.send_nowait(record.id)
+        """Make the job live and give it its place at the end of the queue (after the rest
+        of its wait, if it waits to retry: a restart does not cut the back-off short)."""
+        live = self.live.add(record, reattach=reattach)
+        wait_s = seconds_until(record.retry_at)
+        if wait_s > 0 and not reattach:
+            self.requeue_after(live, wait_s)
+        else:
+            self._send.send_nowait(record.id)
+
+    def requeue_after(self, live: LiveJob, delay_s: float) -> None:
+        """Queue a live, Queued job again once ``delay_s`` has passed, holding no slot
+        meanwhile; a stop or delete (which forgets the job) ends the wait at once."""
+        if self._scope.cancel_called:
+            return  # shutting down: it stays Queued in the store, for the next start
+        if self._waits is None:
+            self._pending.append((live, delay_s))
+        else:
+            self._waits.start_soon(self._wait_then_queue, live, delay_s)
+
+    async def _wait_then_queue(self, live: LiveJob, delay_s: float) -> None:
+        with trio.move_on_after(delay_s):
+            await live.done.wait()
+        if not live.done.is_set() and self.live.jobs.get(live.id) is live:
+            self._send.send_nowait(live.id)
 
     def requeue(self, live: LiveJob) -> None:
         """Queue again a live job whose start the store refused (it is still Queued)."""
@@ -42,17 +68,29 @@ class Dispatcher:
         self._scope.cancel()
 
     async def run(self, nursery: trio.Nursery, execute: Execute) -> None:
-        """Hand queued jobs to free slots, in order, the moment a slot frees."""
+        """Hand queued jobs to free slots, in order, the moment a slot frees; jobs waiting
+        to retry wait in a nursery of their own, ended with dispatch at shutdown."""
         with self._scope:
-            async for job_id in self._receive:
-                live = self.live.jobs.get(job_id)
-                if live is None or live.scope.cancel_called:
-                    continue
-                wanted = self.slots.gpus_for(live.record.request.get("num_gpus"))
-                gpus = await self.slots.acquire(job_id, wanted)
-                if live.scope.cancel_called or job_id not in self.live.jobs:
-                    self.slots.release(job_id)
-                    continue
-                live.dispatched = True
-                live.slot_granted_at = trio.current_time()
-                nursery.start_soon(execute, live, gpus)
+            try:
+                async with trio.open_nursery() as waits:
+                    self._waits = waits
+                    for live, delay_s in self._pending:
+                        waits.start_soon(self._wait_then_queue, live, delay_s)
+                    self._pending.clear()
+                    await self._dispatch(nursery, execute)
+            finally:
+                self._waits = None
+
+    async def _dispatch(self, nursery: trio.Nursery, execute: Execute) -> None:
+        async for job_id in self._receive:
+            live = self.live.jobs.get(job_id)
+            if live is None or live.scope.cancel_called:
+                continue
+            wanted = self.slots.gpus_for(live.record.request.get("num_gpus"))
+            gpus = await self.slots.acquire(job_id, wanted)
+            if live.scope.cancel_called or job_id not in self.live.jobs:
+                self.slots.release(job_id)
+                continue
+            live.dispatched = True
+            live.slot_granted_at = trio.current_time()
+            nursery.start_soon(execute, live, gpus)

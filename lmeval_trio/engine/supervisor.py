@@ -132,6 +132,7 @@ class Supervisor:
             retention=self.retention,
             metrics=self.metrics,
             environment=self.job_environment,
+            dispatcher=self.dispatcher,
         )
         self.recovery = Recovery(
             settings,
@@ -299,6 +300,7 @@ class Supervisor:
         ValidationError, PolicyViolation, RequestRejected, QueueFull or NotAccepting."""
         self._check_accepting()
         request = self.admission.parse(body)
+        self.admission.check_limits(request)
         with self._queue_place():
             admitted = await self.admission.admit(request)
             self.admission.check_gpus(request.get("num_gpus"))

@@ -83,6 +83,7 @@ def blueprint() -> Blueprint:
         sup = supervisor()
         record = await sup.get(job_id)
         detail = sup.listing.summary(record)
+        detail["attempt_history"] = schemas.attempt_history(record)
         hidden = await sup.output_secrets(record)
         detail["stdout"] = await sup.log_tail(record, "stdout", hidden)
         detail["stderr"] = await sup.log_tail(record, "stderr", hidden)

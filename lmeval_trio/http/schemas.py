@@ -6,7 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.secrets import job_secrets, mask_text
 
 
 class JobSummary(BaseModel):
@@ -24,7 +26,11 @@ class JobSummary(BaseModel):
     finished_at: str | None
     reason: str | None = Field(description="Why the job failed, stopped or was requeued.")
     resumed_from: int | None
-    attempts: int
+    attempts: int = Field(description="Attempts started (retries and requeues included).")
+    retry_at: str | None = Field(
+        default=None,
+        description="Queued after a transient failure: when the next attempt may start.",
+    )
     gpus: list[str]
     progress: dict[str, Any] = Field(description="Phase, n, total, rate_per_s, elapsed_s, eta_s.")
     request: dict[str, Any] = Field(
@@ -32,7 +38,24 @@ class JobSummary(BaseModel):
     )
 
 
+class Attempt(BaseModel):
+    """One attempt of a job: when it ran, how it ended, and where its output begins."""
+
+    attempt: int
+    started_at: str
+    finished_at: str | None
+    exit_code: int | None
+    reason: str | None
+    outcome: JobStatus | None = Field(description="How it ended; null while it runs.")
+    retried: bool = Field(description="A transient failure, followed by another attempt.")
+    stdout_offset: int = Field(description="Where its output begins in stdout.log (bytes).")
+    stderr_offset: int = Field(description="Where its output begins in stderr.log (bytes).")
+
+
 class JobDetail(JobSummary):
+    attempt_history: list[Attempt] = Field(
+        default_factory=list, description="Every attempt, oldest first."
+    )
     stdout: list[str] = Field(description="The most recent stdout lines.")
     stderr: list[str] = Field(description="The most recent stderr lines (bars collapsed).")
 
@@ -127,3 +150,15 @@ class EffectiveSettings(BaseModel):
     """GET /config: every setting by name, secrets masked."""
 
     model_config = ConfigDict(extra="allow")
+
+
+def attempt_history(record: JobRecord) -> list[dict[str, Any]]:
+    """The record's attempts as GET /job/{id} shows them (reasons masked like ``reason``)."""
+    hidden = job_secrets(record.request)
+    return [
+        {
+            **entry,
+            "reason": None if entry.get("reason") is None else mask_text(entry["reason"], hidden),
+        }
+        for entry in record.attempt_history
+    ]

@@ -42,6 +42,10 @@ class JobRecord:
     gpus: list[str] = field(default_factory=list)
     backend: str = "local"  # the runner that ran it ("local", "ray")
     external_id: str | None = None  # the runner's own id for it (e.g. a Ray submission id)
+    #: One entry per attempt started (``engine/retries.py`` writes them): its times, exit,
+    #: reason and where its output begins in each log.
+    attempt_history: list[dict[str, Any]] = field(default_factory=list)
+    retry_at: str | None = None  # Queued after a transient failure: not started before this
 
     @property
     def argument(self) -> str:

@@ -71,6 +71,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_status ON jobs (status, id, version);
     CREATE INDEX jobs_id_version ON jobs (id, version);
     """,
+    # Time limits and retries: each attempt's record, and when a job waiting to retry may run.
+    """
+    ALTER TABLE jobs ADD COLUMN attempt_history TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN retry_at TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ORDER_BY = {
@@ -79,7 +84,7 @@ _ORDER_BY = {
     "queue": " ORDER BY queued_at, id",
 }
 _ID_CHUNK = 500  # ids per "WHERE id IN (...)", well below SQLite's variable limit
-_JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
+_JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus", "attempt_history"})
 _PATH_COLUMNS = frozenset({"job_dir", "output_dir"})
 
 
@@ -441,4 +446,6 @@ def _record(row: sqlite3.Row) -> JobRecord:
         gpus=json.loads(data["gpus"]),
         backend=data["backend"],
         external_id=data["external_id"],
+        attempt_history=json.loads(data["attempt_history"]),
+        retry_at=data["retry_at"],
     )
