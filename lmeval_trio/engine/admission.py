@@ -24,7 +24,7 @@ from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import log
 from lmeval_trio.harness.request_model import RequestRejected, request_model
 from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy, PolicyViolation
-from lmeval_trio.records import JobRecord, utc_now
+from lmeval_trio.records import JobRecord, SweepCell, SweepRecord, utc_now
 from lmeval_trio.slots import Slots
 from lmeval_trio.store import Draft, IdTaken, JobStore, StoreError
 
@@ -63,19 +63,20 @@ class Admission:
             request = model.model_validate(dict(data))
         return command.normalise(request.model_dump(exclude_unset=True))
 
-    def queue_full(self, waiting: int) -> bool:
-        """Whether ``waiting`` queued jobs and the submissions under way fill the queue."""
-        return waiting + self._submitting >= self.settings.max_queued_jobs
+    def queue_full(self, waiting: int, count: int = 1) -> bool:
+        """Whether ``waiting`` queued jobs and the submissions under way leave no room for
+        ``count`` more."""
+        return waiting + self._submitting + count > self.settings.max_queued_jobs
 
     @contextmanager
-    def queue_place(self) -> Iterator[None]:
-        """Hold a place in the bounded queue across the awaits of a submission, so that
-        concurrent submissions cannot overshoot LMEVAL_MAX_QUEUED_JOBS."""
-        self._submitting += 1
+    def queue_place(self, count: int = 1) -> Iterator[None]:
+        """Hold ``count`` places in the bounded queue across the awaits of a submission, so
+        that concurrent submissions cannot overshoot LMEVAL_MAX_QUEUED_JOBS."""
+        self._submitting += count
         try:
             yield
         finally:
-            self._submitting -= 1
+            self._submitting -= count
 
     async def admit(self, request: dict[str, Any]) -> Admitted:
         """The policy's verdict, its work bounded (see admission) and cancelled with the
@@ -117,15 +118,49 @@ class Admission:
                     job_id = await self.store.next_id()
         raise StoreError(f"{MAX_SKIPPED_IDS} new ids in a row name existing job folders")
 
+    async def store_sweep(
+        self, sweep: SweepRecord, admitted: list[tuple[SweepCell, Admitted]]
+    ) -> tuple[SweepRecord, list[JobRecord]]:
+        """Store a sweep and one Queued job per cell in one transaction, under fresh ids
+        whose folders do not exist (skipped like ``store_job`` skips them)."""
+        async with self._drafting:
+            for _ in range(MAX_SKIPPED_IDS):
+                drafts = await self._sweep_drafts(admitted, await self.store.next_id())
+                try:
+                    return await self.store.create_sweep(sweep, drafts, utc_now())
+                except IdTaken:  # another writer of the database took one: draft afresh
+                    continue
+        raise StoreError(f"{MAX_SKIPPED_IDS} attempts to draft a sweep's ids failed")
+
+    async def _sweep_drafts(
+        self, admitted: list[tuple[SweepCell, Admitted]], job_id: int
+    ) -> list[Draft]:
+        drafts: list[Draft] = []
+        skipped = 0
+        for cell, verdict in admitted:
+            while True:
+                draft = self._draft(job_id, cell.request, verdict, None, cell.key)
+                job_id += 1
+                if not await trio.to_thread.run_sync(os.path.lexists, draft.job_dir):
+                    drafts.append(draft)
+                    break
+                log.warning("job id %s skipped: its folder %s exists", job_id - 1, draft.job_dir)
+                skipped += 1
+                if skipped > MAX_SKIPPED_IDS:
+                    raise StoreError(f"{MAX_SKIPPED_IDS} new ids name existing job folders")
+        return drafts
+
     def _draft(
         self,
         job_id: int,
         request: dict[str, Any],
         admitted: Admitted,
         resumed_from: JobRecord | None,
+        sweep_cell: str | None = None,
     ) -> Draft:
         """The stored request stays as submitted; the argv, environment and output folder
-        carry its paths as the policy resolved them, absolute for this job's folder."""
+        carry its paths as the policy resolved them, absolute for this job's folder. A
+        resumed sweep cell stays in its sweep, under its cell's key."""
         job_dir = command.job_dir_for(self.settings.data_dir, job_id)
         built = command.build(admitted.apply(request, job_dir), job_dir, self.launcher)
         return Draft(
@@ -137,6 +172,8 @@ class Admission:
             resumed_from=None if resumed_from is None else resumed_from.id,
             backend=self.backend,
             job_id=job_id,
+            sweep_id=None if resumed_from is None else resumed_from.sweep_id,
+            sweep_cell=sweep_cell if resumed_from is None else resumed_from.sweep_cell,
         )
 
     async def prepare_folder(

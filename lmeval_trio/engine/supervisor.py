@@ -36,6 +36,7 @@ from lmeval_trio.engine.execution import Execution
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
 from lmeval_trio.engine.recovery import Recovery
 from lmeval_trio.engine.retention import Retention
+from lmeval_trio.engine.sweeps import Sweeps
 from lmeval_trio.job_walls import JobWalls
 from lmeval_trio.metrics import Metrics
 from lmeval_trio.policy import Admitted, Policy
@@ -120,8 +121,9 @@ class Supervisor:
         self.live = LiveJobs()
         self.changed: Pulse = self.live.changed  # any job changed: for listings of all jobs
         self.faults = StoreFaults()
-        self._creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
+        self.creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
         self._wire_parts()
+        self.sweeps = Sweeps(self)  # sweep operations (engine/sweeps.py)
         self._nursery: trio.Nursery | None = None
         self._warm_scope = trio.CancelScope()
         self._compile_scope = trio.CancelScope()
@@ -159,7 +161,7 @@ class Supervisor:
             dispatcher=self.dispatcher,
             execution=self.execution,
             retention=self.retention,
-            creating=self._creating,
+            creating=self.creating,
         )
 
     # -- lifetime -------------------------------------------------------------------------
@@ -170,6 +172,7 @@ class Supervisor:
         self._nursery = await self._nursery_manager.__aenter__()
         try:
             await self.recovery.start()
+            await self.sweeps.load_limits()
         except BaseException as error:
             with trio.CancelScope(shield=True):
                 await self.store.close()
@@ -314,9 +317,9 @@ class Supervisor:
     ) -> JobRecord:
         """Validate, check the policy, store and queue a job. Raises pydantic's
         ValidationError, PolicyViolation, RequestRejected, QueueFull or NotAccepting."""
-        self._check_accepting()
+        self.check_accepting()
         request = self.admission.parse(body)
-        with self._queue_place():
+        with self.queue_place():
             admitted = await self.admission.admit(request)
             self.admission.check_gpus(request.get("num_gpus"))
             record = await self._create_and_enqueue(request, admitted, resumed_from)
@@ -331,11 +334,15 @@ class Supervisor:
         return record
 
     @contextmanager
-    def _queue_place(self) -> Iterator[None]:
-        """A place in the bounded queue, held until the submission is queued or refused."""
-        if self.admission.queue_full(self.live.waiting()):
-            raise QueueFull(f"the queue holds {self.settings.max_queued_jobs} jobs already")
-        with self.admission.queue_place():
+    def queue_place(self, count: int = 1) -> Iterator[None]:
+        """``count`` places in the bounded queue, held until the submission is queued or
+        refused (a sweep takes one per cell)."""
+        if self.admission.queue_full(self.live.waiting(), count):
+            limit = self.settings.max_queued_jobs
+            if count == 1:
+                raise QueueFull(f"the queue holds {limit} jobs already")
+            raise QueueFull(f"{count} more jobs would not fit the queue bound of {limit}")
+        with self.admission.queue_place(count):
             yield
 
     async def _create_and_enqueue(
@@ -345,23 +352,23 @@ class Supervisor:
 
         The store only persists; the job is queued after. While a resumed job's cache is
         copied the record exists but is not queued yet; a delete waits for that
-        (``_creating``), and a failure or cancellation on the way removes the record and
+        (``creating``), and a failure or cancellation on the way removes the record and
         folder again, so no Queued record is ever left without its place in the queue."""
         record = await self.admission.store_job(request, admitted, resumed_from)
-        created = self._creating[record.id] = trio.Event()
+        created = self.creating[record.id] = trio.Event()
         try:
             await self.admission.prepare_folder(record, admitted, resumed_from)
             self.dispatcher.enqueue(record)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._discard(record)
+                await self.discard(record)
             raise
         finally:
-            del self._creating[record.id]
+            del self.creating[record.id]
             created.set()
         return record
 
-    async def _discard(self, record: JobRecord) -> None:
+    async def discard(self, record: JobRecord) -> None:
         """Undo a half-done submission (its record, its folder), logging what could not be."""
         try:
             await self.retention.remove([record])
@@ -440,23 +447,23 @@ class Supervisor:
         """Stop the job if it is active, then remove its record and files."""
         await self._wait_created(job_id)
         record = await self.get(job_id)
-        await self._delete_records([record])
+        await self.delete_records([record])
 
     async def delete_all(self) -> int:
         """Delete the jobs that exist now (a snapshot): jobs submitted while these stop
         (each may take its grace) are not touched."""
-        for job_id in list(self._creating):
+        for job_id in list(self.creating):
             await self._wait_created(job_id)
         records = await self.store.select()
-        await self._delete_records(records)
+        await self.delete_records(records)
         return len(records)
 
     async def _wait_created(self, job_id: int) -> None:
-        created = self._creating.get(job_id)
+        created = self.creating.get(job_id)
         if created is not None:
             await created.wait()
 
-    async def _delete_records(self, records: Sequence[JobRecord]) -> None:
+    async def delete_records(self, records: Sequence[JobRecord]) -> None:
         """Stop those of ``records`` that are active, then remove them all."""
         lives = [self.live.jobs[r.id] for r in records if r.id in self.live.jobs]
         async with trio.open_nursery() as nursery:
@@ -492,7 +499,7 @@ class Supervisor:
 
     # -- stopping -------------------------------------------------------------------------
 
-    def _check_accepting(self) -> None:
+    def check_accepting(self) -> None:
         if not self._accepting:
             raise NotAccepting("the supervisor is not running")
 

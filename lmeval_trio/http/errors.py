@@ -21,6 +21,7 @@ from lmeval_trio.engine.supervisor import (
     NotResumable,
     QueueFull,
 )
+from lmeval_trio.engine.sweeps import NothingToResume, SweepNotFound, SweepRejected
 from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.policy import MissingPath, PolicyViolation
 from lmeval_trio.results import ResultsUnavailable
@@ -150,6 +151,18 @@ def install(app: Quart) -> None:
     @app.errorhandler(JobNotFound)
     async def _not_found(error: JobNotFound) -> Response:
         return error_response(404, str(error))
+
+    @app.errorhandler(SweepNotFound)
+    async def _no_sweep(error: SweepNotFound) -> Response:
+        return error_response(404, str(error))
+
+    @app.errorhandler(SweepRejected)
+    async def _sweep_rejected(error: SweepRejected) -> Response:
+        return error_response(422, error.errors)
+
+    @app.errorhandler(NothingToResume)
+    async def _nothing_to_resume(error: NothingToResume) -> Response:
+        return error_response(409, str(error))
 
     @app.errorhandler(ResultsUnavailable)
     async def _no_results(error: ResultsUnavailable) -> Response:
