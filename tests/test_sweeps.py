@@ -3,6 +3,8 @@ bad inputs an attacker would send, and a kill -9 of a real hypercorn mid-sweep."
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import os
 import signal
@@ -17,7 +19,7 @@ import trio
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.status import JobStatus
-from tests.conftest import Server, fake_job, make_settings, start_server
+from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server
 from tests.test_server_process import _wait_all_finished, _wait_for_pids, hypercorn_server
 
 
@@ -315,3 +317,79 @@ async def test_kill_9_mid_sweep_loses_nothing(tmp_path: Path) -> None:
             assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
         server.proc.send_signal(signal.SIGTERM)
         await server.proc.wait()
+
+
+async def test_a_real_2x2_sweep_tabulates_each_jobs_own_results(server: Server) -> None:
+    """Real lm-eval (dummy model, whose scores are random): two few-shot settings x two
+    tasks; the table and its CSV hold exactly each job's own metrics."""
+    base = {k: v for k, v in DUMMY_JOB.items() if k != "tasks"}
+    body = {
+        "name": "real",
+        "base": base,
+        "matrix": {"num_fewshot": [0, 1], "tasks": ["tiny_mc", "tiny_gen"]},
+        "baseline": "num_fewshot=0 | tasks=tiny_mc",
+    }
+    submitted = await _submit(server.client, body)
+    for job_id in submitted["job_ids"]:
+        job = await server.wait_status(job_id, JobStatus.COMPLETED, JobStatus.FAILED)
+        assert job["status"] == "Completed", job["reason"]
+    sweep_id = submitted["sweep_id"]
+    table = (await server.client.get(f"/sweeps/{sweep_id}/results")).json()
+    assert table["baseline"] == "num_fewshot=0 | tasks=tiny_mc"
+    columns = [c["key"] for c in table["columns"]]
+    assert [c["job_id"] for c in table["columns"]] == submitted["job_ids"]
+    expected: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for key, job_id in zip(columns, submitted["job_ids"], strict=True):
+        own = (await server.client.get(f"/job/{job_id}/results")).json()["metrics"]
+        assert own, job_id
+        for m in own:
+            row = expected.setdefault((m["task"], m["metric"], m["filter"]), {})
+            row[key] = (m["value"], m["stderr"])
+    got = {
+        (r["task"], r["metric"], r["filter"]): {
+            k: (r["values"][k], r["stderr"][k]) for k in columns if r["values"][k] is not None
+        }
+        for r in table["rows"]
+    }
+    assert got == expected
+    assert {r["task"] for r in table["rows"]} == {"tiny_mc", "tiny_gen"}
+    csv_url = f"/sweeps/{sweep_id}/results"
+    for response in (
+        await server.client.get(csv_url, params={"format": "csv"}),
+        await server.client.get(csv_url, headers={"Accept": "text/csv"}),
+    ):
+        assert response.headers["content-type"].startswith("text/csv")
+        lines = list(csv.reader(io.StringIO(response.text)))
+        assert lines[0] == ["task", "metric", "filter"] + [
+            h for k in columns for h in (k, f"{k} stderr")
+        ]
+        for line in lines[1:]:
+            row = expected[(line[0], line[1], line[2])]
+            for index, key in enumerate(columns):
+                value, stderr = line[3 + 2 * index], line[4 + 2 * index]
+                if key not in row:
+                    assert value == stderr == ""
+                    continue
+                assert float(value) == row[key][0]
+                assert stderr == "" if row[key][1] is None else float(stderr) == row[key][1]
+        assert len(lines) == 1 + len(expected)
+
+
+async def test_csv_cells_cannot_smuggle_formulas(server: Server) -> None:
+    """A cell key is the user's text: in the CSV it must not start a spreadsheet formula."""
+    body = {
+        "name": "csv",
+        "base": DUMMY_JOB,
+        "cells": [{"key": '=HYPERLINK("http://evil","x")', "tasks": ["tiny_mc"]}],
+    }
+    submitted = await _submit(server.client, body)
+    await server.wait_status(submitted["job_ids"][0], JobStatus.COMPLETED)
+    text = (await server.client.get(f"/sweeps/{submitted['sweep_id']}/results?format=csv")).text
+    header = next(csv.reader(io.StringIO(text)))
+    assert header[3] == '\'=HYPERLINK("http://evil","x")'
+    assert not any(field.startswith(("=", "+", "@")) for field in header)
+    response = await server.client.get(f"/sweeps/{submitted['sweep_id']}/results?format=xml")
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == [
+        "query",
+        "format",
+    ]
