@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -393,3 +394,19 @@ async def test_csv_cells_cannot_smuggle_formulas(server: Server) -> None:
         "query",
         "format",
     ]
+
+
+async def test_the_readme_sweep_example_runs_offline(server: Server) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("cat > sweep.json <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    body = json.loads(block.replace("$PWD", str(Path(__file__).parents[1])))
+    submitted = await _submit(server.client, body)
+    assert len(submitted["job_ids"]) == 4
+    for job_id in submitted["job_ids"]:
+        job = await server.wait_status(job_id, JobStatus.COMPLETED, JobStatus.FAILED)
+        assert job["status"] == "Completed", job["reason"]
+    table = (await server.client.get(f"/sweeps/{submitted['sweep_id']}/results")).json()
+    assert table["baseline"] == "num_fewshot=0 | limit=6"
+    [row] = table["rows"]
+    assert (row["task"], row["metric"]) == ("example_arith", "acc")
+    assert all(isinstance(v, float) for v in row["values"].values())
