@@ -23,7 +23,7 @@ from lmeval_trio import command
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import log
 from lmeval_trio.harness.request_model import RequestRejected, request_model
-from lmeval_trio.policy import CONFIG_COPY, Admitted, Policy, PolicyViolation
+from lmeval_trio.policy import CONFIG_COPY, Admitted, MissingPath, Policy, PolicyViolation
 from lmeval_trio.records import JobRecord, SweepCell, SweepRecord, utc_now
 from lmeval_trio.slots import Slots
 from lmeval_trio.store import Draft, IdTaken, JobStore, StoreError
@@ -88,6 +88,27 @@ class Admission:
         except budget.AdmissionExceeded as error:
             raise PolicyViolation(error.field, error.message) from None
 
+    async def admit_many(
+        self, requests: list[dict[str, Any]]
+    ) -> list[Admitted | PolicyViolation | MissingPath | RequestRejected]:
+        """The policy's verdict on each of a sweep's requests, or its refusal: one worker
+        thread and one budget for them all (a sweep is one request: its folders are walked
+        once, and its checks share the deadline and the entry cap)."""
+
+        def judge_all() -> list[Admitted | PolicyViolation | MissingPath | RequestRejected]:
+            verdicts: list[Admitted | PolicyViolation | MissingPath | RequestRejected] = []
+            for request in requests:
+                try:
+                    verdicts.append(self.policy.admit(request))
+                except (PolicyViolation, MissingPath, RequestRejected) as refusal:
+                    verdicts.append(refusal)
+            return verdicts
+
+        try:
+            return await budget.run_bounded(judge_all, self.settings.admission_timeout_s)
+        except budget.AdmissionExceeded as error:
+            raise PolicyViolation(error.field, error.message) from None
+
     def check_gpus(self, requested: int | None) -> None:
         wanted = self.slots.gpus_for(requested)
         if wanted > len(self.settings.gpus):
@@ -135,20 +156,23 @@ class Admission:
     async def _sweep_drafts(
         self, admitted: list[tuple[SweepCell, Admitted]], job_id: int
     ) -> list[Draft]:
+        """One draft per cell under consecutive fresh ids, skipping ids whose folder exists
+        (the folders are looked up in one worker thread, not one per cell)."""
         drafts: list[Draft] = []
-        skipped = 0
-        for cell, verdict in admitted:
-            while True:
-                draft = self._draft(job_id, cell.request, verdict, None, cell.key)
-                job_id += 1
-                if not await trio.to_thread.run_sync(os.path.lexists, draft.job_dir):
-                    drafts.append(draft)
-                    break
-                log.warning("job id %s skipped: its folder %s exists", job_id - 1, draft.job_dir)
-                skipped += 1
-                if skipped > MAX_SKIPPED_IDS:
-                    raise StoreError(f"{MAX_SKIPPED_IDS} new ids name existing job folders")
-        return drafts
+        for skipped in range(MAX_SKIPPED_IDS + 1):
+            drafts = [
+                self._draft(job_id + i, cell.request, verdict, None, cell.key)
+                for i, (cell, verdict) in enumerate(admitted)
+            ]
+            paths = [draft.job_dir for draft in drafts]
+            taken = await trio.to_thread.run_sync(_first_existing, paths)
+            if taken is None:
+                return drafts
+            log.warning("job id %s skipped: its folder %s exists", job_id + taken, paths[taken])
+            job_id += taken + 1
+            if skipped == MAX_SKIPPED_IDS:
+                break
+        raise StoreError(f"{MAX_SKIPPED_IDS} new ids name existing job folders")
 
     def _draft(
         self,
@@ -185,6 +209,11 @@ class Admission:
             await trio.to_thread.run_sync(_write_config, record.job_dir, admitted.config_bytes)
         if resumed_from is not None:
             await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+
+
+def _first_existing(paths: list[Path]) -> int | None:
+    """The index of the first path that exists (even as a dangling link), or None."""
+    return next((i for i, path in enumerate(paths) if os.path.lexists(path)), None)
 
 
 def _write_config(job_dir: Path, content: bytes) -> None:

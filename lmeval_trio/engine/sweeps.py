@@ -186,21 +186,28 @@ class Sweeps:
         return sweep, records
 
     async def _admit_all(self, planned: SweepRecord) -> list[tuple[SweepCell, Admitted]]:
-        """Each cell parsed and judged like a job; every cell's errors, or the verdicts."""
+        """Each cell parsed and judged like a job (the policy's checks of all cells in one
+        worker thread); every cell's errors, or the verdicts."""
         admission = self.supervisor.admission
         errors: list[dict[str, Any]] = []
-        admitted: list[tuple[SweepCell, Admitted]] = []
+        parsed: list[tuple[int, SweepCell]] = []
         for index, cell in enumerate(planned.cells):
             try:
                 request = admission.parse(cell.request)
-                verdict = await admission.admit(request)
                 admission.check_gpus(request.get("num_gpus"))
-            except (ValidationError, RequestRejected, PolicyViolation, MissingPath) as error:
+            except (ValidationError, RequestRejected) as error:
                 errors.extend(_cell_errors(index, cell, error))
                 continue
-            admitted.append((SweepCell(cell.key, request), verdict))
+            parsed.append((index, SweepCell(cell.key, request)))
+        verdicts = await admission.admit_many([cell.request for _, cell in parsed])
+        admitted: list[tuple[SweepCell, Admitted]] = []
+        for (index, cell), verdict in zip(parsed, verdicts, strict=True):
+            if isinstance(verdict, Exception):
+                errors.extend(_cell_errors(index, cell, verdict))
+            else:
+                admitted.append((cell, verdict))
         if errors:
-            raise SweepRejected(errors)
+            raise SweepRejected(sorted(errors, key=lambda e: e["loc"][2]))
         return admitted
 
     async def _queue(
