@@ -201,6 +201,21 @@ BASE = fake_job("env")
         ({"name": "x", "base": [], "matrix": {"limit": [1]}}, ["body", "base"]),
         ({"name": "x", "base": BASE, "matrix": {"limit": 1}}, ["body", "matrix", "limit"]),
         ({"name": "x", "base": {"nope": 1}, "matrix": {"limit": [1]}}, ["body", "cells", 0]),
+        ({"name": "x", "base": BASE, "matrix": {"model_args": ["a" * 600]}}, ["body", "matrix"]),
+        ({"name": "x" * 201, "base": BASE, "matrix": {"limit": [1]}}, ["body", "name"]),
+        (
+            {"name": "x", "base": BASE, "matrix": {"limit": [1]}, "baseline": 1},
+            ["body", "baseline"],
+        ),
+        (
+            {"name": "x", "base": BASE, "matrix": {"limit": [1], "seed": [[[[1]]]]}},
+            ["body", "cells"],
+        ),
+        (
+            {"name": "x", "base": BASE, "cells": [{"num_gpus": 64}]},
+            ["body", "cells", 0, "num_gpus"],
+        ),
+        ({"name": "x", "base": BASE, "matrix": {"num_fewshot": [1, "x"]}}, ["body", "cells", 1]),
     ],
 )
 async def test_bad_sweeps_are_refused_naming_the_field(
@@ -410,3 +425,28 @@ async def test_the_readme_sweep_example_runs_offline(server: Server) -> None:
     [row] = table["rows"]
     assert (row["task"], row["metric"]) == ("example_arith", "acc")
     assert all(isinstance(v, float) for v in row["values"].values())
+
+
+async def test_a_cell_resumed_as_a_job_stays_in_its_sweep(server: Server) -> None:
+    body = {"name": "failing", "base": fake_job("exit"), "cells": [{"key": "a"}, {"key": "b"}]}
+    submitted = await _submit(server.client, body)
+    first, second = submitted["job_ids"]
+    for job_id in (first, second):
+        await server.wait_status(job_id, JobStatus.FAILED)
+    sweep = await _sweep(server.client, submitted["sweep_id"])
+    assert sweep["status"] == "Failed" and sweep["counts"]["Failed"] == 2
+    resumed = (await server.client.post(f"/job/{first}/resume")).json()["job_id"]
+    job = await server.wait_status(resumed, JobStatus.FAILED)
+    assert (job["sweep_id"], job["sweep_cell"]) == (submitted["sweep_id"], "a")
+    assert (await server.client.delete(f"/job/{second}")).status_code == 200
+    sweep = await _sweep(server.client, submitted["sweep_id"])
+    assert [(c["job_id"], c["status"]) for c in sweep["cells"]] == [
+        (resumed, "Failed"),
+        (None, None),
+    ]
+    assert sweep["job_ids"] == [first, resumed]
+    table = (await server.client.get(f"/sweeps/{submitted['sweep_id']}/results")).json()
+    assert table["rows"] == [] and [c["job_id"] for c in table["columns"]] == [resumed, None]
+    again = (await server.client.post(f"/sweeps/{submitted['sweep_id']}/resume")).json()
+    [third] = again["job_ids"]
+    assert (await server.job(third))["resumed_from"] == resumed

@@ -3,7 +3,8 @@
 It keeps the public operations (submit, stop, delete, resume, get/list, wait, statistics,
 shutdown) and the lifetime of the whole (start-up, warm runners, shutdown), and delegates:
 admission (checks, done once, and storing), dispatch (queue, slots, GPUs), execution (one
-job from Running to its end), recovery (start-up, store faults) and retention. Usable
+job from Running to its end), recovery (start-up, store faults) and retention. Sweeps
+(``self.sweeps``, engine/sweeps.py) are many jobs submitted and followed as one. Usable
 without HTTP::
 
     async with Supervisor(settings) as supervisor:
@@ -445,7 +446,7 @@ class Supervisor:
 
     async def delete(self, job_id: int) -> None:
         """Stop the job if it is active, then remove its record and files."""
-        await self._wait_created(job_id)
+        await self.wait_created(job_id)
         record = await self.get(job_id)
         await self.delete_records([record])
 
@@ -453,12 +454,13 @@ class Supervisor:
         """Delete the jobs that exist now (a snapshot): jobs submitted while these stop
         (each may take its grace) are not touched."""
         for job_id in list(self.creating):
-            await self._wait_created(job_id)
+            await self.wait_created(job_id)
         records = await self.store.select()
         await self.delete_records(records)
         return len(records)
 
-    async def _wait_created(self, job_id: int) -> None:
+    async def wait_created(self, job_id: int) -> None:
+        """Until a submission that stored ``job_id`` has queued it (or undone it)."""
         created = self.creating.get(job_id)
         if created is not None:
             await created.wait()

@@ -242,6 +242,13 @@ class Sweeps:
             raise SweepNotFound(sweep_id)
         return sweep
 
+    async def settled_jobs(self, sweep: SweepRecord) -> list[JobRecord]:
+        """The sweep's jobs once none is still being submitted (stored, not yet queued), so
+        that a stop or delete misses none."""
+        for record in (await self.jobs([sweep]))[sweep.id]:
+            await self.supervisor.wait_created(record.id)
+        return (await self.jobs([sweep]))[sweep.id]
+
     async def jobs(self, sweeps: Sequence[SweepRecord]) -> dict[int, list[JobRecord]]:
         """Every job of these sweeps (live records for active ones), by sweep id."""
         sup = self.supervisor
@@ -339,7 +346,7 @@ class Sweeps:
     async def stop(self, sweep_id: int) -> list[int]:
         """Stop the sweep's queued and running jobs; the ids stopped."""
         sweep = await self.get(sweep_id)
-        active = [r.id for r in (await self.jobs([sweep]))[sweep.id] if r.status in ACTIVE]
+        active = [r.id for r in await self.settled_jobs(sweep) if r.status in ACTIVE]
         async with trio.open_nursery() as nursery:
             for job_id in active:
                 nursery.start_soon(self.supervisor.stop, job_id)
@@ -349,7 +356,7 @@ class Sweeps:
         """Stop and delete every job of the sweep (their files too), then the sweep."""
         sup = self.supervisor
         sweep = await self.get(sweep_id)
-        records = (await self.jobs([sweep]))[sweep.id]
+        records = await self.settled_jobs(sweep)
         await sup.delete_records(records)
         await sup.store.delete_sweep(sweep.id)
         sup.dispatcher.sweep_limits.pop(sweep.id, None)
