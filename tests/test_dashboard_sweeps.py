@@ -91,6 +91,10 @@ def test_a_real_sweep_page_with_heatmap_and_csv(
     expect(cells).to_have_count(2)
     expect(cells.nth(1)).to_contain_text("baseline")
     expect(cells.nth(0).locator("a")).to_have_text(f"#{submitted['job_ids'][0]}")
+    cells.nth(0).locator("a").click()  # the cell's job page links back to its sweep
+    expect(page.locator("#job-sweep")).to_have_text(f"#{sweep_id} · num_fewshot=0")
+    page.locator("#job-sweep").click()
+    expect(page).to_have_url(f"{url}/#/sweep/{sweep_id}")
     table = client.get(f"/sweeps/{sweep_id}/results").json()
     [result] = table["rows"]
     heat = page.locator("#sweep-heatmap td.heat")
