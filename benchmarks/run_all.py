@@ -16,7 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NAMES = ("dispatch", "handoff", "flood", "api", "startup", "lm_eval_start")
+NAMES = (
+    "dispatch",
+    "handoff",
+    "flood",
+    "api",
+    "startup",
+    "lm_eval_start",
+    "sweep_submit",
+    "sweep_overhead",
+)
 QUICK = {
     "dispatch": ["--runs", "50"],
     "handoff": ["--runs", "30"],
@@ -24,6 +33,8 @@ QUICK = {
     "api": ["--jobs", "2000", "--runs", "30", "--full-runs", "3"],
     "startup": ["--runs", "2"],
     "lm_eval_start": ["--reps", "1"],
+    "sweep_submit": ["--runs", "10"],
+    "sweep_overhead": ["--jobs", "6", "--stock-jobs", "2"],
 }
 
 

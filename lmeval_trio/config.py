@@ -171,6 +171,9 @@ class Settings(BaseModel):
     )
     cors_origins: tuple[str, ...] = Field(default=(), description="Allowed CORS origins.")
     max_queued_jobs: int = Field(default=10_000, ge=1, description="Queue bound (429 beyond).")
+    max_sweep_cells: int = Field(
+        default=1000, ge=1, le=100_000, description="Most cells one sweep may have (422 beyond)."
+    )
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="Body size bound.")
     admission_timeout_s: float = Field(
         default=10.0,

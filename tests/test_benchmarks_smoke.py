@@ -7,7 +7,16 @@ except for the start-up benchmark, whose subject is that subprocess.
 
 from __future__ import annotations
 
-from benchmarks import api, dispatch, flood, handoff, lm_eval_start, startup
+from benchmarks import (
+    api,
+    dispatch,
+    flood,
+    handoff,
+    lm_eval_start,
+    startup,
+    sweep_overhead,
+    sweep_submit,
+)
 from benchmarks._report import Metric, Report, Target
 from benchmarks._server import inprocess_server
 from tests.conftest import CACHE_DIR
@@ -67,3 +76,20 @@ def test_report_statistics() -> None:
     rate = Metric("y", "MB/s", [5.0, 1.0, 3.0], higher_is_better=True)
     assert rate.stats()["worst"] == 1.0
     assert Target("y", "median", 2).check(rate)["met"]
+
+
+async def test_sweep_submit_smoke() -> None:
+    report = await sweep_submit.measure(runs=2, warmup=0, cells=4, server_factory=inprocess_server)
+    assert list(_samples(report).values()) == [2]
+    assert report.context["cells"] == 4
+
+
+async def test_sweep_overhead_smoke() -> None:
+    """One real dummy job each way, no stock run (the lm_eval_start smoke covers lm-eval)."""
+    report = await sweep_overhead.measure(jobs=1, stock_jobs=0, server_factory=inprocess_server)
+    assert _samples(report) == {
+        "separate jobs wall s": 1,
+        "one sweep wall s": 1,
+        "stock lm_eval wall s": 0,
+        "sweep / separate": 1,
+    }

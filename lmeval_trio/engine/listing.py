@@ -310,6 +310,8 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
         "gpus": record.gpus,
         "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
         "request": public_request(record.request, hidden),
+        "sweep_id": record.sweep_id,
+        "sweep_cell": None if record.sweep_cell is None else mask_text(record.sweep_cell, hidden),
     }
 
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from quart import Quart, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from lmeval_trio.engine.sweeps import SweepNotFound, SweepRejected
 from lmeval_trio.errors import (
     Conflict,
     InvalidParameter,
@@ -152,6 +153,10 @@ def _store_fault(error: Exception) -> tuple[Any, dict[str, Any]]:
     return "the job store cannot take writes right now; retry later", {}
 
 
+def _sweep_rejected(error: Exception) -> tuple[Any, dict[str, Any]]:
+    return cast(SweepRejected, error).errors, {}
+
+
 def _undecodable(error: Exception) -> tuple[Any, dict[str, Any]]:
     # Raised while decoding a body: bytes that are not UTF-8, or JSON nested thousands of
     # levels deep. (Quart's get_json(silent=True) lets both through.)
@@ -170,6 +175,8 @@ ANSWERS: dict[type[Exception], Answer] = {
     UnicodeDecodeError: Answer(422, _undecodable),
     PolicyViolation: Answer(403, _policy, reason="policy"),
     JobNotFound: Answer(404),
+    SweepNotFound: Answer(404),
+    SweepRejected: Answer(422, _sweep_rejected),
     ResultsUnavailable: Answer(404),
     Conflict: Answer(409),
     QueueFull: Answer(429, _queue_full, retry_after_s=30),

@@ -46,7 +46,7 @@ def blueprint() -> Blueprint:
     @document_response(schemas.Error, 503)
     async def submit() -> Response:
         """Queue an lm-eval job."""
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict):
             raise InvalidParameter("body", "body", "expected a JSON object")
         record = await supervisor().submit(job_request.model_validate(body))
@@ -159,7 +159,7 @@ def blueprint() -> Blueprint:
     return bp
 
 
-async def _json_body() -> Any:
+async def json_body() -> Any:
     """The request body as strict JSON: NaN, Infinity and numbers beyond a double (1e309)
     are refused here, so no stored request can make a later answer invalid JSON."""
     data = await request.get_data()

@@ -36,6 +36,8 @@ class JobSummary(BaseModel):
     request: dict[str, Any] = Field(
         description="The request as submitted (env values and credentials hidden)."
     )
+    sweep_id: int | None = Field(None, description="The sweep this job is a cell of.")
+    sweep_cell: str | None = Field(None, description="That cell's key.")
 
 
 class Attempt(BaseModel):
@@ -82,6 +84,69 @@ class BulkResult(BaseModel):
     status: str = "success"
     message: str
     job_ids: list[int]
+
+
+class SweepSubmitted(BaseModel):
+    status: str = "success"
+    message: str
+    sweep_id: int
+    job_ids: list[int]
+
+
+class SweepCellOut(BaseModel):
+    key: str
+    job_id: int | None = Field(description="The cell's newest job (null: deleted).")
+    status: JobStatus | None
+    progress_pct: int
+    eta_s: float | None
+    reason: str | None
+    request: dict[str, Any]
+
+
+class SweepSummary(BaseModel):
+    sweep_id: int
+    name: str
+    created_at: str
+    baseline: str | None
+    max_parallel: int | None
+    status: JobStatus = Field(description="Running, Queued, else how its cells ended.")
+    counts: dict[str, int] = Field(description="Cells by the status of their newest job.")
+    total_cells: int
+    progress_pct: int
+    eta_s: float | None = Field(description="Estimated seconds until every cell has ended.")
+    job_ids: list[int] = Field(description="Every job of the sweep (resumed cells have more).")
+
+
+class SweepDetail(SweepSummary):
+    cells: list[SweepCellOut]
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepSummary]
+    total: int
+
+
+class SweepColumn(BaseModel):
+    key: str
+    job_id: int | None
+    status: JobStatus | None
+
+
+class SweepRow(BaseModel):
+    task: str
+    metric: str
+    filter: str
+    is_group: bool
+    values: dict[str, Any] = Field(description="Cell key -> value (null: no result).")
+    stderr: dict[str, float | None]
+
+
+class SweepResults(BaseModel):
+    sweep_id: int
+    name: str
+    baseline: str | None
+    columns: list[SweepColumn]
+    rows: list[SweepRow]
 
 
 class Error(BaseModel):

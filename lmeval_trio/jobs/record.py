@@ -46,6 +46,8 @@ class JobRecord:
     #: reason and where its output begins in each log.
     attempt_history: list[dict[str, Any]] = field(default_factory=list)
     retry_at: str | None = None  # Queued after a transient failure: not started before this
+    sweep_id: int | None = None  # the sweep this job is a cell of (engine/sweeps.py)
+    sweep_cell: str | None = None  # and that cell's key
 
     @property
     def argument(self) -> str:
@@ -62,3 +64,23 @@ class JobRecord:
 
     def log_path(self, stream: str) -> Path:
         return self.stdout_path if stream == "stdout" else self.stderr_path
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One cell of a sweep: its key and the full request its jobs run."""
+
+    key: str
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep as stored: its cells, each run as ordinary jobs (``JobRecord.sweep_id``)."""
+
+    id: int
+    name: str
+    cells: tuple[SweepCell, ...]
+    created_at: str
+    baseline: str | None = None  # the key of the cell others are compared with
+    max_parallel: int | None = None  # at most this many of its jobs run at once

@@ -9,6 +9,7 @@ import * as compareView from "./compare.js";
 import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
 import * as submitView from "./submit.js";
+import * as sweepsView from "./sweeps.js";
 import { toast } from "./ui.js";
 
 const ROUTES = [
@@ -16,6 +17,8 @@ const ROUTES = [
   { pattern: /^\/new$/, view: submitView, nav: "new" },
   { pattern: /^\/job\/(\d+)$/, view: jobView, nav: "jobs" },
   { pattern: /^\/compare$/, view: compareView, nav: "compare" },
+  { pattern: /^\/sweeps$/, view: { mount: sweepsView.mountList }, nav: "sweeps" },
+  { pattern: /^\/sweep\/(\d+)$/, view: { mount: sweepsView.mountSweep }, nav: "sweeps" },
 ];
 
 const root = document.getElementById("view");
