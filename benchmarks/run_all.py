@@ -16,7 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NAMES = ("dispatch", "handoff", "flood", "api", "startup", "lm_eval_start", "catalog")
+NAMES = (
+    "dispatch",
+    "handoff",
+    "flood",
+    "api",
+    "startup",
+    "lm_eval_start",
+    "catalog",
+    "sweep_submit",
+    "sweep_overhead",
+)
 QUICK = {
     "dispatch": ["--runs", "50"],
     "handoff": ["--runs", "30"],
@@ -25,6 +35,8 @@ QUICK = {
     "startup": ["--runs", "2"],
     "lm_eval_start": ["--reps", "1"],
     "catalog": ["--runs", "50"],
+    "sweep_submit": ["--runs", "10"],
+    "sweep_overhead": ["--jobs", "6", "--stock-jobs", "2"],
 }
 
 

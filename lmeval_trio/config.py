@@ -120,6 +120,26 @@ class Settings(BaseModel):
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, description="Upper bound for background work at shutdown."
     )
+    # Time limits and retries (see README "Time limits and retries").
+    job_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="Longest one attempt of a job may run when its request sets no timeout_s "
+        "(unset: no limit).",
+    )
+    max_attempts_limit: int = Field(
+        default=5, ge=1, le=100, description="The most max_attempts a request may ask for."
+    )
+    retry_base_delay_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=86_400,
+        description="Wait before the second attempt; it doubles per failed attempt.",
+    )
+    retry_max_delay_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="The longest wait between attempts."
+    )
     # Safety (see README "Security").
     api_keys: tuple[str, ...] = Field(
         default=(),
@@ -151,6 +171,9 @@ class Settings(BaseModel):
     )
     cors_origins: tuple[str, ...] = Field(default=(), description="Allowed CORS origins.")
     max_queued_jobs: int = Field(default=10_000, ge=1, description="Queue bound (429 beyond).")
+    max_sweep_cells: int = Field(
+        default=1000, ge=1, le=100_000, description="Most cells one sweep may have (422 beyond)."
+    )
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="Body size bound.")
     admission_timeout_s: float = Field(
         default=10.0,

@@ -7,7 +7,17 @@ except for the start-up benchmark, whose subject is that subprocess.
 
 from __future__ import annotations
 
-from benchmarks import api, catalog, dispatch, flood, handoff, lm_eval_start, startup
+from benchmarks import (
+    api,
+    catalog,
+    dispatch,
+    flood,
+    handoff,
+    lm_eval_start,
+    startup,
+    sweep_overhead,
+    sweep_submit,
+)
 from benchmarks._report import Metric, Report, Target
 from benchmarks._server import inprocess_server
 from tests.conftest import CACHE_DIR
@@ -73,3 +83,20 @@ async def test_catalog_smoke() -> None:
     report = await catalog.measure(runs=2, cache_dir=CACHE_DIR, server_factory=inprocess_server)
     assert _samples(report) == {"GET /tasks search ms": 2}
     assert report.context["entries"] > 14_000
+
+
+async def test_sweep_submit_smoke() -> None:
+    report = await sweep_submit.measure(runs=2, warmup=0, cells=4, server_factory=inprocess_server)
+    assert list(_samples(report).values()) == [2]
+    assert report.context["cells"] == 4
+
+
+async def test_sweep_overhead_smoke() -> None:
+    """One real dummy job each way, no stock run (the lm_eval_start smoke covers lm-eval)."""
+    report = await sweep_overhead.measure(jobs=1, stock_jobs=0, server_factory=inprocess_server)
+    assert _samples(report) == {
+        "separate jobs wall s": 1,
+        "one sweep wall s": 1,
+        "stock lm_eval wall s": 0,
+        "sweep / separate": 1,
+    }

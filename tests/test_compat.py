@@ -103,7 +103,7 @@ BREAK_SERVER_INTERNAL = {
 
 
 @pytest.mark.parametrize("internal", BREAK_SERVER_INTERNAL)
-@pytest.mark.parametrize("entry", ["asgi", "serve"])
+@pytest.mark.parametrize("entry", ["asgi:app", "asgi:create_app()", "serve"])
 def test_a_server_without_its_key_value_parser_stops_the_start(
     tmp_path: Path, internal: str, entry: str
 ) -> None:

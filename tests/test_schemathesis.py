@@ -48,12 +48,15 @@ def command(url: str) -> list[str]:
 
 
 async def seed_jobs(url: str) -> None:
-    """Jobs 1-3 (queued) and 4 (stopped)."""
+    """Jobs 1-3 (queued) and 4 (stopped); sweep 1 (jobs 5-6, queued)."""
     async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
         for _ in range(4):
             response = await client.post("/job", json={"model": "dummy", "tasks": "tiny_mc"})
             assert response.status_code == 200, response.text
         assert (await client.post("/job/4/stop")).status_code == 200
+        sweep = {"name": "s", "base": {"model": "dummy"}, "matrix": {"tasks": ["tiny_mc", "x"]}}
+        response = await client.post("/sweeps", json=sweep)
+        assert response.status_code == 200, response.text
 
 
 async def test_openapi_contract_holds_under_fuzzing(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lmeval_trio.cli import _commands as commands
-from lmeval_trio.cli import _serve
+from lmeval_trio.cli import _serve, _sweeps
 from lmeval_trio.cli._commands import Output
 from lmeval_trio.cli._request import RequestError, add_lm_eval_flags
 from lmeval_trio.client import ApiError, Client, ServerUnreachable, describe_detail
@@ -95,6 +95,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _job_id(resume)
     _follow_flag(resume)
     _job_id(add("follow", commands.follow, "follow a job's progress to its end, like submit -f"))
+    _sweeps.add_parser(sub, common)
     return parser
 
 
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
     _check_target(parser, args)
-    if args.handler is None:
+    if args.handler is None:  # serve (sweep's handler is its command's, always set)
         return _serve.serve(args)
     out = Output(json=args.json)
     try:

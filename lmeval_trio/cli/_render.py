@@ -18,6 +18,9 @@ from lmeval_trio.http.schemas import (
     JobResults,
     JobSummary,
     MetricRow,
+    SweepDetail,
+    SweepResults,
+    SweepSummary,
     TaskList,
 )
 from lmeval_trio.jobs.status import JobStatus
@@ -258,3 +261,100 @@ class ProgressView:
             if self.printed.get(phase.name, -1) < tenth:
                 self.printed[phase.name] = tenth
                 print(phase_line(phase), file=self.out, flush=True)
+
+
+def sweeps_table(sweeps: Sequence[SweepSummary]) -> str:
+    headers = ("ID", "NAME", "STATUS", "CELLS", "PROGRESS", "ETA", "CREATED")
+    rows = [
+        (
+            str(s.sweep_id),
+            s.name,
+            s.status.value,
+            _cell_counts(s),
+            f"{s.progress_pct}%",
+            clock(s.eta_s),
+            _timestamp(s.created_at),
+        )
+        for s in sweeps
+    ]
+    return table(headers, rows)
+
+
+def _cell_counts(sweep: SweepSummary) -> str:
+    done = sweep.counts.get(JobStatus.COMPLETED.value, 0)
+    return f"{done}/{sweep.total_cells} completed"
+
+
+def sweep_details(sweep: SweepDetail) -> str:
+    """``sweep show``: the sweep's state and each cell's job."""
+    head = (
+        f"Sweep {sweep.sweep_id} ({sweep.name}): {sweep.status.value}, "
+        f"{_cell_counts(sweep)}, {sweep.progress_pct}%, ETA {clock(sweep.eta_s)}"
+    )
+    rows = [
+        (
+            cell.key + (" (baseline)" if cell.key == sweep.baseline else ""),
+            "-" if cell.job_id is None else str(cell.job_id),
+            "deleted" if cell.status is None else cell.status.value,
+            f"{cell.progress_pct}%",
+            cell.reason or "",
+        )
+        for cell in sweep.cells
+    ]
+    return head + "\n" + table(("CELL", "JOB", "STATUS", "PROGRESS", "REASON"), rows)
+
+
+def sweep_results_table(results: SweepResults) -> str:
+    """Rows task/metric/filter, a column per cell (value ± stderr)."""
+    if not results.rows:
+        return f"Sweep {results.sweep_id}: no results yet"
+    keys = [c.key for c in results.columns]
+    rows = [
+        (
+            r.task + (" (group)" if r.is_group else ""),
+            r.metric,
+            r.filter,
+            *(_with_stderr(r.values.get(k), r.stderr.get(k)) for k in keys),
+        )
+        for r in results.rows
+    ]
+    return table(("TASK", "METRIC", "FILTER", *keys), rows)
+
+
+def _with_stderr(value: Any, stderr: float | None) -> str:
+    return _number(value) + ("" if stderr is None else f" ± {stderr:.4f}")
+
+
+class SweepView:
+    """``sweep submit --follow``: an overall bar and one per running cell; on a terminal
+    redrawn in place, elsewhere a line whenever a cell's status or the overall tenth changes."""
+
+    def __init__(self, out: TextIO, *, live: bool) -> None:
+        self.out = out
+        self.live = live
+        self.drawn = 0
+        self.seen: tuple[Any, ...] = ()
+
+    def show(self, sweep: SweepDetail) -> None:
+        lines = [_bar_line(f"sweep {sweep.sweep_id}", sweep.progress_pct, sweep.eta_s)]
+        lines += [
+            _bar_line(cell.key, cell.progress_pct, cell.eta_s)
+            for cell in sweep.cells
+            if cell.status is JobStatus.RUNNING
+        ]
+        if self.live:
+            if self.drawn:
+                self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            print("\n".join(lines), file=self.out, flush=True)
+            self.drawn = len(lines)
+            return
+        seen = (sweep.progress_pct // 10, tuple(c.status for c in sweep.cells))
+        if seen != self.seen:
+            self.seen = seen
+            print("\n".join(lines), file=self.out, flush=True)
+
+
+def _bar_line(name: str, percent: int, eta_s: float | None) -> str:
+    filled = BAR_WIDTH * max(0, min(percent, 100)) // 100
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    return f"{_clip(name):<24} [{bar}] {percent:3d}%  ETA {clock(eta_s)}"

@@ -42,6 +42,10 @@ from lmeval_trio.http.schemas import (
     LogChunkOut,
     StopResult,
     Submitted,
+    SweepDetail,
+    SweepList,
+    SweepResults,
+    SweepSubmitted,
     TaskDetail,
     TaskList,
 )
@@ -151,6 +155,34 @@ class AsyncClient(ClientBase):
 
     async def resume(self, job_id: int) -> Submitted:
         return await self._send(Routes.resume(job_id))
+
+    async def submit_sweep(self, sweep: Mapping[str, Any]) -> SweepSubmitted:
+        """Queue a sweep: ``name``, ``base`` and a ``matrix`` or ``cells`` (all or none)."""
+        return await self._send(Routes.submit_sweep(sweep))
+
+    async def list_sweeps(
+        self, *, limit: int | None = None, offset: int = 0, newest_first: bool = False
+    ) -> SweepList:
+        return await self._send(Routes.list_sweeps(limit, offset, newest_first))
+
+    async def get_sweep(self, sweep_id: int) -> SweepDetail:
+        return await self._send(Routes.get_sweep(sweep_id))
+
+    async def sweep_results(self, sweep_id: int) -> SweepResults:
+        return await self._send(Routes.sweep_results(sweep_id))
+
+    async def sweep_results_csv(self, sweep_id: int) -> str:
+        return await self._send(Routes.sweep_results_csv(sweep_id))
+
+    async def stop_sweep(self, sweep_id: int) -> BulkResult:
+        return await self._send(Routes.stop_sweep(sweep_id))
+
+    async def delete_sweep(self, sweep_id: int) -> BulkResult:
+        return await self._send(Routes.delete_sweep(sweep_id))
+
+    async def resume_sweep(self, sweep_id: int) -> BulkResult:
+        """Run again the sweep's failed and stopped cells; the new job ids."""
+        return await self._send(Routes.resume_sweep(sweep_id))
 
     async def logs(
         self,

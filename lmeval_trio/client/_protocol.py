@@ -37,6 +37,10 @@ from lmeval_trio.http.schemas import (
     LogChunkOut,
     StopResult,
     Submitted,
+    SweepDetail,
+    SweepList,
+    SweepResults,
+    SweepSubmitted,
     TaskDetail,
     TaskList,
 )
@@ -198,6 +202,44 @@ class Routes:
     def artifact(job_id: int, name: str) -> Call[bytes]:
         path = f"/job/{job_id}/artifacts/{quote(name, safe='/')}"
         return Call("GET", path, lambda response: response.content)
+
+    @staticmethod
+    def submit_sweep(sweep: Mapping[str, Any]) -> Call[SweepSubmitted]:
+        return Call("POST", "/sweeps", _model(SweepSubmitted), body=dict(sweep))
+
+    @staticmethod
+    def list_sweeps(limit: int | None, offset: int, newest_first: bool) -> Call[SweepList]:
+        params: dict[str, str | int] = {"order": "desc"} if newest_first else {}
+        if limit is not None:
+            params["limit"] = limit
+        if offset:
+            params["offset"] = offset
+        return Call("GET", "/sweeps", _model(SweepList), params=params)
+
+    @staticmethod
+    def get_sweep(sweep_id: int) -> Call[SweepDetail]:
+        return Call("GET", f"/sweeps/{sweep_id}", _model(SweepDetail))
+
+    @staticmethod
+    def sweep_results(sweep_id: int) -> Call[SweepResults]:
+        return Call("GET", f"/sweeps/{sweep_id}/results", _model(SweepResults))
+
+    @staticmethod
+    def sweep_results_csv(sweep_id: int) -> Call[str]:
+        path = f"/sweeps/{sweep_id}/results"
+        return Call("GET", path, lambda response: response.text, params={"format": "csv"})
+
+    @staticmethod
+    def stop_sweep(sweep_id: int) -> Call[BulkResult]:
+        return Call("POST", f"/sweeps/{sweep_id}/stop", _model(BulkResult))
+
+    @staticmethod
+    def delete_sweep(sweep_id: int) -> Call[BulkResult]:
+        return Call("DELETE", f"/sweeps/{sweep_id}", _model(BulkResult))
+
+    @staticmethod
+    def resume_sweep(sweep_id: int) -> Call[BulkResult]:
+        return Call("POST", f"/sweeps/{sweep_id}/resume", _model(BulkResult))
 
     @staticmethod
     def health() -> Call[dict[str, Any]]:

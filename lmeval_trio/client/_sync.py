@@ -40,6 +40,10 @@ from lmeval_trio.http.schemas import (
     LogChunkOut,
     StopResult,
     Submitted,
+    SweepDetail,
+    SweepList,
+    SweepResults,
+    SweepSubmitted,
     TaskDetail,
     TaskList,
 )
@@ -149,6 +153,34 @@ class Client(ClientBase):
 
     def resume(self, job_id: int) -> Submitted:
         return self._send(Routes.resume(job_id))
+
+    def submit_sweep(self, sweep: Mapping[str, Any]) -> SweepSubmitted:
+        """Queue a sweep: ``name``, ``base`` and a ``matrix`` or ``cells`` (all or none)."""
+        return self._send(Routes.submit_sweep(sweep))
+
+    def list_sweeps(
+        self, *, limit: int | None = None, offset: int = 0, newest_first: bool = False
+    ) -> SweepList:
+        return self._send(Routes.list_sweeps(limit, offset, newest_first))
+
+    def get_sweep(self, sweep_id: int) -> SweepDetail:
+        return self._send(Routes.get_sweep(sweep_id))
+
+    def sweep_results(self, sweep_id: int) -> SweepResults:
+        return self._send(Routes.sweep_results(sweep_id))
+
+    def sweep_results_csv(self, sweep_id: int) -> str:
+        return self._send(Routes.sweep_results_csv(sweep_id))
+
+    def stop_sweep(self, sweep_id: int) -> BulkResult:
+        return self._send(Routes.stop_sweep(sweep_id))
+
+    def delete_sweep(self, sweep_id: int) -> BulkResult:
+        return self._send(Routes.delete_sweep(sweep_id))
+
+    def resume_sweep(self, sweep_id: int) -> BulkResult:
+        """Run again the sweep's failed and stopped cells; the new job ids."""
+        return self._send(Routes.resume_sweep(sweep_id))
 
     def logs(
         self,

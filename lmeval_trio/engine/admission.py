@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.live import log
 from lmeval_trio.engine.slots import Slots
 from lmeval_trio.harness.request_model import RequestRejected, request_model
-from lmeval_trio.jobs.record import JobRecord, utc_now
+from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord, utc_now
 from lmeval_trio.policy import budget
-from lmeval_trio.policy.rules import CONFIG_COPY, Admitted, Policy, PolicyViolation
+from lmeval_trio.policy.rules import CONFIG_COPY, Admitted, MissingPath, Policy, PolicyViolation
 from lmeval_trio.runners import job_command as command
 from lmeval_trio.store.sqlite import Draft, IdTaken, JobStore, StoreError
 
@@ -63,19 +64,36 @@ class Admission:
             request = model.model_validate(dict(data))
         return command.normalise(request.model_dump(exclude_unset=True))
 
-    def queue_full(self, waiting: int) -> bool:
-        """Whether ``waiting`` queued jobs and the submissions under way fill the queue."""
-        return waiting + self._submitting >= self.settings.max_queued_jobs
+    def check_limits(self, request: Mapping[str, Any]) -> None:
+        """What the request model cannot know: this server's bound on ``max_attempts``
+        (a 422 naming the field, like any other value out of range)."""
+        attempts = request.get("max_attempts")
+        limit = self.settings.max_attempts_limit
+        if attempts is not None and attempts > limit:
+            error = PydanticCustomError(
+                "less_than_equal",
+                "Input should be less than or equal to {le} on this server "
+                "(LMEVAL_MAX_ATTEMPTS_LIMIT)",
+                {"le": limit},
+            )
+            raise ValidationError.from_exception_data(
+                "JobRequest", [{"type": error, "loc": ("max_attempts",), "input": attempts}]
+            )
+
+    def queue_full(self, waiting: int, count: int = 1) -> bool:
+        """Whether ``waiting`` queued jobs and the submissions under way leave no room for
+        ``count`` more."""
+        return waiting + self._submitting + count > self.settings.max_queued_jobs
 
     @contextmanager
-    def queue_place(self) -> Iterator[None]:
-        """Hold a place in the bounded queue across the awaits of a submission, so that
-        concurrent submissions cannot overshoot LMEVAL_MAX_QUEUED_JOBS."""
-        self._submitting += 1
+    def queue_place(self, count: int = 1) -> Iterator[None]:
+        """Hold ``count`` places in the bounded queue across the awaits of a submission, so
+        that concurrent submissions cannot overshoot LMEVAL_MAX_QUEUED_JOBS."""
+        self._submitting += count
         try:
             yield
         finally:
-            self._submitting -= 1
+            self._submitting -= count
 
     async def admit(self, request: dict[str, Any]) -> Admitted:
         """The policy's verdict, its work bounded (see admission) and cancelled with the
@@ -84,6 +102,27 @@ class Admission:
             return await budget.run_bounded(
                 lambda: self.policy.admit(request), self.settings.admission_timeout_s
             )
+        except budget.AdmissionExceeded as error:
+            raise PolicyViolation(error.field, error.message) from None
+
+    async def admit_many(
+        self, requests: list[dict[str, Any]]
+    ) -> list[Admitted | PolicyViolation | MissingPath | RequestRejected]:
+        """The policy's verdict on each of a sweep's requests, or its refusal: one worker
+        thread and one budget for them all (a sweep is one request: its folders are walked
+        once, and its checks share the deadline and the entry cap)."""
+
+        def judge_all() -> list[Admitted | PolicyViolation | MissingPath | RequestRejected]:
+            verdicts: list[Admitted | PolicyViolation | MissingPath | RequestRejected] = []
+            for request in requests:
+                try:
+                    verdicts.append(self.policy.admit(request))
+                except (PolicyViolation, MissingPath, RequestRejected) as refusal:
+                    verdicts.append(refusal)
+            return verdicts
+
+        try:
+            return await budget.run_bounded(judge_all, self.settings.admission_timeout_s)
         except budget.AdmissionExceeded as error:
             raise PolicyViolation(error.field, error.message) from None
 
@@ -117,15 +156,52 @@ class Admission:
                     job_id = await self.store.next_id()
         raise StoreError(f"{MAX_SKIPPED_IDS} new ids in a row name existing job folders")
 
+    async def store_sweep(
+        self, sweep: SweepRecord, admitted: list[tuple[SweepCell, Admitted]]
+    ) -> tuple[SweepRecord, list[JobRecord]]:
+        """Store a sweep and one Queued job per cell in one transaction, under fresh ids
+        whose folders do not exist (skipped like ``store_job`` skips them)."""
+        async with self._drafting:
+            for _ in range(MAX_SKIPPED_IDS):
+                drafts = await self._sweep_drafts(admitted, await self.store.next_id())
+                try:
+                    return await self.store.create_sweep(sweep, drafts, utc_now())
+                except IdTaken:  # another writer of the database took one: draft afresh
+                    continue
+        raise StoreError(f"{MAX_SKIPPED_IDS} attempts to draft a sweep's ids failed")
+
+    async def _sweep_drafts(
+        self, admitted: list[tuple[SweepCell, Admitted]], job_id: int
+    ) -> list[Draft]:
+        """One draft per cell under consecutive fresh ids, skipping ids whose folder exists
+        (the folders are looked up in one worker thread, not one per cell)."""
+        drafts: list[Draft] = []
+        for skipped in range(MAX_SKIPPED_IDS + 1):
+            drafts = [
+                self._draft(job_id + i, cell.request, verdict, None, cell.key)
+                for i, (cell, verdict) in enumerate(admitted)
+            ]
+            paths = [draft.job_dir for draft in drafts]
+            taken = await trio.to_thread.run_sync(_first_existing, paths)
+            if taken is None:
+                return drafts
+            log.warning("job id %s skipped: its folder %s exists", job_id + taken, paths[taken])
+            job_id += taken + 1
+            if skipped == MAX_SKIPPED_IDS:
+                break
+        raise StoreError(f"{MAX_SKIPPED_IDS} new ids name existing job folders")
+
     def _draft(
         self,
         job_id: int,
         request: dict[str, Any],
         admitted: Admitted,
         resumed_from: JobRecord | None,
+        sweep_cell: str | None = None,
     ) -> Draft:
         """The stored request stays as submitted; the argv, environment and output folder
-        carry its paths as the policy resolved them, absolute for this job's folder."""
+        carry its paths as the policy resolved them, absolute for this job's folder. A
+        resumed sweep cell stays in its sweep, under its cell's key."""
         job_dir = command.job_dir_for(self.settings.data_dir, job_id)
         built = command.build(admitted.apply(request, job_dir), job_dir, self.launcher)
         return Draft(
@@ -137,6 +213,8 @@ class Admission:
             resumed_from=None if resumed_from is None else resumed_from.id,
             backend=self.backend,
             job_id=job_id,
+            sweep_id=None if resumed_from is None else resumed_from.sweep_id,
+            sweep_cell=sweep_cell if resumed_from is None else resumed_from.sweep_cell,
         )
 
     async def prepare_folder(
@@ -148,6 +226,11 @@ class Admission:
             await trio.to_thread.run_sync(_write_config, record.job_dir, admitted.config_bytes)
         if resumed_from is not None:
             await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+
+
+def _first_existing(paths: list[Path]) -> int | None:
+    """The index of the first path that exists (even as a dangling link), or None."""
+    return next((i for i, path in enumerate(paths) if os.path.lexists(path)), None)
 
 
 def _write_config(job_dir: Path, content: bytes) -> None:

@@ -24,10 +24,13 @@ from typing import Any
 import trio
 
 from lmeval_trio.config import Settings
+from lmeval_trio.engine import retries
+from lmeval_trio.engine.dispatch import Dispatcher
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
 from lmeval_trio.engine.metrics import Metrics
 from lmeval_trio.engine.retention import Retention
 from lmeval_trio.engine.slots import Slots
+from lmeval_trio.jobs.progress import ProgressTracker
 from lmeval_trio.jobs.record import JobRecord, utc_now
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.outputs.logs import (
@@ -64,6 +67,7 @@ class Execution:
         retention: Retention,
         metrics: Metrics,
         environment: Environment,
+        dispatcher: Dispatcher,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -74,6 +78,7 @@ class Execution:
         self.retention = retention
         self.metrics = metrics
         self.environment = environment
+        self.dispatcher = dispatcher  # queues a job again after a transient failure
         self.detached = False  # at shutdown the runner left its jobs running (Ray)
 
     async def run(self, live: LiveJob, gpus: tuple[str, ...]) -> None:
@@ -95,7 +100,81 @@ class Execution:
         finally:
             self.slots.release(live.id)
         with trio.CancelScope(shield=True):
+            if self._retries(live, status):
+                await self._retry_later(live, fields)
+                return
+            if status.is_terminal:
+                fields["attempt_history"] = retries.closed(
+                    live.record,
+                    status,
+                    exit_code=fields.get("exit_code"),
+                    reason=fields.get("reason"),
+                )
             await self._record_end(live, status, fields)
+
+    def _retries(self, live: LiveJob, status: JobStatus) -> bool:
+        """A transient failure with attempts left, and nobody asked the job to stop."""
+        if status is not JobStatus.FAILED or not live.transient or live.stop_reason is not None:
+            return False
+        return retries.failed_attempts(live.record) + 1 < retries.max_attempts(live.record)
+
+    async def _retry_later(self, live: LiveJob, fields: dict[str, Any]) -> None:
+        """Back to Queued (Running -> Queued: the table's one way back) with the failure
+        recorded in the attempt's entry, then wait beside the queue, holding no slot, for
+        the back-off; a stop that came meanwhile ends the job instead."""
+        record, cause = live.record, str(fields.get("reason"))
+        delay_s = retries.backoff_s(self.settings, retries.failed_attempts(record) + 1)
+        retry_at = retries.stamp_after(delay_s)
+        history = retries.closed(
+            record, JobStatus.FAILED, exit_code=fields.get("exit_code"), reason=cause, retried=True
+        )
+        try:
+            live.record = await self.store.transition(
+                live.id,
+                JobStatus.RUNNING,
+                JobStatus.QUEUED,
+                reason=retries.retry_reason(record, cause, retry_at),
+                retry_at=retry_at,
+                attempt_history=history,
+                exit_code=None,
+                finished_at=None,
+                pid=None,
+                pid_start_ticks=None,
+            )
+        except STORE_FAULTS:  # the retry cannot be recorded: the failure is, when it can be
+            log.exception("job %s: the store refused its retry; it ends Failed", live.id)
+            final = retries.closed(
+                record, JobStatus.FAILED, exit_code=fields.get("exit_code"), reason=cause
+            )
+            await self._record_end(live, JobStatus.FAILED, {**fields, "attempt_history": final})
+            return
+        log_transition(live.record, JobStatus.RUNNING)
+        self._reset_for_next_attempt(live)
+        if live.stop_reason is not None:  # asked while the retry was being recorded
+            await self._end_waiting(live)
+            return
+        self.dispatcher.requeue_after(live, delay_s)
+
+    def _reset_for_next_attempt(self, live: LiveJob) -> None:
+        """The live job as a fresh queued one: the next attempt starts afresh (even after a
+        re-attached one), under a new cancel scope (a scope is entered once)."""
+        live.dispatched = live.reattach = False
+        live.scope = trio.CancelScope()
+        live.progress = ProgressTracker()
+        live.timed_out = live.transient = False
+        self.live.fire(live)
+
+    async def _end_waiting(self, live: LiveJob) -> None:
+        """A stop or delete that came while a retry was recorded: it ends the job now (a
+        shutdown leaves it Queued, waiting in the store for the next start)."""
+        reason = live.stop_reason
+        try:
+            if reason is not None and reason is not StopReason.SHUTDOWN:
+                await self.settle(
+                    live, JobStatus.STOPPED, reason=reason.value, finished_at=utc_now()
+                )
+        finally:
+            self.live.forget(live)
 
     async def _record_end(self, live: LiveJob, status: JobStatus, fields: dict[str, Any]) -> None:
         """Settle the job, prune, then let it go; a store fault keeps it for the reconciler."""
@@ -130,14 +209,19 @@ class Execution:
                 await trio.to_thread.run_sync(_prepare_dirs, live.record)
                 previous_reason = live.record.reason
                 if not live.reattach:
-                    await self._mark_running(live, gpus)
+                    offsets = await trio.to_thread.run_sync(retries.log_boundary, live.record)
+                    await self._mark_running(live, gpus, offsets)
             except STORE_FAULTS as error:
                 raise _StartRefused(error) from error
             if not live.reattach:
                 await trio.to_thread.run_sync(_mark_attempt, live.record, previous_reason)
             try:
                 env = self.environment(live.record.env, gpus)
-                returncode = await self._run_with_logs(live, env)
+                with trio.CancelScope(
+                    deadline=retries.deadline(live.record, self.settings)
+                ) as limit:
+                    returncode = await self._run_with_logs(live, env)
+                live.timed_out = limit.cancelled_caught
             except process.SpawnError as error:
                 return JobStatus.FAILED, {
                     "reason": f"could not start: {error}",
@@ -145,12 +229,17 @@ class Execution:
                 }
         return await self._outcome(live, returncode)
 
-    async def _mark_running(self, live: LiveJob, gpus: tuple[str, ...]) -> None:
+    async def _mark_running(
+        self, live: LiveJob, gpus: tuple[str, ...], offsets: dict[str, int]
+    ) -> None:
+        started_at = utc_now()
         live.record = await self.store.transition(
             live.id,
             JobStatus.QUEUED,
             JobStatus.RUNNING,
-            started_at=utc_now(),
+            started_at=started_at,
+            retry_at=None,
+            attempt_history=retries.opened(live.record, started_at, offsets),
             finished_at=None,
             exit_code=None,
             reason=None,  # a requeue's reason belongs to the attempt before (and to its log)
@@ -256,6 +345,11 @@ class Execution:
             return status, {"reason": stop_reason.value}
         if stop_reason is not None:
             return JobStatus.STOPPED, {**fields, "reason": stop_reason.value}
+        if live.timed_out:  # stopped by the time limit (TERM, grace, KILL): final
+            return JobStatus.FAILED, {
+                **fields,
+                "reason": retries.timed_out_reason(live.record, self.settings),
+            }
         if returncode is None:
             return JobStatus.FAILED, {**fields, "reason": "the job ended before it started"}
         if returncode == 0:
@@ -264,7 +358,9 @@ class Execution:
         return JobStatus.FAILED, {**fields, "reason": await self._failure_reason(live, returncode)}
 
     async def _failure_reason(self, live: LiveJob, returncode: int) -> str:
+        """Why the attempt failed; also judges whether another attempt may succeed."""
         if returncode < 0:
+            live.transient = retries.is_transient(returncode, None)
             name = (
                 signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "?"
             )
@@ -272,6 +368,7 @@ class Execution:
         # Stored masked: the summary masks a reason with the request's secrets only.
         lines = await self.log_tail(live.record, "stderr", await self.output_secrets(live.record))
         cause = next((ln.strip() for ln in reversed(lines) if _looks_like_error(ln)), None)
+        live.transient = retries.is_transient(returncode, cause)
         base = f"lm-eval exited with code {returncode}"
         return f"{base}: {cause}" if cause else base
 
@@ -299,6 +396,8 @@ class Execution:
         if status is not JobStatus.QUEUED:
             fields.setdefault("progress", snapshot.to_dict())
             fields.setdefault("progress_pct", snapshot.percent)
+            if live.record.retry_at is not None:  # stopped while waiting to retry
+                fields.setdefault("retry_at", None)
         old = live.record.status
         if status is old:
             pass  # shut down before it started (stays queued), or detached (stays running)
@@ -322,9 +421,17 @@ class Execution:
                 reason=reason + "; requeued",
                 pid=None,
                 pid_start_ticks=None,
+                attempt_history=retries.closed(
+                    record, JobStatus.QUEUED, exit_code=None, reason=reason
+                ),
             )
         return await self.store.transition(
-            record.id, JobStatus.RUNNING, JobStatus.FAILED, reason=reason, finished_at=utc_now()
+            record.id,
+            JobStatus.RUNNING,
+            JobStatus.FAILED,
+            reason=reason,
+            finished_at=utc_now(),
+            attempt_history=retries.closed(record, JobStatus.FAILED, exit_code=None, reason=reason),
         )
 
 

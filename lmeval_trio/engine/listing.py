@@ -306,9 +306,12 @@ def summary(record: JobRecord, progress: dict[str, Any]) -> dict[str, Any]:
         "reason": None if record.reason is None else mask_text(record.reason, hidden),
         "resumed_from": record.resumed_from,
         "attempts": record.attempts,
+        "retry_at": record.retry_at,
         "gpus": record.gpus,
         "progress": mask_json({**progress, "percent": percent}, hidden),  # phase names are log text
         "request": public_request(record.request, hidden),
+        "sweep_id": record.sweep_id,
+        "sweep_cell": None if record.sweep_cell is None else mask_text(record.sweep_cell, hidden),
     }
 
 

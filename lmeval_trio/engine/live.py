@@ -43,6 +43,8 @@ class LiveJob:
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
     dispatched: bool = False  # handed to a slot: from now on only its own task settles it
     exited_with: int | None = None  # exit code of a process that ended before any stop
+    timed_out: bool = False  # this attempt ran past its time limit (and was stopped)
+    transient: bool = False  # this attempt failed in a way another attempt may not
 
     @property
     def id(self) -> int:

@@ -3,7 +3,8 @@
 It keeps the public operations (submit, stop, delete, resume, get/list, wait, statistics,
 shutdown) and the lifetime of the whole (start-up, warm runners, shutdown), and delegates:
 admission (checks, done once, and storing), dispatch (queue, slots, GPUs), execution (one
-job from Running to its end), recovery (start-up, store faults) and retention. Usable
+job from Running to its end), recovery (start-up, store faults) and retention. Sweeps
+(``self.sweeps``, engine/sweeps.py) are many jobs submitted and followed as one. Usable
 without HTTP::
 
     async with Supervisor(settings) as supervisor:
@@ -42,6 +43,7 @@ from lmeval_trio.engine.metrics import Metrics
 from lmeval_trio.engine.recovery import Recovery
 from lmeval_trio.engine.retention import Retention
 from lmeval_trio.engine.slots import Slots
+from lmeval_trio.engine.sweeps import Sweeps
 from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
 from lmeval_trio.jobs.progress import ProgressSnapshot
 from lmeval_trio.jobs.record import JobRecord, utc_now
@@ -109,8 +111,9 @@ class Supervisor:
         self.live = LiveJobs()
         self.changed: Pulse = self.live.changed  # any job changed: for listings of all jobs
         self.faults = StoreFaults()
-        self._creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
+        self.creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
         self._wire_parts()
+        self.sweeps = Sweeps(self)  # sweep operations (engine/sweeps.py)
         self._nursery: trio.Nursery | None = None
         self._warm_scope = trio.CancelScope()
         self._compile_scope = trio.CancelScope()
@@ -138,6 +141,7 @@ class Supervisor:
             retention=self.retention,
             metrics=self.metrics,
             environment=self.job_environment,
+            dispatcher=self.dispatcher,
         )
         self.recovery = Recovery(
             settings,
@@ -148,7 +152,7 @@ class Supervisor:
             dispatcher=self.dispatcher,
             execution=self.execution,
             retention=self.retention,
-            creating=self._creating,
+            creating=self.creating,
         )
 
     # -- lifetime -------------------------------------------------------------------------
@@ -159,6 +163,7 @@ class Supervisor:
         self._nursery = await self._nursery_manager.__aenter__()
         try:
             await self.recovery.start()
+            await self.sweeps.load_limits()
         except BaseException as error:
             with trio.CancelScope(shield=True):
                 await self.store.close()
@@ -311,9 +316,10 @@ class Supervisor:
         """Validate, run the admission checks (admission_checks), store and queue a job.
         Raises pydantic's ValidationError, PolicyViolation, RequestRejected, TaskRefused,
         QueueFull or NotAccepting."""
-        self._check_accepting()
+        self.check_accepting()
         request = self.admission.parse(body)
-        with self._queue_place():
+        self.admission.check_limits(request)
+        with self.queue_place():
             admitted = await admission_checks.admit(self, request, self._gates())
             record = await self._create_and_enqueue(request, admitted, resumed_from)
         self.metrics.submissions.inc()
@@ -328,20 +334,24 @@ class Supervisor:
 
     async def dry_run(self, body: Mapping[str, Any] | BaseModel) -> admission_checks.Report:
         """Every admission check of ``body`` (admission_checks), queuing nothing."""
-        self._check_accepting()
+        self.check_accepting()
         return await admission_checks.dry_run(self, self.admission.parse(body), self._gates())
 
     def _gates(self) -> admission_checks.Gates:
         return admission_checks.Gates(
-            self.admission.admit, self.admission.check_gpus, self._queue_place
+            self.admission.admit, self.admission.check_gpus, self.queue_place
         )
 
     @contextmanager
-    def _queue_place(self) -> Iterator[None]:
-        """A place in the bounded queue, held until the submission is queued or refused."""
-        if self.admission.queue_full(self.live.waiting()):
-            raise QueueFull(f"the queue holds {self.settings.max_queued_jobs} jobs already")
-        with self.admission.queue_place():
+    def queue_place(self, count: int = 1) -> Iterator[None]:
+        """``count`` places in the bounded queue, held until the submission is queued or
+        refused (a sweep takes one per cell)."""
+        if self.admission.queue_full(self.live.waiting(), count):
+            limit = self.settings.max_queued_jobs
+            if count == 1:
+                raise QueueFull(f"the queue holds {limit} jobs already")
+            raise QueueFull(f"{count} more jobs would not fit the queue bound of {limit}")
+        with self.admission.queue_place(count):
             yield
 
     async def _create_and_enqueue(
@@ -351,23 +361,23 @@ class Supervisor:
 
         The store only persists; the job is queued after. While a resumed job's cache is
         copied the record exists but is not queued yet; a delete waits for that
-        (``_creating``), and a failure or cancellation on the way removes the record and
+        (``creating``), and a failure or cancellation on the way removes the record and
         folder again, so no Queued record is ever left without its place in the queue."""
         record = await self.admission.store_job(request, admitted, resumed_from)
-        created = self._creating[record.id] = trio.Event()
+        created = self.creating[record.id] = trio.Event()
         try:
             await self.admission.prepare_folder(record, admitted, resumed_from)
             self.dispatcher.enqueue(record)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._discard(record)
+                await self.discard(record)
             raise
         finally:
-            del self._creating[record.id]
+            del self.creating[record.id]
             created.set()
         return record
 
-    async def _discard(self, record: JobRecord) -> None:
+    async def discard(self, record: JobRecord) -> None:
         """Undo a half-done submission (its record, its folder), logging what could not be."""
         try:
             await self.retention.remove([record])
@@ -446,25 +456,26 @@ class Supervisor:
 
     async def delete(self, job_id: int) -> None:
         """Stop the job if it is active, then remove its record and files."""
-        await self._wait_created(job_id)
+        await self.wait_created(job_id)
         record = await self.get(job_id)
-        await self._delete_records([record])
+        await self.delete_records([record])
 
     async def delete_all(self) -> int:
         """Delete the jobs that exist now (a snapshot): jobs submitted while these stop
         (each may take its grace) are not touched."""
-        for job_id in list(self._creating):
-            await self._wait_created(job_id)
+        for job_id in list(self.creating):
+            await self.wait_created(job_id)
         records = await self.store.select()
-        await self._delete_records(records)
+        await self.delete_records(records)
         return len(records)
 
-    async def _wait_created(self, job_id: int) -> None:
-        created = self._creating.get(job_id)
+    async def wait_created(self, job_id: int) -> None:
+        """Until a submission that stored ``job_id`` has queued it (or undone it)."""
+        created = self.creating.get(job_id)
         if created is not None:
             await created.wait()
 
-    async def _delete_records(self, records: Sequence[JobRecord]) -> None:
+    async def delete_records(self, records: Sequence[JobRecord]) -> None:
         """Stop those of ``records`` that are active, then remove them all."""
         lives = [self.live.jobs[r.id] for r in records if r.id in self.live.jobs]
         async with trio.open_nursery() as nursery:
@@ -500,7 +511,7 @@ class Supervisor:
 
     # -- stopping -------------------------------------------------------------------------
 
-    def _check_accepting(self) -> None:
+    def check_accepting(self) -> None:
         if not self._accepting:
             raise NotAccepting("the supervisor is not running")
 

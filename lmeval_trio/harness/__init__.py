@@ -4,9 +4,9 @@ Modules: ``versions`` (supported range, the start-up check, :class:`LmEvalUnsupp
 ``request_model`` (the ``POST /job`` model derived from lm-eval's ``run`` parser), ``argv``
 (the job's command line), ``key_values`` (lm-eval's ``key=value`` parser), ``effective``
 (what lm-eval will run with, ``--config`` merged its way), ``log_wording`` (the log lines
-progress parsing keys on), ``fastrun`` (the job launcher that serves lm-eval's task index from
-a cache), ``task_catalog`` (the task catalog's child: lm-eval's task index flattened to
-JSON). This package's ``__init__`` imports nothing: every job process imports it
+progress parsing and retries key on), ``fastrun`` (the job launcher that serves lm-eval's
+task index from a cache), ``task_catalog`` (the task catalog's child: lm-eval's task index
+flattened to JSON). This package's ``__init__`` imports nothing: every job process imports it
 (``python -m lmeval_trio.harness.fastrun``).
 
 How an unrecognised internal fails, everywhere:
@@ -70,6 +70,12 @@ model, with arguments``, ``Cached requests: N, Requests remaining: M``; bar desc
 (log_wording.SOURCES lists where lm-eval prints each)                [degrades; test_compat]
     use: progress phases and counts (log_wording, progress.py)
     breaks: progress stays where it was until the job ends (100 when it succeeds)
+API models re-raise the HTTP client's error once their own retries give up
+(``reraise=True``, ``raise_for_status()``), and the remote tokenizer words its failure
+``RemoteTokenizer: <method> <url> failed after N attempts: <requests' error>``
+(log_wording.SOURCES)                                                [degrades; test_compat]
+    use: judge a failed attempt transient, worth another (log_wording.transient_error)
+    breaks: such failures are final, as without max_attempts
 ``lm_eval.tasks._index``: ``TaskIndex.build``, ``._iter_yaml_files``, ``.process_cfg``
 (staticmethods), ``load_yaml`` (is ``lm_eval.tasks._yaml_loader.load_yaml``), ``log``,
 ``Entry``; each wrapped function's signature and source SHA-256 per release

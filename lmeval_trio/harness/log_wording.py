@@ -1,4 +1,5 @@
-"""The words of lm-eval's log lines and tqdm bar descriptions that progress parsing keys on.
+"""The words of lm-eval's log lines and tqdm bar descriptions that progress parsing keys on,
+and of the errors that make a failed attempt worth another (``engine/retries.py``).
 
 lm-eval has no machine-readable progress; ``jobs``' progress parser (``progress.py``) reads
 its stderr, and everything in it that is lm-eval's own wording lives here, next to where
@@ -50,6 +51,64 @@ WINDOWING_MODELS = frozenset(
     | {"openvino", "vllm", "sglang", "nemo_lm"}
 )
 
+# -- transient failures ---------------------------------------------------------------------
+# A failed job's cause is the last line of its stderr that names an exception (lm-eval exits
+# with a traceback). API models (``models/api_models.py``) retry each request themselves
+# (tenacity, ``max_retries``), then re-raise what the HTTP client raised: requests' (one
+# request at a time) or aiohttp's (``num_concurrent`` > 1). Before any request, the remote
+# tokenizer (``utils.py``'s ``RemoteTokenizer``) wraps requests' error in a RuntimeError.
+#: Exception classes (the last dotted part) of a connection refused, reset or dropped.
+CONNECTION_ERRORS = frozenset(
+    {
+        "ConnectionError",  # requests: refused, reset, aborted (and urllib3's Max retries)
+        "ChunkedEncodingError",  # requests: the connection dropped mid-answer
+        "ProtocolError",  # urllib3: the same, unwrapped
+        "ClientConnectorError",  # aiohttp: cannot connect (refused)
+        "ClientConnectionError",
+        "ClientConnectionResetError",
+        "ClientOSError",  # aiohttp: reset by peer
+        "ServerDisconnectedError",  # aiohttp: dropped
+        "ClientPayloadError",  # aiohttp: dropped mid-answer
+        "ConnectionRefusedError",
+        "ConnectionResetError",
+        "ConnectionAbortedError",
+        "RemoteDisconnected",
+    }
+)
+#: A host name that does not resolve is a wrong ``base_url``, not a passing outage.
+NOT_TRANSIENT = re.compile(
+    r"NameResolutionError|Name or service not known|nodename nor servname|getaddrinfo failed"
+    r"|No address associated",
+    re.IGNORECASE,
+)
+#: The status of an HTTP error answer: requests' ``raise_for_status`` ("503 Server Error:
+#: Service Unavailable for url: …", "429 Client Error: …") and aiohttp's
+#: (``ClientResponseError: 503, message='Service Unavailable', url=…``).
+HTTP_STATUS = re.compile(r"\b(\d{3}) (?:Client|Server) Error\b|ClientResponseError: (\d{3}),")
+#: Connection failures as requests words them inside another exception's message (the remote
+#: tokenizer's ``RuntimeError: RemoteTokenizer: GET … failed after 3 attempts: <requests>``).
+CONNECTION_WORDS = re.compile(
+    r"Connection refused|Connection reset|Connection aborted|RemoteDisconnected"
+    r"|Failed to establish a new connection|Server disconnected|Cannot connect to host"
+)
+REMOTE_TOKENIZER_FAILED = re.compile(r"RemoteTokenizer: \S+ \S+ failed after \d+ attempts: ")
+
+
+def transient_error(line: str) -> bool:
+    """Whether ``line`` (a traceback's final exception line) says the model endpoint refused
+    or dropped a connection, or answered 5xx or 429: a failure another attempt may not see."""
+    head, _, message = line.strip().partition(":")
+    if NOT_TRANSIENT.search(message):
+        return False
+    status = HTTP_STATUS.search(line)
+    if status is not None:
+        code = int(status.group(1) or status.group(2))
+        return code == 429 or 500 <= code <= 599
+    if head.rsplit(".", 1)[-1] in CONNECTION_ERRORS:
+        return True
+    return bool(REMOTE_TOKENIZER_FAILED.search(message) and CONNECTION_WORDS.search(message))
+
+
 #: Where each phrase is printed: (module under ``lm_eval/``, a pattern its source matches).
 SOURCES = (
     ("evaluator.py", r"Running (?:%s|\{reqtype\}) requests"),
@@ -58,4 +117,10 @@ SOURCES = (
     ("api/model.py", r"Cached requests: .*, Requests remaining: "),
     ("models/api_models.py", r'desc="Requesting API"'),
     ("models/huggingface.py", r'desc="Running loglikelihood requests"'),
+    ("models/api_models.py", r"response\.raise_for_status\(\)"),
+    ("models/api_models.py", r"reraise=True"),
+    (
+        "utils.py",
+        r"RemoteTokenizer: \{method\} \{url\} failed after \{self\.max_retries\} attempts",
+    ),
 )

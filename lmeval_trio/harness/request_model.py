@@ -40,7 +40,11 @@ _Object = Annotated[dict[_Str, Any], Field(max_length=MAX_LIST_ITEMS)]
 _StrList = Annotated[list[_Str], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
 
 # Fields the server adds to lm-eval's flags.
-SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus", "num_cpus")
+SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus", "num_cpus", "timeout_s", "max_attempts")
+#: The longest ``timeout_s`` a request may ask for (30 days): beyond, a typo, not a limit.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+#: The most ``max_attempts`` the model allows; LMEVAL_MAX_ATTEMPTS_LIMIT bounds it further.
+MAX_ATTEMPTS = 100
 # Flags whose value is a filesystem path: text only (the execution policy judges them).
 PATH_FIELDS = ("output_path", "include_path", "use_cache", "config")
 
@@ -214,13 +218,41 @@ def request_model() -> type[BaseModel]:
             "LMEVAL_RAY_NUM_CPUS_DEFAULT).",
         ),
     )
+    fields.update(_limit_fields())
     model: type[BaseModel] = create_model(
         "JobRequest",
         __config__=ConfigDict(extra="forbid", title="JobRequest"),
-        __doc__="An lm-eval run: lm-eval's CLI flags as JSON, plus env_vars and lm_eval_path.",
+        __doc__="An lm-eval run: lm-eval's CLI flags as JSON, plus the server's fields (env_vars, "
+        "lm_eval_path, num_gpus, num_cpus, timeout_s, max_attempts).",
         **fields,
     )
     return model
+
+
+def _limit_fields() -> dict[str, Any]:
+    """The time limit and retries (README "Time limits and retries"). Strict: ``"60"`` or
+    ``true`` is refused rather than read as a number, and NaN/infinity never pass."""
+    timeout = Annotated[float, Field(strict=True, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+    attempts = Annotated[int, Field(strict=True, ge=1, le=MAX_ATTEMPTS)]
+    return {
+        "timeout_s": (
+            timeout | None,
+            Field(
+                default=None,
+                description="Longest one attempt may run, in seconds; beyond it the job is "
+                "stopped and ends Failed (default: LMEVAL_JOB_TIMEOUT_S, off unless set).",
+            ),
+        ),
+        "max_attempts": (
+            attempts | None,
+            Field(
+                default=None,
+                description="Attempts in all when an attempt fails transiently (model "
+                "endpoint refused or dropped connections, answered 5xx or 429; killed by "
+                "the OOM killer); default 1, at most LMEVAL_MAX_ATTEMPTS_LIMIT.",
+            ),
+        ),
+    }
 
 
 def flag_words(values: dict[str, Any]) -> list[str]:

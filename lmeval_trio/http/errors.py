@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from lmeval_trio.engine.catalog import CatalogUnavailable
 from lmeval_trio.engine.preflight import EndpointDown
+from lmeval_trio.engine.sweeps import SweepNotFound, SweepRejected
 from lmeval_trio.engine.task_checks import TaskRefused
 from lmeval_trio.errors import (
     Conflict,
@@ -165,6 +166,10 @@ def _store_fault(error: Exception) -> tuple[Any, dict[str, Any]]:
     return "the job store cannot take writes right now; retry later", {}
 
 
+def _sweep_rejected(error: Exception) -> tuple[Any, dict[str, Any]]:
+    return cast(SweepRejected, error).errors, {}
+
+
 def _undecodable(error: Exception) -> tuple[Any, dict[str, Any]]:
     # Raised while decoding a body: bytes that are not UTF-8, or JSON nested thousands of
     # levels deep. (Quart's get_json(silent=True) lets both through.)
@@ -185,6 +190,8 @@ ANSWERS: dict[type[Exception], Answer] = {
     UnicodeDecodeError: Answer(422, _undecodable),
     PolicyViolation: Answer(403, _policy, reason="policy"),
     JobNotFound: Answer(404),
+    SweepNotFound: Answer(404),
+    SweepRejected: Answer(422, _sweep_rejected),
     ResultsUnavailable: Answer(404),
     Conflict: Answer(409),
     QueueFull: Answer(429, _queue_full, retry_after_s=30),

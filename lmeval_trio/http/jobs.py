@@ -54,7 +54,7 @@ def blueprint() -> Blueprint:
     async def submit() -> Response:
         """Queue an lm-eval job; with dry_run=true, run every admission check and answer
         their report ({checks: [{name, ok, detail}], ok}) without queuing anything."""
-        body = await _json_body()
+        body = await json_body()
         if not isinstance(body, dict):
             raise InvalidParameter("body", "body", "expected a JSON object")
         if bool_arg("dry_run", False):
@@ -94,6 +94,7 @@ def blueprint() -> Blueprint:
         sup = supervisor()
         record = await sup.get(job_id)
         detail = sup.listing.summary(record)
+        detail["attempt_history"] = schemas.attempt_history(record)
         hidden = await sup.output_secrets(record)
         detail["stdout"] = await sup.log_tail(record, "stdout", hidden)
         detail["stderr"] = await sup.log_tail(record, "stderr", hidden)
@@ -169,7 +170,7 @@ def blueprint() -> Blueprint:
     return bp
 
 
-async def _json_body() -> Any:
+async def json_body() -> Any:
     """The request body as strict JSON: NaN, Infinity and numbers beyond a double (1e309)
     are refused here, so no stored request can make a later answer invalid JSON."""
     data = await request.get_data()

@@ -6,7 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.policy.secrets import job_secrets, mask_text
 
 
 class JobSummary(BaseModel):
@@ -24,15 +26,38 @@ class JobSummary(BaseModel):
     finished_at: str | None
     reason: str | None = Field(description="Why the job failed, stopped or was requeued.")
     resumed_from: int | None
-    attempts: int
+    attempts: int = Field(description="Attempts started (retries and requeues included).")
+    retry_at: str | None = Field(
+        default=None,
+        description="Queued after a transient failure: when the next attempt may start.",
+    )
     gpus: list[str]
     progress: dict[str, Any] = Field(description="Phase, n, total, rate_per_s, elapsed_s, eta_s.")
     request: dict[str, Any] = Field(
         description="The request as submitted (env values and credentials hidden)."
     )
+    sweep_id: int | None = Field(None, description="The sweep this job is a cell of.")
+    sweep_cell: str | None = Field(None, description="That cell's key.")
+
+
+class Attempt(BaseModel):
+    """One attempt of a job: when it ran, how it ended, and where its output begins."""
+
+    attempt: int
+    started_at: str
+    finished_at: str | None
+    exit_code: int | None
+    reason: str | None
+    outcome: JobStatus | None = Field(description="How it ended; null while it runs.")
+    retried: bool = Field(description="A transient failure, followed by another attempt.")
+    stdout_offset: int = Field(description="Where its output begins in stdout.log (bytes).")
+    stderr_offset: int = Field(description="Where its output begins in stderr.log (bytes).")
 
 
 class JobDetail(JobSummary):
+    attempt_history: list[Attempt] = Field(
+        default_factory=list, description="Every attempt, oldest first."
+    )
     stdout: list[str] = Field(description="The most recent stdout lines.")
     stderr: list[str] = Field(description="The most recent stderr lines (bars collapsed).")
 
@@ -59,6 +84,69 @@ class BulkResult(BaseModel):
     status: str = "success"
     message: str
     job_ids: list[int]
+
+
+class SweepSubmitted(BaseModel):
+    status: str = "success"
+    message: str
+    sweep_id: int
+    job_ids: list[int]
+
+
+class SweepCellOut(BaseModel):
+    key: str
+    job_id: int | None = Field(description="The cell's newest job (null: deleted).")
+    status: JobStatus | None
+    progress_pct: int
+    eta_s: float | None
+    reason: str | None
+    request: dict[str, Any]
+
+
+class SweepSummary(BaseModel):
+    sweep_id: int
+    name: str
+    created_at: str
+    baseline: str | None
+    max_parallel: int | None
+    status: JobStatus = Field(description="Running, Queued, else how its cells ended.")
+    counts: dict[str, int] = Field(description="Cells by the status of their newest job.")
+    total_cells: int
+    progress_pct: int
+    eta_s: float | None = Field(description="Estimated seconds until every cell has ended.")
+    job_ids: list[int] = Field(description="Every job of the sweep (resumed cells have more).")
+
+
+class SweepDetail(SweepSummary):
+    cells: list[SweepCellOut]
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepSummary]
+    total: int
+
+
+class SweepColumn(BaseModel):
+    key: str
+    job_id: int | None
+    status: JobStatus | None
+
+
+class SweepRow(BaseModel):
+    task: str
+    metric: str
+    filter: str
+    is_group: bool
+    values: dict[str, Any] = Field(description="Cell key -> value (null: no result).")
+    stderr: dict[str, float | None]
+
+
+class SweepResults(BaseModel):
+    sweep_id: int
+    name: str
+    baseline: str | None
+    columns: list[SweepColumn]
+    rows: list[SweepRow]
 
 
 class Error(BaseModel):
@@ -171,3 +259,15 @@ class CheckReport(BaseModel):
 
 class SubmitAnswer(RootModel[Submitted | CheckReport]):
     """POST /job: the queued job, or with dry_run=true the admission report."""
+
+
+def attempt_history(record: JobRecord) -> list[dict[str, Any]]:
+    """The record's attempts as GET /job/{id} shows them (reasons masked like ``reason``)."""
+    hidden = job_secrets(record.request)
+    return [
+        {
+            **entry,
+            "reason": None if entry.get("reason") is None else mask_text(entry["reason"], hidden),
+        }
+        for entry in record.attempt_history
+    ]

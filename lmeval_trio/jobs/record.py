@@ -42,6 +42,12 @@ class JobRecord:
     gpus: list[str] = field(default_factory=list)
     backend: str = "local"  # the runner that ran it ("local", "ray")
     external_id: str | None = None  # the runner's own id for it (e.g. a Ray submission id)
+    #: One entry per attempt started (``engine/retries.py`` writes them): its times, exit,
+    #: reason and where its output begins in each log.
+    attempt_history: list[dict[str, Any]] = field(default_factory=list)
+    retry_at: str | None = None  # Queued after a transient failure: not started before this
+    sweep_id: int | None = None  # the sweep this job is a cell of (engine/sweeps.py)
+    sweep_cell: str | None = None  # and that cell's key
 
     @property
     def argument(self) -> str:
@@ -58,3 +64,23 @@ class JobRecord:
 
     def log_path(self, stream: str) -> Path:
         return self.stdout_path if stream == "stdout" else self.stderr_path
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One cell of a sweep: its key and the full request its jobs run."""
+
+    key: str
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep as stored: its cells, each run as ordinary jobs (``JobRecord.sweep_id``)."""
+
+    id: int
+    name: str
+    cells: tuple[SweepCell, ...]
+    created_at: str
+    baseline: str | None = None  # the key of the cell others are compared with
+    max_parallel: int | None = None  # at most this many of its jobs run at once

@@ -22,7 +22,8 @@ class JobStatus(StrEnum):
 
 
 # Terminal statuses have no way out: resuming a finished job creates a new job.
-# Running -> Queued is the one way back: a job interrupted by shutdown or a crash.
+# Running -> Queued is the one way back: a job interrupted by shutdown or a crash, or one
+# waiting to retry after a transient failure (engine/retries.py).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.STOPPED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(

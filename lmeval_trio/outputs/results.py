@@ -1,7 +1,10 @@
-"""A finished job's outputs: its lm-eval results file, a flat metrics table, its artifacts."""
+"""A finished job's outputs: its lm-eval results file, a flat metrics table, its artifacts;
+and the table (and CSV) comparing many jobs' metrics, for sweeps."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import stat
@@ -154,16 +157,21 @@ def _walk(root: Path, job_dir: Path, depth: int | None = None) -> list[tuple[Pat
     files = []
     # fwalk, not walk: it enters each folder through a descriptor and checks it is the
     # folder it listed, so a folder swapped for a symlink meanwhile is never entered.
-    for directory, dirs, names, dir_fd in os.fwalk(root):
-        if depth is not None and len(Path(directory).relative_to(root).parts) >= depth:
-            dirs.clear()
-        for name in names:
-            try:
-                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                files.append((Path(directory) / name, info.st_size))
+    try:
+        for directory, dirs, names, dir_fd in os.fwalk(root):
+            if depth is not None and len(Path(directory).relative_to(root).parts) >= depth:
+                dirs.clear()
+            for name in names:
+                try:
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    files.append((Path(directory) / name, info.st_size))
+    except (FileNotFoundError, NotADirectoryError):
+        # A folder removed, or replaced by a file, between its listing and fwalk entering
+        # it (the job churns its own folder): what was seen so far is the answer.
+        pass
     return files
 
 
@@ -177,3 +185,65 @@ def _unmoved(root: Path, job_dir: Path) -> bool:
     except ValueError:
         return real == root
     return real == Path(os.path.realpath(job_dir)) / below
+
+
+@dataclass(frozen=True)
+class Column:
+    """One cell of a sweep in its results table: its job and that job's metrics (None:
+    no results, the job has not completed or wrote none)."""
+
+    key: str
+    job_id: int | None
+    status: str | None
+    metrics: list[dict[str, Any]] | None
+
+
+def sweep_table(columns: list[Column]) -> dict[str, Any]:
+    """Rows task/metric/filter (in first-seen order), a value and a stderr per column."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for column in columns:
+        for metric in column.metrics or []:
+            name = (str(metric["task"]), str(metric["metric"]), str(metric["filter"]))
+            row = rows.setdefault(
+                name,
+                {
+                    "task": name[0],
+                    "metric": name[1],
+                    "filter": name[2],
+                    "is_group": bool(metric.get("is_group")),
+                    "values": {c.key: None for c in columns},
+                    "stderr": {c.key: None for c in columns},
+                },
+            )
+            row["values"][column.key] = metric["value"]
+            row["stderr"][column.key] = metric["stderr"]
+    shown = [{"key": c.key, "job_id": c.job_id, "status": c.status} for c in columns]
+    return {"columns": shown, "rows": list(rows.values())}
+
+
+def table_csv(table: dict[str, Any]) -> str:
+    """The table as CSV: task, metric, filter, then a value and a stderr column per cell.
+    A field a spreadsheet would run as a formula (=, +, -, @ first) is quoted with '."""
+    keys = [c["key"] for c in table["columns"]]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(
+        _inert(["task", "metric", "filter", *(h for k in keys for h in (k, f"{k} stderr"))])
+    )
+    for row in table["rows"]:
+        cells = [(row["values"][k], row["stderr"][k]) for k in keys]
+        flat = [_csv_value(v) for pair in cells for v in pair]
+        writer.writerow(_inert([row["task"], row["metric"], row["filter"]]) + flat)
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _inert([str(value)])[0]
+    return repr(value)
+
+
+def _inert(fields: list[str]) -> list[str]:
+    return ["'" + f if f[:1] in ("=", "+", "-", "@", "\t", "\r") else f for f in fields]

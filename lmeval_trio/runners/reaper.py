@@ -100,7 +100,8 @@ def run_reaped(command: Sequence[str]) -> int:
     kill_descendants()
     if os.WIFSIGNALED(status):  # die of the same signal: the server sees what it would have
         signum = os.WTERMSIG(status)
-        signal.signal(signum, signal.SIG_DFL)
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those have no handler to reset
+            signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return 128 + signum
     return os.WEXITSTATUS(status)

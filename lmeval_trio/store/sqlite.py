@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from lmeval_trio.errors import CannotStart
-from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord
 from lmeval_trio.jobs.status import JobStatus, check_transition
 
 T = TypeVar("T")
@@ -71,6 +71,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_status ON jobs (status, id, version);
     CREATE INDEX jobs_id_version ON jobs (id, version);
     """,
+    # Time limits and retries: each attempt's record, and when a job waiting to retry may run.
+    """
+    ALTER TABLE jobs ADD COLUMN attempt_history TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN retry_at TEXT;
+    """,
+    # Sweeps: a row per sweep (its cells as JSON); its jobs name it and their cell.
+    """
+    CREATE TABLE sweeps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        cells TEXT NOT NULL,
+        baseline TEXT,
+        max_parallel INTEGER,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN sweep_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN sweep_cell TEXT;
+    CREATE INDEX jobs_sweep ON jobs (sweep_id, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ORDER_BY = {
@@ -79,7 +98,7 @@ _ORDER_BY = {
     "queue": " ORDER BY queued_at, id",
 }
 _ID_CHUNK = 500  # ids per "WHERE id IN (...)", well below SQLite's variable limit
-_JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus"})
+_JSON_COLUMNS = frozenset({"request", "argv", "env", "progress", "gpus", "attempt_history"})
 _PATH_COLUMNS = frozenset({"job_dir", "output_dir"})
 
 
@@ -124,6 +143,8 @@ class Draft:
     resumed_from: int | None = None
     backend: str = "local"
     job_id: int | None = None  # None: the next id (for drafts that do not name their id)
+    sweep_id: int | None = None  # the sweep it is a cell of (set by create_sweep for new ones)
+    sweep_cell: str | None = None
 
 
 class JobStore:
@@ -175,30 +196,124 @@ class JobStore:
         return await self._run(self._create, draft, queued_at)
 
     def _create(self, draft: Draft, queued_at: str) -> JobRecord:
-        with _transaction(self.conn) as conn:
-            if draft.job_id is not None and draft.job_id <= self._last_id():
-                raise IdTaken(draft.job_id)
-            cursor = conn.execute(
-                "INSERT INTO jobs (id, status, request, argv, env, job_dir, output_dir,"
-                " resumed_from, backend, created_at, queued_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    draft.job_id,
-                    JobStatus.QUEUED.value,
-                    json.dumps(draft.request),
-                    json.dumps(draft.argv),
-                    json.dumps(draft.env),
-                    str(draft.job_dir),
-                    str(draft.output_dir),
-                    draft.resumed_from,
-                    draft.backend,
-                    queued_at,
-                    queued_at,
-                ),
-            )
-        record = self._get(int(cursor.lastrowid or 0))
+        with _transaction(self.conn):
+            job_id = self._insert(draft, draft.sweep_id, queued_at)
+        record = self._get(job_id)
         assert record is not None
         return record
+
+    def _insert(self, draft: Draft, sweep_id: int | None, queued_at: str) -> int:
+        """Insert one Queued job inside the caller's transaction; returns its id."""
+        if draft.job_id is not None and draft.job_id <= self._last_id():
+            raise IdTaken(draft.job_id)
+        cursor = self.conn.execute(
+            "INSERT INTO jobs (id, status, request, argv, env, job_dir, output_dir,"
+            " resumed_from, backend, created_at, queued_at, sweep_id, sweep_cell)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                draft.job_id,
+                JobStatus.QUEUED.value,
+                json.dumps(draft.request),
+                json.dumps(draft.argv),
+                json.dumps(draft.env),
+                str(draft.job_dir),
+                str(draft.output_dir),
+                draft.resumed_from,
+                draft.backend,
+                queued_at,
+                queued_at,
+                sweep_id,
+                draft.sweep_cell,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    async def create_sweep(
+        self, sweep: SweepRecord, drafts: Sequence[Draft], created_at: str
+    ) -> tuple[SweepRecord, list[JobRecord]]:
+        """Insert a sweep and its jobs (Queued) in one transaction: all of them or none,
+        even if the server is killed meanwhile. ``sweep.id`` is ignored (a fresh id)."""
+        return await self._run(self._create_sweep, sweep, list(drafts), created_at)
+
+    def _create_sweep(
+        self, sweep: SweepRecord, drafts: list[Draft], created_at: str
+    ) -> tuple[SweepRecord, list[JobRecord]]:
+        with _transaction(self.conn) as conn:
+            cursor = conn.execute(
+                "INSERT INTO sweeps (name, cells, baseline, max_parallel, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    sweep.name,
+                    json.dumps([{"key": c.key, "request": c.request} for c in sweep.cells]),
+                    sweep.baseline,
+                    sweep.max_parallel,
+                    created_at,
+                ),
+            )
+            sweep_id = int(cursor.lastrowid or 0)
+            job_ids = [self._insert(draft, sweep_id, created_at) for draft in drafts]
+        stored = self._get_sweep(sweep_id)
+        assert stored is not None
+        by_id = {v.record.id: v.record for v in self._get_many(job_ids)}
+        return stored, [by_id[job_id] for job_id in job_ids]
+
+    async def get_sweep(self, sweep_id: int) -> SweepRecord | None:
+        return await self._run(self._get_sweep, sweep_id)
+
+    def _get_sweep(self, sweep_id: int) -> SweepRecord | None:
+        if not 0 <= sweep_id < 2**63:
+            return None
+        row = self.conn.execute("SELECT * FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+        return None if row is None else _sweep(row)
+
+    async def select_sweeps(
+        self, *, limit: int | None = None, offset: int = 0, newest_first: bool = False
+    ) -> tuple[list[SweepRecord], int]:
+        """A page of sweeps by id, and how many there are in all."""
+        return await self._run(self._select_sweeps, limit, offset, newest_first)
+
+    def _select_sweeps(
+        self, limit: int | None, offset: int, newest_first: bool
+    ) -> tuple[list[SweepRecord], int]:
+        sql = "SELECT * FROM sweeps ORDER BY id" + (" DESC" if newest_first else "")
+        params: list[Any] = []
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params.extend([limit, offset])
+        sweeps = [_sweep(row) for row in self.conn.execute(sql, params)]
+        total = int(self.conn.execute("SELECT COUNT(*) FROM sweeps").fetchone()[0])
+        return sweeps, total
+
+    async def sweep_jobs(self, sweep_ids: Sequence[int]) -> list[JobRecord]:
+        """Every job of these sweeps, by id (a cell resumed has several)."""
+        return await self._run(self._sweep_jobs, list(sweep_ids))
+
+    def _sweep_jobs(self, sweep_ids: list[int]) -> list[JobRecord]:
+        found: list[JobRecord] = []
+        for start in range(0, len(sweep_ids), _ID_CHUNK):
+            chunk = sweep_ids[start : start + _ID_CHUNK]
+            sql = f"SELECT * FROM jobs WHERE sweep_id IN ({','.join('?' * len(chunk))}) ORDER BY id"
+            found.extend(_record(row) for row in self.conn.execute(sql, chunk))
+        return sorted(found, key=lambda r: r.id)
+
+    async def sweep_limits(self) -> dict[int, int]:
+        """``max_parallel`` of every sweep that has one (for dispatch after a restart)."""
+        return await self._run(self._sweep_limits)
+
+    def _sweep_limits(self) -> dict[int, int]:
+        rows = self.conn.execute(
+            "SELECT id, max_parallel FROM sweeps WHERE max_parallel IS NOT NULL"
+        )
+        return {int(row[0]): int(row[1]) for row in rows}
+
+    async def delete_sweep(self, sweep_id: int) -> None:
+        """Remove the sweep's row (its jobs are deleted like jobs, before)."""
+        await self._run(self._delete_sweep, sweep_id)
+
+    def _delete_sweep(self, sweep_id: int) -> None:
+        self.conn.execute("DELETE FROM sweeps WHERE id=?", (sweep_id,))
 
     async def next_id(self) -> int:
         """The id the next job gets unless it names a later one: the highest ever handed
@@ -441,4 +556,20 @@ def _record(row: sqlite3.Row) -> JobRecord:
         gpus=json.loads(data["gpus"]),
         backend=data["backend"],
         external_id=data["external_id"],
+        attempt_history=json.loads(data["attempt_history"]),
+        retry_at=data["retry_at"],
+        sweep_id=data["sweep_id"],
+        sweep_cell=data["sweep_cell"],
+    )
+
+
+def _sweep(row: sqlite3.Row) -> SweepRecord:
+    cells = tuple(SweepCell(c["key"], c["request"]) for c in json.loads(row["cells"]))
+    return SweepRecord(
+        id=row["id"],
+        name=row["name"],
+        cells=cells,
+        created_at=row["created_at"],
+        baseline=row["baseline"],
+        max_parallel=row["max_parallel"],
     )

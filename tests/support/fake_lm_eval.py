@@ -4,7 +4,9 @@
 The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   env      print the environment and argv as JSON on stdout, exit 0
   env_block  print them too, then wait until killed
-  exit     print argv, exit with FAKE_CODE
+  exit     print argv, write the line in the file FAKE_ERROR_FILE (default: a ValueError
+           line) to stderr, exit with FAKE_CODE
+  oom      kill itself with SIGKILL, as the OOM killer would
   flood    write FAKE_MB megabytes of tqdm-style redraws to stderr (some stdout), exit 0
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
   tree     start a grandchild that ignores SIGTERM, print both pids, wait forever
@@ -36,8 +38,14 @@ def main() -> None:
             signal.pause()
     elif mode == "exit":
         print(json.dumps(sys.argv), flush=True)
-        sys.stderr.write("ValueError: fake failure for the test\n")
+        error = "ValueError: fake failure for the test"
+        if "FAKE_ERROR_FILE" in os.environ:
+            with open(os.environ["FAKE_ERROR_FILE"]) as text:
+                error = text.read().strip()
+        sys.stderr.write(error + "\n")
         sys.exit(int(os.environ.get("FAKE_CODE", "1")))
+    elif mode == "oom":
+        os.kill(os.getpid(), signal.SIGKILL)
     elif mode == "flood":
         flood(int(os.environ.get("FAKE_MB", "1")))
     elif mode == "block":

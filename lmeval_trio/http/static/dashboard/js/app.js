@@ -10,6 +10,7 @@ import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
 import * as submitView from "./submit.js";
 import * as tasksView from "./tasks.js";
+import * as sweepsView from "./sweeps.js";
 import { toast } from "./ui.js";
 
 const ROUTES = [
@@ -18,6 +19,8 @@ const ROUTES = [
   { pattern: /^\/job\/(\d+)$/, view: jobView, nav: "jobs" },
   { pattern: /^\/compare$/, view: compareView, nav: "compare" },
   { pattern: /^\/tasks$/, view: tasksView, nav: "tasks" },
+  { pattern: /^\/sweeps$/, view: { mount: sweepsView.mountList }, nav: "sweeps" },
+  { pattern: /^\/sweep\/(\d+)$/, view: { mount: sweepsView.mountSweep }, nav: "sweeps" },
 ];
 
 const root = document.getElementById("view");

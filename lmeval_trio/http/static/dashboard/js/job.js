@@ -143,6 +143,7 @@ export function mount(root, { match }, ctx) {
       fact("Exit code", job.exit_code ?? "—"),
       fact("Attempts", job.attempts ?? "—"),
       job.resumed_from ? fact("Resumes", h("a", { href: `#/job/${job.resumed_from}` }, `#${job.resumed_from}`)) : null,
+      job.sweep_id ? fact("Sweep", h("a", { href: `#/sweep/${job.sweep_id}`, id: "job-sweep" }, `#${job.sweep_id} · ${job.sweep_cell ?? ""}`)) : null,
       job.gpus && job.gpus.length ? fact("GPUs", job.gpus.join(", ")) : null,
     );
     if (job.reason) {
