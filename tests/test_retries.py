@@ -324,8 +324,11 @@ def _free_port() -> int:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """This module's servers retry after half a second (the conftest ``server`` uses it)."""
-    return make_settings(tmp_path, retry_base_delay_s=0.5)
+    """This module's servers retry after half a second (the conftest ``server`` uses it).
+    The endpoint pre-flight is off: it would hold a job whose endpoint is down before the job
+    starts (tests/test_preflight.py covers that); these tests are about attempts that fail
+    once started."""
+    return make_settings(tmp_path, retry_base_delay_s=0.5, preflight="off")
 
 
 async def test_an_endpoint_that_refuses_at_first_is_retried(server: Server) -> None:
