@@ -24,7 +24,9 @@ MAX_FOLDER_CHARS = 4096
 
 class TaskQuery(BaseModel):
     q: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="Substring, any case.")
-    kind: str | None = Field(None, pattern="^(task|group|tag)$")
+    kind: str | None = Field(
+        None, pattern="^(task|group|tag)?$", description="task, group or tag; empty: any."
+    )
     output_type: str | None = Field(None, max_length=MAX_QUERY_CHARS)
     include_path: str | None = Field(None, description="A task folder (repeatable).")
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
