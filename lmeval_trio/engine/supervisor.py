@@ -320,7 +320,7 @@ class Supervisor:
         request = self.admission.parse(body)
         self.admission.check_limits(request)
         with self.queue_place():
-            admitted = await admission_checks.admit(self, request, self._gates())
+            admitted = await admission_checks.admit(self, request, self.gates())
             record = await self._create_and_enqueue(request, admitted, resumed_from)
         self.metrics.submissions.inc()
         log.info(  # not the argv: model_args may carry credentials
@@ -335,9 +335,11 @@ class Supervisor:
     async def dry_run(self, body: Mapping[str, Any] | BaseModel) -> admission_checks.Report:
         """Every admission check of ``body`` (admission_checks), queuing nothing."""
         self.check_accepting()
-        return await admission_checks.dry_run(self, self.admission.parse(body), self._gates())
+        request = self.admission.parse(body)
+        self.admission.check_limits(request)
+        return await admission_checks.dry_run(self, request, self.gates())
 
-    def _gates(self) -> admission_checks.Gates:
+    def gates(self) -> admission_checks.Gates:
         return admission_checks.Gates(
             self.admission.admit, self.admission.check_gpus, self.queue_place
         )

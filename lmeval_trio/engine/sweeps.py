@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import trio
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from lmeval_trio.engine import admission_checks
+from lmeval_trio.engine.task_checks import TaskRefused
 from lmeval_trio.errors import Conflict, InvalidRequest, NotFound
 from lmeval_trio.harness.request_model import RequestRejected, request_model
 from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord
@@ -187,20 +189,22 @@ class Sweeps:
         return sweep, records
 
     async def _admit_all(self, planned: SweepRecord) -> list[tuple[SweepCell, Admitted]]:
-        """Each cell parsed and judged like a job (the policy's checks of all cells in one
-        worker thread); every cell's errors, or the verdicts."""
-        admission = self.supervisor.admission
+        """Each cell parsed and checked like a job (``admission_checks.admit_cells``: the
+        same checks, the policy's of all cells in one worker thread, each distinct set of
+        tasks checked once); every cell's errors, or the verdicts."""
+        sup = self.supervisor
         errors: list[dict[str, Any]] = []
         parsed: list[tuple[int, SweepCell]] = []
         for index, cell in enumerate(planned.cells):
             try:
-                request = admission.parse(cell.request)
-                admission.check_gpus(request.get("num_gpus"))
+                request = sup.admission.parse(cell.request)
+                sup.admission.check_limits(request)
             except (ValidationError, RequestRejected) as error:
                 errors.extend(_cell_errors(index, cell, error))
                 continue
             parsed.append((index, SweepCell(cell.key, request)))
-        verdicts = await admission.admit_many([cell.request for _, cell in parsed])
+        requests = [cell.request for _, cell in parsed]
+        verdicts = await admission_checks.admit_cells(sup, requests, sup.gates())
         admitted: list[tuple[SweepCell, Admitted]] = []
         for (index, cell), verdict in zip(parsed, verdicts, strict=True):
             if isinstance(verdict, Exception):
@@ -469,7 +473,18 @@ def _cell_errors(index: int, cell: SweepCell, error: Exception) -> list[dict[str
         return [
             {"loc": [*where, error.field], "msg": error.message, "type": "missing_path", **named}
         ]
-    assert isinstance(error, RequestRejected)
+    if isinstance(error, TaskRefused):
+        return [
+            {
+                "loc": [*where, error.field],
+                "msg": error.message,
+                "type": error.kind,
+                **named,
+                **error.extra,
+            }
+        ]
+    if not isinstance(error, RequestRejected):
+        return [{"loc": where, "msg": str(error), "type": "refused", **named}]
     loc = [*where, error.field] if error.field else where
     msg = f"lm-eval rejects this: {error.message}"
     return [{"loc": loc, "msg": msg, "type": "lm_eval_rejected", **named}]
