@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 
 KEY_SEPARATOR = " | "
 MAX_KEY_CHARS = 500
-#: Cells whose newest job ended this way are run again by a sweep resume.
+#: Cells whose newest job ended this way are run again by a sweep resume (and so are cells
+#: whose jobs were all deleted: by DELETE /job/{id}, DELETE /jobs or retention).
 RESUMABLE = (JobStatus.FAILED, JobStatus.STOPPED)
+#: The ``reason`` of a cell whose job was deleted (its ``job_id`` and ``status`` are null).
+DELETED_REASON = "its job was deleted; a sweep resume runs the cell again"
 
 
 class SweepNotFound(NotFound, LookupError):
@@ -314,7 +317,8 @@ class Sweeps:
             "request": public_request(cell.request, hidden),
         }
         if record is None:
-            return shown  # its job was deleted
+            shown["reason"] = DELETED_REASON
+            return shown
         progress = self.supervisor.progress_dict(record)
         done = record.status is JobStatus.COMPLETED
         shown.update(
@@ -368,14 +372,27 @@ class Sweeps:
         return [record.id for record in records]
 
     async def resume(self, sweep_id: int) -> list[int]:
-        """Run again each cell whose newest job failed or was stopped (a job resume: its
-        cache copied); the new job ids. Cells that completed or are active stay as they are."""
+        """Run again, in cell order, each cell whose newest job failed or was stopped (a job
+        resume: its cache copied) and each cell whose job was deleted (its request submitted
+        afresh into the cell: nothing is left to copy); the new job ids. Cells that completed
+        or are active stay as they are."""
+        sup = self.supervisor
         sweep = await self.get(sweep_id)
         newest = newest_jobs(sweep, (await self.jobs([sweep]))[sweep.id])
-        ended = [r for r in newest.values() if r.status in RESUMABLE]
-        if not ended:
-            raise NothingToResume(f"sweep {sweep_id} has no failed or stopped cell to resume")
-        return [(await self.supervisor.resume(record.id)).id for record in ended]
+        again = [c for c in sweep.cells if c.key not in newest or newest[c.key].status in RESUMABLE]
+        if not again:
+            raise NothingToResume(
+                f"sweep {sweep_id} has no failed, stopped or deleted cell to resume"
+            )
+        resumed = []
+        for cell in again:
+            old = newest.get(cell.key)
+            if old is None:
+                record = await sup.submit(cell.request, in_sweep=(sweep.id, cell.key))
+            else:
+                record = await sup.resume(old.id)
+            resumed.append(record.id)
+        return resumed
 
     async def results(self, sweep_id: int) -> dict[str, Any]:
         """One table of every completed cell's metrics: rows task/metric/filter, columns
