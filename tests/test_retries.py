@@ -388,7 +388,14 @@ async def test_no_retry_for_a_bad_task_or_a_bad_endpoint_path(
     bad_task = await server.submit({**DUMMY_JOB, "tasks": "no_such_task", "max_attempts": 3})
     wrong_url = completions_job_for(stub.base_url + "/v2/nothing")
     bad_argument = await server.submit({**wrong_url, "max_attempts": 3})
-    for job_id, words in ((bad_task, "no_such_task"), (bad_argument, "404 Client Error")):
+    bad_value = completions_job_for(stub.completions_url)
+    bad_value["model_args"] = {**bad_value["model_args"], "max_retries": "many"}
+    bad_model_arg = await server.submit({**bad_value, "max_attempts": 3})
+    for job_id, words in (
+        (bad_task, "no_such_task"),
+        (bad_argument, "404 Client Error"),
+        (bad_model_arg, "invalid literal for int()"),
+    ):
         job = await server.wait_status(job_id)
         assert job["status"] == "Failed" and words in job["reason"]
         assert job["attempts"] == 1 and len(job["attempt_history"]) == 1
