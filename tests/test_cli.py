@@ -24,6 +24,7 @@ import trio
 from lmeval_trio.cli import _render as render
 from lmeval_trio.cli._serve import BUILTIN_ARGS, bind_for, find_hypercorn_config
 from lmeval_trio.client import Phase, Progress, ProgressEvent, StatusEvent
+from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.schemas import JobSummary
 from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import (
@@ -462,3 +463,45 @@ def test_a_phase_without_a_known_total_shows_no_zero_of_zero() -> None:
     assert "12 done" in windows and "/0" not in windows
     shown = render.phase_line(Phase(name="loglikelihood", n=84, total=228))
     assert " 37%  84/228" in shown  # as tqdm shows it
+
+
+async def test_show_lists_attempts_and_the_next_try(tmp_path: Path) -> None:
+    """A transient failure (connection refused) with attempts left: ``show`` names when the
+    next attempt may start and lists each attempt (outcome, exit, reason, log offsets); the
+    Python client's types carry the same."""
+    from lmeval_trio.client import AsyncClient
+
+    error = tmp_path / "job-files" / "error.txt"
+    settings = make_settings(tmp_path, retry_base_delay_s=600)
+    error.write_text("requests.exceptions.ConnectionError: Connection refused\n")
+    body = {**fake_job("exit", FAKE_ERROR_FILE=str(error)), "max_attempts": 2}
+    async with trio.open_nursery() as nursery:
+        url, shutdown, app = await start_server(nursery, settings)
+        async with AsyncClient(url) as client:
+            submitted = await client.submit(body)
+            job_id = submitted.job_id
+            supervisor = app.extensions[SUPERVISOR_KEY]
+            with trio.fail_after(60):  # on the change signal, no polling
+                while True:
+                    version = supervisor.changed.version
+                    if (await supervisor.get(job_id)).retry_at is not None:
+                        break
+                    await supervisor.changed.wait_past(version)
+            job = await client.get_job(job_id)
+            assert job.retry_at is not None
+            [attempt] = job.attempt_history
+            assert attempt.retried and attempt.exit_code == 1 and attempt.stderr_offset == 0
+            shown = await cli(url, "show", str(job_id))
+            await client.stop(job_id)
+            stopped = await cli(url, "show", str(job_id))
+        shutdown.set()
+    assert shown.code == 0, shown.err
+    assert f"Job {job_id}: Queued" in shown.out
+    assert f"next try:  {render._timestamp(job.retry_at)} (after a transient" in shown.out
+    head, row = shown.out.split("--- attempts")[1].splitlines()[1:3]
+    assert head.split() == ["#", "STARTED", "FINISHED", "OUTCOME", "EXIT", "LOG", "FROM", "REASON"]
+    words = row.split()
+    assert words[0] == "1" and words[5:9] == ["Failed,", "retried", "1", "0/0"]
+    assert "lm-eval exited with code 1: requests.exceptions" in row
+    assert "next try" not in stopped.out and f"Job {job_id}: Stopped" in stopped.out
+    assert "Failed, retried" in stopped.out.split("--- attempts")[1]

@@ -140,3 +140,24 @@ def test_stop_resume_and_delete_a_sweep_from_its_page(
     expect(page).to_have_url(f"{url}/#/sweeps")
     assert client.get(f"/sweeps/{sweep_id}").status_code == 404
     expect(page.locator(f'#sweeps-table tr[data-sweep-id="{sweep_id}"]')).to_have_count(0)
+
+
+def test_a_deleted_cell_shows_as_deleted_and_resume_runs_it_again(
+    page: Page, served: tuple[str, httpx.Client]
+) -> None:
+    url, client = served
+    body = {"name": "pruned", "base": fake_job("env"), "cells": [{"key": "a"}, {"key": "b"}]}
+    submitted = _sweep(client, body)
+    sweep_id = submitted["sweep_id"]
+    wait_idle(client)
+    client.delete(f"/job/{submitted['job_ids'][0]}").raise_for_status()
+    page.goto(f"{url}/#/sweep/{sweep_id}")
+    deleted = page.locator('#sweep-cells tr[data-status="deleted"]')
+    expect(deleted).to_have_count(1)
+    expect(deleted).to_contain_text("a")
+    expect(page.locator('#sweep-cells tr[data-status="Completed"]')).to_have_count(1)
+    page.locator("#sweep-resume").click()
+    expect(page.locator('#sweep-cells tr[data-status="Completed"]')).to_have_count(2)
+    cells = client.get(f"/sweeps/{sweep_id}").json()["cells"]
+    assert cells[0]["job_id"] not in submitted["job_ids"]
+    assert cells[1]["job_id"] == submitted["job_ids"][1]

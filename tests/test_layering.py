@@ -81,3 +81,22 @@ def test_the_checks_see_what_they_look_for() -> None:
         assert sorted(filter(_is_store, _imported(ast.parse(source)))) == found
     tree = ast.parse("x = sup.store.counts()")
     assert any(isinstance(n, ast.Attribute) and n.attr == "store" for n in ast.walk(tree))
+
+
+def test_nothing_below_the_edge_imports_it() -> None:
+    """The engine, the job model, the store, the runners, the policy, the harness and the
+    outputs never import ``lmeval_trio.http`` (strict JSON's ``finite`` lives below both,
+    in ``json_values.py``)."""
+    package = HTTP_DIR.parent
+    below = ("engine", "jobs", "store", "runners", "policy", "harness", "outputs")
+    offenders = {}
+    for folder in below:
+        for path in sorted((package / folder).rglob("*.py")):
+            found = sorted(
+                name
+                for name in _imported(ast.parse(path.read_text()))
+                if name == "lmeval_trio.http" or name.startswith("lmeval_trio.http.")
+            )
+            if found:
+                offenders[str(path.relative_to(package))] = found
+    assert offenders == {}

@@ -21,6 +21,7 @@ from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners.environment import local_environment
+from lmeval_trio.runners.fake import Exit, FakeRunner, Sleep, stderr
 from tests.conftest import DUMMY_JOB, Server, fake_job, job_files, make_settings, pid_alive
 from tests.support.stub_openai import StubHandle, start_stub
 from tests.test_real_lm_eval import completions_job
@@ -387,7 +388,14 @@ async def test_no_retry_for_a_bad_task_or_a_bad_endpoint_path(
     bad_task = await server.submit({**DUMMY_JOB, "tasks": "no_such_task", "max_attempts": 3})
     wrong_url = completions_job_for(stub.base_url + "/v2/nothing")
     bad_argument = await server.submit({**wrong_url, "max_attempts": 3})
-    for job_id, words in ((bad_task, "no_such_task"), (bad_argument, "404 Client Error")):
+    bad_value = completions_job_for(stub.completions_url)
+    bad_value["model_args"] = {**bad_value["model_args"], "max_retries": "many"}
+    bad_model_arg = await server.submit({**bad_value, "max_attempts": 3})
+    for job_id, words in (
+        (bad_task, "no_such_task"),
+        (bad_argument, "404 Client Error"),
+        (bad_model_arg, "invalid literal for int()"),
+    ):
         job = await server.wait_status(job_id)
         assert job["status"] == "Failed" and words in job["reason"]
         assert job["attempts"] == 1 and len(job["attempt_history"]) == 1
@@ -426,3 +434,39 @@ def completions_job_for(url: str) -> dict[str, Any]:
         "tasks": "tiny_mc",
         "include_path": str(Path(__file__).parent / "support" / "tasks"),
     }
+
+
+# -- time limits per attempt, in milliseconds (fake runner, autojump clock) ----------------
+
+
+@pytest.mark.parametrize(
+    ("second_s", "status"), [(60, JobStatus.COMPLETED), (120, JobStatus.FAILED)]
+)
+async def test_each_attempt_has_its_own_time_limit(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    second_s: float,
+    status: JobStatus,
+) -> None:
+    """``timeout_s`` is per attempt: a first attempt that failed transiently after 60 of its
+    100 s leaves the second its own 100 s (60 more: Completed, 120 s in all); a second
+    attempt that runs past its 100 s times out, and a timeout is final (the third never
+    runs). The margins are wide: the deadline counts from the wall-clock ``started_at``,
+    and the real seconds a loaded machine spends starting an attempt count too."""
+    from tests.test_supervisor import rig, settings_for
+
+    runner = FakeRunner()
+    runner.script(1, stderr(REFUSED + "\n"), Sleep(60), Exit(1))
+    runner.script(1, Sleep(second_s), Exit(0))
+    runner.script(1, Exit(0))  # a third attempt: only if a timeout were retried
+    settings = settings_for(tmp_path, retry_base_delay_s=1.0)
+    async with rig(settings, autojump_clock, runner) as r:
+        record = await r.submit(timeout_s=100, max_attempts=3)
+        final = await r.supervisor.wait(record.id)
+    assert final.status is status and final.attempts == 2
+    assert len(runner.runs_of(1)) == 2
+    first, second = final.attempt_history
+    assert first["retried"] and first["reason"] == f"lm-eval exited with code 1: {REFUSED}"
+    assert second["retried"] is False and second["outcome"] == status.value
+    if status is JobStatus.FAILED:
+        assert final.reason == second["reason"] == "timed out after 100 s"

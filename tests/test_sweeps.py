@@ -21,6 +21,8 @@ from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server
+from tests.support.stub_openai import StubHandle
+from tests.test_real_lm_eval import completions_job
 from tests.test_server_process import _wait_all_finished, _wait_for_pids, hypercorn_server
 
 
@@ -336,22 +338,26 @@ async def test_kill_9_mid_sweep_loses_nothing(tmp_path: Path) -> None:
 
 
 async def test_a_real_2x2_sweep_tabulates_each_jobs_own_results(server: Server) -> None:
-    """Real lm-eval (dummy model, whose scores are random): two few-shot settings x two
-    tasks; the table and its CSV hold exactly each job's own metrics."""
-    base = {k: v for k, v in DUMMY_JOB.items() if k != "tasks"}
+    """Real lm-eval (dummy model, whose scores are random): two model settings x two tasks;
+    the table and its CSV hold exactly each job's own metrics."""
+    base = {k: v for k, v in DUMMY_JOB.items() if k not in ("tasks", "model_args")}
+    settings = ["pretrained=dummy-a", "pretrained=dummy-b"]
     body = {
         "name": "real",
         "base": base,
-        "matrix": {"num_fewshot": [0, 1], "tasks": ["tiny_mc", "tiny_gen"]},
-        "baseline": "num_fewshot=0 | tasks=tiny_mc",
+        "matrix": {"model_args": settings, "tasks": ["tiny_mc", "tiny_gen"]},
+        "baseline": "model_args=pretrained=dummy-a | tasks=tiny_mc",
     }
     submitted = await _submit(server.client, body)
-    for job_id in submitted["job_ids"]:
+    for job_id, (model_args, task) in zip(
+        submitted["job_ids"], itertools.product(settings, ["tiny_mc", "tiny_gen"]), strict=True
+    ):
         job = await server.wait_status(job_id, JobStatus.COMPLETED, JobStatus.FAILED)
         assert job["status"] == "Completed", job["reason"]
+        assert f"--model_args={model_args}" in job["argument"] and task in job["argument"]
     sweep_id = submitted["sweep_id"]
     table = (await server.client.get(f"/sweeps/{sweep_id}/results")).json()
-    assert table["baseline"] == "num_fewshot=0 | tasks=tiny_mc"
+    assert table["baseline"] == "model_args=pretrained=dummy-a | tasks=tiny_mc"
     columns = [c["key"] for c in table["columns"]]
     assert [c["job_id"] for c in table["columns"]] == submitted["job_ids"]
     expected: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -448,5 +454,63 @@ async def test_a_cell_resumed_as_a_job_stays_in_its_sweep(server: Server) -> Non
     table = (await server.client.get(f"/sweeps/{submitted['sweep_id']}/results")).json()
     assert table["rows"] == [] and [c["job_id"] for c in table["columns"]] == [resumed, None]
     again = (await server.client.post(f"/sweeps/{submitted['sweep_id']}/resume")).json()
-    [third] = again["job_ids"]
+    third, fourth = again["job_ids"]  # cell a's failed job resumed, cell b's deleted one afresh
     assert (await server.job(third))["resumed_from"] == resumed
+    rerun = await server.job(fourth)
+    assert rerun["resumed_from"] is None and rerun["sweep_cell"] == "b"
+
+
+async def _progress_at_least(client: httpx.AsyncClient, job_id: int, n: int) -> None:
+    """Until the job has answered ``n`` requests (its event stream's progress)."""
+    with trio.fail_after(180):
+        async with client.stream("GET", f"/job/{job_id}/events") as stream:
+            kind = ""
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[len("event: ") :]
+                elif (
+                    kind == "progress"
+                    and line.startswith("data: ")
+                    and (json.loads(line[len("data: ") :]).get("n") or 0) >= n
+                ):
+                    return
+    raise AssertionError(f"job {job_id} ended before {n} requests")
+
+
+async def test_kill_9_mid_real_sweep_loses_nothing(tmp_path: Path, stub: StubHandle) -> None:
+    """Real lm-eval against the stub model, one cell per task, max_parallel 1: the server
+    (its whole process group) is killed while the first cell is part-way; after the restart
+    that cell is requeued and completes, the second runs once, and the table has both."""
+    stub.set_delay(0.1)
+    body = {
+        "name": "real-durable",
+        "base": completions_job(stub),
+        "matrix": {"tasks": ["tiny_mc", "tiny_gen"]},
+        "max_parallel": 1,
+    }
+    async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="2") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            submitted = await _submit(client, body)
+            ids = submitted["job_ids"]
+            await _progress_at_least(client, ids[0], 3)
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        await server.proc.wait()
+    async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="2") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            with trio.fail_after(240):
+                for job_id in ids:
+                    async with client.stream("GET", f"/job/{job_id}/events") as stream:
+                        await stream.aread()  # the stream ends when the job does
+            after = await _sweep(client, submitted["sweep_id"])
+            assert after["status"] == "Completed" and after["job_ids"] == ids
+            jobs = [(await client.get(f"/job/{i}")).json() for i in ids]
+            assert [j["attempts"] for j in jobs] == [2, 1]
+            assert [a["outcome"] for a in jobs[0]["attempt_history"]] == ["Queued", "Completed"]
+            table = (await client.get(f"/sweeps/{submitted['sweep_id']}/results")).json()
+            assert {r["task"] for r in table["rows"]} == {"tiny_mc", "tiny_gen"}
+            for row in table["rows"]:  # each task's rows hold its own cell's values only
+                assert [k for k, v in row["values"].items() if v is not None] == [
+                    f"tasks={row['task']}"
+                ]
+        server.proc.send_signal(signal.SIGTERM)
+        await server.proc.wait()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
+
+import trio
 
 from lmeval_trio.client import ApiError, AsyncClient
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import DUMMY_JOB, Server, fake_job
-from tests.test_cli import cli, cli_all
+from tests.conftest import DUMMY_JOB, Server, fake_job, job_files, make_settings, start_server
+from tests.test_cli import LMEVAL_TRIO, cli, cli_all
 
 
 async def test_sweep_submit_follow_a_real_dummy_sweep(server: Server, tmp_path: Path) -> None:
@@ -26,6 +30,8 @@ async def test_sweep_submit_follow_a_real_dummy_sweep(server: Server, tmp_path: 
     assert run.code == 0, run.err
     assert "Sweep 1 queued with 2 jobs." in run.err
     assert any(line.startswith("sweep 1") and "100%" in line for line in run.err.splitlines())
+    cell_bars = [line for line in run.err.splitlines() if line.startswith("num_fewshot=")]
+    assert cell_bars and all("%  ETA" in line for line in cell_bars)  # a running cell's bar
     header, *rows = run.out.splitlines()
     assert header.split()[:3] == ["TASK", "METRIC", "FILTER"]
     assert "num_fewshot=0" in header and "num_fewshot=1" in header
@@ -89,3 +95,61 @@ async def test_sweep_stop_resume_delete_and_refusals(server: Server, tmp_path: P
     refusal = json.loads(refused.err)
     assert refused.code == 4 and refusal["detail"][0]["loc"] == ["body", "matrix", "nope"]
     assert (await cli(server.url, "sweep", "show", "x")).code == 2
+
+
+async def test_follow_draws_a_bar_per_running_cell_and_an_overall_bar(tmp_path: Path) -> None:
+    """Two cells held mid-progress (each reads its own FIFO gate): the follow view shows the
+    overall bar and one bar per running cell at its own percentage, then the results."""
+    gates = [job_files(tmp_path) / f"gate{i}" for i in (1, 2)]
+    for gate in gates:
+        os.mkfifo(gate)
+    body = {
+        "name": "bars",
+        "base": fake_job("bars", FAKE_TOTAL="4"),
+        "matrix": {
+            "env_vars": [
+                {"FAKE_MODE": "bars", "FAKE_TOTAL": "4", "FAKE_GATE": str(g)} for g in gates
+            ]
+        },
+    }
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(body))
+    settings = make_settings(tmp_path, max_concurrency=2)
+    async with trio.open_nursery() as nursery:
+        url, shutdown, _app = await start_server(nursery, settings)
+        command = [LMEVAL_TRIO, "sweep", "submit", str(path), "--follow"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMEVAL_")}
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**env, "LMEVAL_URL": url}
+        )
+        assert process.stdout is not None and process.stderr is not None
+        seen = bytearray()
+
+        async def shown(*parts: str) -> str:
+            """The CLI's stderr once one line holds all ``parts`` (read as it comes)."""
+            assert process.stderr is not None
+            with trio.fail_after(60):
+                while not any(all(p in line for p in parts) for line in seen.decode().splitlines()):
+                    chunk = await process.stderr.receive_some()
+                    assert chunk, seen.decode()
+                    seen.extend(chunk)
+            return seen.decode()
+
+        writers = [await trio.to_thread.run_sync(open, gate, "w") for gate in gates]
+        for writer, steps in zip(writers, (1, 3), strict=True):
+            await trio.to_thread.run_sync(writer.write, "go\n" * steps)
+            await trio.to_thread.run_sync(writer.flush)
+        await shown("env_vars#1", "[", " 25%")
+        text = await shown("env_vars#2", "[", " 75%")
+        assert any(line.startswith("sweep 1") and "%  ETA" in line for line in text.splitlines())
+        for writer, steps in zip(writers, (3, 1), strict=True):
+            await trio.to_thread.run_sync(writer.write, "go\n" * steps)
+            await trio.to_thread.run_sync(writer.close)
+        with trio.fail_after(60):
+            out = b"".join([chunk async for chunk in process.stdout])
+            seen.extend(b"".join([chunk async for chunk in process.stderr]))
+            assert await process.wait() == 0, seen.decode()
+        shutdown.set()
+    last = seen.decode().splitlines()
+    assert any(line.startswith("sweep 1") and " 100%" in line for line in last)
+    assert out.decode() == "Sweep 1: no results yet\n"  # the fake lm_eval writes none

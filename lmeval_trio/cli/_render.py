@@ -167,13 +167,44 @@ def job_details(job: JobDetail, log_lines: int = 15) -> str:
         fields.append(("gpus", ",".join(job.gpus)))
     if job.reason:
         fields.append(("reason", job.reason))
+    if job.retry_at:
+        fields.append(("next try", f"{_timestamp(job.retry_at)} (after a transient failure)"))
     lines = [f"Job {job.job_id}: {job.status.value}{exit_code}"]
     lines += [f"  {name + ':':<10} {value}" for name, value in fields]
     lines += ["  " + phase_line(p) for p in Progress.model_validate(job.progress).phases]
+    lines += _attempt_lines(job)
     if job.stderr:
         lines.append(f"--- stderr (last {min(log_lines, len(job.stderr))} lines) ---")
         lines += [line.rstrip("\r\n") for line in job.stderr[-log_lines:]]
     return "\n".join(lines)
+
+
+def _attempt_lines(job: JobDetail) -> list[str]:
+    """Each attempt: when, how it ended, and where its output begins in the logs (the byte
+    offsets ``GET /job/{id}/logs?offset=`` takes), for a job that may run more than once."""
+    retrying = int(job.request.get("max_attempts") or 1) > 1 or job.retry_at is not None
+    if not job.attempt_history or (len(job.attempt_history) < 2 and not retrying):
+        return []
+    rows = [
+        (
+            str(a.attempt),
+            _timestamp(a.started_at),
+            _timestamp(a.finished_at),
+            "running"
+            if a.outcome is None
+            else a.outcome.value + (", retried" if a.retried else ""),
+            "-" if a.exit_code is None else str(a.exit_code),
+            f"{a.stdout_offset}/{a.stderr_offset}",
+            a.reason or "",
+        )
+        for a in job.attempt_history
+    ]
+    headers = ("#", "STARTED", "FINISHED", "OUTCOME", "EXIT", "LOG FROM", "REASON")
+    text = table(headers, rows)
+    return [
+        "--- attempts (LOG FROM: byte offsets in stdout.log/stderr.log) ---",
+        *text.splitlines(),
+    ]
 
 
 def _number(value: Any) -> str:

@@ -12,6 +12,7 @@ import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +136,20 @@ class Admission:
             )
 
     async def store_job(
-        self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None
+        self,
+        request: dict[str, Any],
+        admitted: Admitted,
+        resumed_from: JobRecord | None,
+        in_sweep: tuple[int, str] | None = None,
     ) -> JobRecord:
         """Store the job as Queued under a fresh id whose folder does not exist: an id whose
         folder exists (left by an older database) is skipped, never handed out, so no job
-        inherits another's files. Returns without a checkpoint once the record exists."""
+        inherits another's files. Returns without a checkpoint once the record exists.
+        ``in_sweep`` (sweep id, cell key): a sweep cell run again after its job was deleted."""
         async with self._drafting:
             job_id = await self.store.next_id()
             for _ in range(MAX_SKIPPED_IDS):
-                draft = self._draft(job_id, request, admitted, resumed_from)
+                draft = self._draft(job_id, request, admitted, resumed_from, in_sweep=in_sweep)
                 if await trio.to_thread.run_sync(os.path.lexists, draft.job_dir):
                     log.warning(
                         "job id %s skipped: its folder %s already exists", job_id, draft.job_dir
@@ -198,10 +204,18 @@ class Admission:
         admitted: Admitted,
         resumed_from: JobRecord | None,
         sweep_cell: str | None = None,
+        *,
+        in_sweep: tuple[int, str] | None = None,
     ) -> Draft:
         """The stored request stays as submitted; the argv, environment and output folder
         carry its paths as the policy resolved them, absolute for this job's folder. A
         resumed sweep cell stays in its sweep, under its cell's key."""
+        if in_sweep is not None:
+            return replace(
+                self._draft(job_id, request, admitted, resumed_from),
+                sweep_id=in_sweep[0],
+                sweep_cell=in_sweep[1],
+            )
         job_dir = command.job_dir_for(self.settings.data_dir, job_id)
         built = command.build(admitted.apply(request, job_dir), job_dir, self.launcher)
         return Draft(

@@ -5,14 +5,15 @@ attached (``checks``: the answer shows what passed and what did not); a dry run 
 and returns the report, queuing nothing. Order: the queue bound (dry runs; a submission
 holds its place first), the execution policy, lm-eval's parser, GPUs, the task names and the
 output types they need; dry runs end with the endpoint pre-flight (preflight.py), which real
-jobs pass at dispatch.
+jobs pass at dispatch. A sweep's cells (``admit_cells``) go through the same checks, with the
+work of many done once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -57,14 +58,27 @@ class Report:
         return {"checks": list(self.checks), "ok": self.ok}
 
 
+async def _parse(request: dict[str, Any]) -> None:
+    await trio.to_thread.run_sync(argv.check, request)
+
+
+async def _run_of(request: dict[str, Any], admitted: Admitted) -> EffectiveRun:
+    return await trio.to_thread.run_sync(_effective, request, admitted)
+
+
 @dataclass(frozen=True)
 class Gates:
     """The supervisor's own checks: the policy's verdict (bounded), the GPU count, and the
-    queue bound (a context that holds a place while it is open)."""
+    queue bound (a context that holds a place while it is open). The rest default to one
+    job's: lm-eval's parser and the run it makes each in a worker thread, no task checks
+    shared (a sweep's cells bring what the policy's batch worked out, see ``admit_cells``)."""
 
     admit: Callable[[dict[str, Any]], Awaitable[Admitted]]
     gpus: Callable[[int | None], None]
     queue_place: Callable[[], AbstractContextManager[None]]
+    parse: Callable[[dict[str, Any]], Awaitable[None]] = _parse
+    effective: Callable[[dict[str, Any], Admitted], Awaitable[EffectiveRun]] = _run_of
+    task_verdicts: dict[str, str | Exception] | None = None
 
 
 class _Run:
@@ -95,6 +109,55 @@ async def admit(supervisor: Supervisor, request: dict[str, Any], gates: Gates) -
     return admitted
 
 
+async def admit_cells(
+    supervisor: Supervisor, requests: list[dict[str, Any]], gates: Gates
+) -> list[Admitted | Exception]:
+    """A sweep's requests, each through the checks of ``admit`` (the caller holds their queue
+    places), with the work of many done once: the policy's verdicts, lm-eval's parser and
+    the runs it makes in one worker thread under one budget (``Admission.admit_many``), and
+    each distinct set of tasks judged against the catalog once, not once per cell. Each
+    request's verdict, or its first refusal."""
+    verdicts = await supervisor.admission.admit_many(requests)
+    shared: dict[str, str | Exception] = {}
+    outcomes: list[Admitted | Exception] = []
+    for request, verdict in zip(requests, verdicts, strict=True):
+        cell = replace(
+            gates,
+            admit=_given(verdict),
+            parse=_parsed_by_policy,
+            effective=_run_judged,
+            task_verdicts=shared,
+        )
+        try:
+            outcomes.append(await admit(supervisor, request, cell))
+        except REFUSALS as refusal:
+            outcomes.append(refusal)
+    return outcomes
+
+
+def _given(
+    verdict: Admitted | PolicyViolation | MissingPath | RequestRejected,
+) -> Callable[[dict[str, Any]], Awaitable[Admitted]]:
+    """The policy step of a cell the batch judged already."""
+
+    async def judged(request: dict[str, Any]) -> Admitted:
+        if isinstance(verdict, Exception):
+            raise verdict
+        return verdict
+
+    return judged
+
+
+async def _parsed_by_policy(request: dict[str, Any]) -> None:
+    """Nothing left to do: the policy admits only what lm-eval's parser accepts (it judges
+    the run the parser makes), and a cell the policy refused stops before this step."""
+
+
+async def _run_judged(request: dict[str, Any], admitted: Admitted) -> EffectiveRun:
+    """The run the policy judged (parsed again only if it kept none)."""
+    return admitted.run if admitted.run is not None else await _run_of(request, admitted)
+
+
 async def dry_run(supervisor: Supervisor, request: dict[str, Any], gates: Gates) -> Report:
     """Run every check that can run, queuing nothing; the report says what would happen."""
     run = _Run(keep_going=True)
@@ -113,7 +176,7 @@ async def _checks(
     supervisor: Supervisor, request: dict[str, Any], gates: Gates, run: _Run
 ) -> Admitted | None:
     async def parser() -> str:
-        await trio.to_thread.run_sync(argv.check, request)
+        await gates.parse(request)
         return "lm-eval's parser accepts the flags"
 
     admitted: list[Admitted] = []
@@ -130,10 +193,11 @@ async def _checks(
     parsed = await run.step("parser", parser)
     await run.step("gpus", gpus)
     if parsed and allowed:
-        effective = await trio.to_thread.run_sync(_effective, request, admitted[0])
+        effective = await gates.effective(request, admitted[0])
 
         async def tasks() -> str:
-            return await task_checks.check_tasks(supervisor, request, effective)
+            shared = gates.task_verdicts
+            return await task_checks.check_tasks(supervisor, request, effective, shared)
 
         async def endpoint() -> str:
             env = request.get("env_vars") or {}

@@ -24,9 +24,9 @@ from itertools import compress, count, repeat
 from operator import eq, itemgetter, ne
 from typing import TYPE_CHECKING, Any, cast
 
-from lmeval_trio.http.strict_json import finite
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.json_values import finite
 from lmeval_trio.policy.secrets import (
     job_secrets,
     mask_json,

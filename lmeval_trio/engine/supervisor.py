@@ -311,17 +311,21 @@ class Supervisor:
     # -- public operations ----------------------------------------------------------------
 
     async def submit(
-        self, body: Mapping[str, Any] | BaseModel, *, resumed_from: JobRecord | None = None
+        self,
+        body: Mapping[str, Any] | BaseModel,
+        *,
+        resumed_from: JobRecord | None = None,
+        in_sweep: tuple[int, str] | None = None,
     ) -> JobRecord:
-        """Validate, run the admission checks (admission_checks), store and queue a job.
-        Raises pydantic's ValidationError, PolicyViolation, RequestRejected, TaskRefused,
-        QueueFull or NotAccepting."""
+        """Validate, run the admission checks (admission_checks), store and queue a job
+        (``in_sweep``: as a sweep cell's, sweeps.py). Raises pydantic's ValidationError,
+        PolicyViolation, RequestRejected, TaskRefused, QueueFull or NotAccepting."""
         self.check_accepting()
         request = self.admission.parse(body)
         self.admission.check_limits(request)
         with self.queue_place():
-            admitted = await admission_checks.admit(self, request, self._gates())
-            record = await self._create_and_enqueue(request, admitted, resumed_from)
+            admitted = await admission_checks.admit(self, request, self.gates())
+            record = await self._create_and_enqueue(request, admitted, resumed_from, in_sweep)
         self.metrics.submissions.inc()
         log.info(  # not the argv: model_args may carry credentials
             "job %s queued (model=%s, tasks=%s)",
@@ -335,9 +339,11 @@ class Supervisor:
     async def dry_run(self, body: Mapping[str, Any] | BaseModel) -> admission_checks.Report:
         """Every admission check of ``body`` (admission_checks), queuing nothing."""
         self.check_accepting()
-        return await admission_checks.dry_run(self, self.admission.parse(body), self._gates())
+        request = self.admission.parse(body)
+        self.admission.check_limits(request)
+        return await admission_checks.dry_run(self, request, self.gates())
 
-    def _gates(self) -> admission_checks.Gates:
+    def gates(self) -> admission_checks.Gates:
         return admission_checks.Gates(
             self.admission.admit, self.admission.check_gpus, self.queue_place
         )
@@ -355,7 +361,11 @@ class Supervisor:
             yield
 
     async def _create_and_enqueue(
-        self, request: dict[str, Any], admitted: Admitted, resumed_from: JobRecord | None
+        self,
+        request: dict[str, Any],
+        admitted: Admitted,
+        resumed_from: JobRecord | None,
+        in_sweep: tuple[int, str] | None = None,
     ) -> JobRecord:
         """Store the job and give it its queue place, or leave nothing behind.
 
@@ -363,7 +373,7 @@ class Supervisor:
         copied the record exists but is not queued yet; a delete waits for that
         (``creating``), and a failure or cancellation on the way removes the record and
         folder again, so no Queued record is ever left without its place in the queue."""
-        record = await self.admission.store_job(request, admitted, resumed_from)
+        record = await self.admission.store_job(request, admitted, resumed_from, in_sweep)
         created = self.creating[record.id] = trio.Event()
         try:
             await self.admission.prepare_folder(record, admitted, resumed_from)

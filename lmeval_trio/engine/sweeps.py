@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import trio
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from lmeval_trio.engine import admission_checks
+from lmeval_trio.engine.task_checks import TaskRefused
 from lmeval_trio.errors import Conflict, InvalidRequest, NotFound
 from lmeval_trio.harness.request_model import RequestRejected, request_model
 from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord
@@ -33,8 +35,11 @@ if TYPE_CHECKING:
 
 KEY_SEPARATOR = " | "
 MAX_KEY_CHARS = 500
-#: Cells whose newest job ended this way are run again by a sweep resume.
+#: Cells whose newest job ended this way are run again by a sweep resume (and so are cells
+#: whose jobs were all deleted: by DELETE /job/{id}, DELETE /jobs or retention).
 RESUMABLE = (JobStatus.FAILED, JobStatus.STOPPED)
+#: The ``reason`` of a cell whose job was deleted (its ``job_id`` and ``status`` are null).
+DELETED_REASON = "its job was deleted; a sweep resume runs the cell again"
 
 
 class SweepNotFound(NotFound, LookupError):
@@ -187,20 +192,22 @@ class Sweeps:
         return sweep, records
 
     async def _admit_all(self, planned: SweepRecord) -> list[tuple[SweepCell, Admitted]]:
-        """Each cell parsed and judged like a job (the policy's checks of all cells in one
-        worker thread); every cell's errors, or the verdicts."""
-        admission = self.supervisor.admission
+        """Each cell parsed and checked like a job (``admission_checks.admit_cells``: the
+        same checks, the policy's of all cells in one worker thread, each distinct set of
+        tasks checked once); every cell's errors, or the verdicts."""
+        sup = self.supervisor
         errors: list[dict[str, Any]] = []
         parsed: list[tuple[int, SweepCell]] = []
         for index, cell in enumerate(planned.cells):
             try:
-                request = admission.parse(cell.request)
-                admission.check_gpus(request.get("num_gpus"))
+                request = sup.admission.parse(cell.request)
+                sup.admission.check_limits(request)
             except (ValidationError, RequestRejected) as error:
                 errors.extend(_cell_errors(index, cell, error))
                 continue
             parsed.append((index, SweepCell(cell.key, request)))
-        verdicts = await admission.admit_many([cell.request for _, cell in parsed])
+        requests = [cell.request for _, cell in parsed]
+        verdicts = await admission_checks.admit_cells(sup, requests, sup.gates())
         admitted: list[tuple[SweepCell, Admitted]] = []
         for (index, cell), verdict in zip(parsed, verdicts, strict=True):
             if isinstance(verdict, Exception):
@@ -310,7 +317,8 @@ class Sweeps:
             "request": public_request(cell.request, hidden),
         }
         if record is None:
-            return shown  # its job was deleted
+            shown["reason"] = DELETED_REASON
+            return shown
         progress = self.supervisor.progress_dict(record)
         done = record.status is JobStatus.COMPLETED
         shown.update(
@@ -364,14 +372,27 @@ class Sweeps:
         return [record.id for record in records]
 
     async def resume(self, sweep_id: int) -> list[int]:
-        """Run again each cell whose newest job failed or was stopped (a job resume: its
-        cache copied); the new job ids. Cells that completed or are active stay as they are."""
+        """Run again, in cell order, each cell whose newest job failed or was stopped (a job
+        resume: its cache copied) and each cell whose job was deleted (its request submitted
+        afresh into the cell: nothing is left to copy); the new job ids. Cells that completed
+        or are active stay as they are."""
+        sup = self.supervisor
         sweep = await self.get(sweep_id)
         newest = newest_jobs(sweep, (await self.jobs([sweep]))[sweep.id])
-        ended = [r for r in newest.values() if r.status in RESUMABLE]
-        if not ended:
-            raise NothingToResume(f"sweep {sweep_id} has no failed or stopped cell to resume")
-        return [(await self.supervisor.resume(record.id)).id for record in ended]
+        again = [c for c in sweep.cells if c.key not in newest or newest[c.key].status in RESUMABLE]
+        if not again:
+            raise NothingToResume(
+                f"sweep {sweep_id} has no failed, stopped or deleted cell to resume"
+            )
+        resumed = []
+        for cell in again:
+            old = newest.get(cell.key)
+            if old is None:
+                record = await sup.submit(cell.request, in_sweep=(sweep.id, cell.key))
+            else:
+                record = await sup.resume(old.id)
+            resumed.append(record.id)
+        return resumed
 
     async def results(self, sweep_id: int) -> dict[str, Any]:
         """One table of every completed cell's metrics: rows task/metric/filter, columns
@@ -469,7 +490,18 @@ def _cell_errors(index: int, cell: SweepCell, error: Exception) -> list[dict[str
         return [
             {"loc": [*where, error.field], "msg": error.message, "type": "missing_path", **named}
         ]
-    assert isinstance(error, RequestRejected)
+    if isinstance(error, TaskRefused):
+        return [
+            {
+                "loc": [*where, error.field],
+                "msg": error.message,
+                "type": error.kind,
+                **named,
+                **error.extra,
+            }
+        ]
+    if not isinstance(error, RequestRejected):
+        return [{"loc": where, "msg": str(error), "type": "refused", **named}]
     loc = [*where, error.field] if error.field else where
     msg = f"lm-eval rejects this: {error.message}"
     return [{"loc": loc, "msg": msg, "type": "lm_eval_rejected", **named}]

@@ -8,6 +8,7 @@ policy). Folders are judged by the same path policy as a job's ``include_path``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,11 +78,48 @@ async def listing_catalog(supervisor: Supervisor, folders: Sequence[str]) -> Cat
     return await supervisor.catalogs.folders(await judged_folders(supervisor, folders))
 
 
-async def check_tasks(supervisor: Supervisor, request: Mapping[str, Any], run: EffectiveRun) -> str:
+async def check_tasks(
+    supervisor: Supervisor,
+    request: Mapping[str, Any],
+    run: EffectiveRun,
+    shared: dict[str, str | Exception] | None = None,
+) -> str:
     """Every task name of ``run`` must name something lm-eval (or the job's include_path)
     defines, and the model must be able to serve what those tasks ask. Returns the detail
     for the report; a catalog that cannot be built lets the job through (lm-eval then
-    judges, as before), saying so."""
+    judges, as before), saying so. With ``shared`` (a sweep's cells), requests that agree on
+    everything the check reads share one verdict: one catalog look-up, not one per cell."""
+    if shared is None:
+        return await _check_tasks(supervisor, request, run)
+    key = _verdict_key(request, run)
+    if key not in shared:
+        try:
+            shared[key] = await _check_tasks(supervisor, request, run)
+        except (TaskRefused, PolicyViolation, MissingPath) as refusal:
+            shared[key] = refusal
+    verdict = shared[key]
+    if isinstance(verdict, Exception):
+        raise verdict.with_traceback(None)
+    return verdict
+
+
+def _verdict_key(request: Mapping[str, Any], run: EffectiveRun) -> str:
+    """Everything the task check of a request reads."""
+    read = [
+        bool(request.get("lm_eval_path")),
+        run.values.get("tasks"),
+        run.values.get("include_path"),
+        run.values.get("model"),
+        run.field("tasks"),
+        run.field("include_path"),
+    ]
+    return json.dumps(read, sort_keys=True, default=str)
+
+
+async def _check_tasks(
+    supervisor: Supervisor, request: Mapping[str, Any], run: EffectiveRun
+) -> str:
+    """The check itself (see ``check_tasks``)."""
     if not supervisor.settings.check_tasks:
         return "not checked: LMEVAL_CHECK_TASKS is off"
     if request.get("lm_eval_path"):

@@ -95,7 +95,10 @@ class SweepSubmitted(BaseModel):
 
 class SweepCellOut(BaseModel):
     key: str
-    job_id: int | None = Field(description="The cell's newest job (null: deleted).")
+    job_id: int | None = Field(
+        description="The cell's newest job; null (with a null status) once its job was "
+        "deleted: the reason says so, and a sweep resume runs the cell again."
+    )
     status: JobStatus | None
     progress_pct: int
     eta_s: float | None

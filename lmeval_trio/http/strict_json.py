@@ -15,6 +15,7 @@ from typing import Any
 from flask.json.provider import DefaultJSONProvider
 
 from lmeval_trio.errors import InvalidRequest
+from lmeval_trio.json_values import finite
 
 
 class NonFiniteNumber(InvalidRequest, ValueError):
@@ -34,17 +35,6 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise NonFiniteNumber(f"{text} is out of range for a number")
-    return value
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (containers copied)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
     return value
 
 

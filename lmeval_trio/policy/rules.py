@@ -155,6 +155,9 @@ class Admitted:
     #: The ``--config`` file's bytes as judged: the job reads this copy (CONFIG_COPY in its
     #: folder), so a file changed after the verdict changes nothing.
     config_bytes: bytes | None = None
+    #: What lm-eval will run with, as the policy judged it (lm-eval's parser accepted it):
+    #: a sweep's cells reuse it rather than parse each request again.
+    run: EffectiveRun | None = None
 
     def apply(self, request: Mapping[str, Any], job_dir: Path) -> dict[str, Any]:
         """``request`` with every judged path absolute, for the job in ``job_dir``: what the
@@ -217,8 +220,8 @@ class Policy:
         config = None if raw is None else _parse_config(raw)
         if config is not None:
             self.check_paths(config, "config.")
-        self.check_effective(values, config)
-        return Admitted(flags, tasks, env, raw)
+        run = self.check_effective(values, config)
+        return Admitted(flags, tasks, env, raw, run)
 
     def check(self, values: Mapping[str, Any]) -> None:
         """Raise for the first rule ``values`` (a request dict) breaks."""
@@ -415,10 +418,12 @@ class Policy:
             raise PolicyViolation("tasks", f"the pattern matches over {MAX_GLOB_MATCHES} paths")
         return matches
 
-    def check_effective(self, request: Mapping[str, Any], config: Mapping[str, Any] | None) -> None:
+    def check_effective(
+        self, request: Mapping[str, Any], config: Mapping[str, Any] | None
+    ) -> EffectiveRun:
         """Judge code execution and online access on what lm-eval will run with: the argv
         parsed by lm-eval's own parser, merged with the config file as lm-eval merges it,
-        the model class's own defaults included."""
+        the model class's own defaults included. Returns that run."""
         from lmeval_trio.harness.effective import effective_run
 
         run = effective_run(request, config)
@@ -428,6 +433,7 @@ class Policy:
             for name in ONLINE_FLAGS:
                 if run.values.get(name):
                     raise PolicyViolation(run.field(name), ONLINE_RULE)
+        return run
 
     def _check_code(self, run: EffectiveRun) -> None:
         for name in CODE_FLAGS:

@@ -69,6 +69,8 @@ export function mount(root, { match }, ctx) {
   const phases = h("div", { class: "phases", id: "job-phases" });
   const phaseBars = new Map();
   const facts = h("dl", { class: "facts" });
+  const attemptsCard = h("section", { class: "card", id: "job-attempts", hidden: true });
+  let attemptsShown = null; // the attempts / status / retry_at the card was drawn for
   const command = h("pre", { class: "code", id: "job-command" });
   const requestJson = h("pre", { class: "code" });
 
@@ -100,6 +102,7 @@ export function mount(root, { match }, ctx) {
     reason,
     h("section", { class: "card" }, h("div", { class: "card-head" }, h("h2", {}, "Progress")), overall, phases),
     h("section", { class: "card" }, facts),
+    attemptsCard,
     h(
       "section",
       { class: "card" },
@@ -142,6 +145,7 @@ export function mount(root, { match }, ctx) {
       fact("Duration", fmtDuration(duration), "fact-duration"),
       fact("Exit code", job.exit_code ?? "—"),
       fact("Attempts", job.attempts ?? "—"),
+      job.retry_at ? fact("Next attempt", fmtDate(job.retry_at), "fact-retry-at") : null,
       job.resumed_from ? fact("Resumes", h("a", { href: `#/job/${job.resumed_from}` }, `#${job.resumed_from}`)) : null,
       job.sweep_id ? fact("Sweep", h("a", { href: `#/sweep/${job.sweep_id}`, id: "job-sweep" }, `#${job.sweep_id} · ${job.sweep_cell ?? ""}`)) : null,
       job.gpus && job.gpus.length ? fact("GPUs", job.gpus.join(", ")) : null,
@@ -155,6 +159,7 @@ export function mount(root, { match }, ctx) {
     }
     text(command, job.argument || "");
     text(requestJson, JSON.stringify(req, null, 2));
+    followAttempts(next);
     if (job.progress) showProgress(job.progress);
     else setProgress(overall, overall._last, job.status);
     if (TERMINAL.has(job.status) && !terminalLoaded) {
@@ -162,6 +167,46 @@ export function mount(root, { match }, ctx) {
       loadResults();
       loadArtifacts();
     }
+  }
+
+  // Status events carry the attempt count, not the history: a change re-reads the job.
+  function followAttempts(next) {
+    const drawnFor = `${job.attempts}|${job.status}|${job.retry_at}`;
+    if (next.attempt_history) {
+      attemptsShown = drawnFor;
+      showAttempts(next.attempt_history);
+    } else if (attemptsShown !== null && attemptsShown !== drawnFor) {
+      attemptsShown = drawnFor;
+      api(`/job/${jobId}`, { signal: ctx.signal }).then((detail) => showAttempts(detail.attempt_history || [])).catch(() => {});
+    }
+  }
+
+  /** Each attempt (when a job may run more than once): how it ended, and where its output
+   *  begins in each log (byte offsets, as GET /job/{id}/logs?offset= takes them). */
+  function showAttempts(history) {
+    const retrying = (job.request?.max_attempts ?? 1) > 1 || Boolean(job.retry_at);
+    attemptsCard.hidden = !history.length || (history.length < 2 && !retrying);
+    if (attemptsCard.hidden) return;
+    const rows = history.map((a) => h(
+      "tr",
+      { dataset: { attempt: a.attempt } },
+      h("td", { class: "num" }, a.attempt),
+      h("td", {}, fmtDate(a.started_at)),
+      h("td", {}, a.finished_at ? fmtDate(a.finished_at) : "—"),
+      h("td", {}, a.outcome ? `${a.outcome}${a.retried ? " · retried" : ""}` : "running"),
+      h("td", { class: "num" }, a.exit_code ?? "—"),
+      h("td", { class: "num muted" }, `stdout ${a.stdout_offset} B · stderr ${a.stderr_offset} B`),
+      h("td", { class: "reason-cell" }, a.reason ?? ""),
+    ));
+    clear(
+      attemptsCard,
+      h("div", { class: "card-head" }, h("h2", {}, "Attempts"),
+        job.retry_at ? h("span", { class: "muted small", id: "attempts-retry-at" }, `next attempt ${fmtDate(job.retry_at)}`) : null),
+      h("div", { class: "table-scroll" }, h("table", { class: "results", id: "attempts-table" },
+        h("thead", {}, h("tr", {}, h("th", { class: "num" }, "#"), h("th", {}, "Started"), h("th", {}, "Finished"),
+          h("th", {}, "Outcome"), h("th", { class: "num" }, "Exit"), h("th", { class: "num" }, "Log from"), h("th", {}, "Reason"))),
+        h("tbody", {}, rows))),
+    );
   }
 
   function showProgress(progress) {

@@ -143,7 +143,7 @@ export function mountSweep(root, { match }, ctx) {
     const eta = sweep.eta_s === null || sweep.eta_s === undefined ? "" : ` · ETA ${fmtDuration(sweep.eta_s)}`;
     text(summary, `${done}/${sweep.total_cells} cells completed · at most ${sweep.max_parallel ?? "any number"} at once${eta}`);
     stopButton.hidden = !sweep.cells.some((c) => c.status === "Queued" || c.status === "Running");
-    resumeButton.hidden = !sweep.cells.some((c) => c.status === "Failed" || c.status === "Stopped");
+    resumeButton.hidden = !sweep.cells.some((c) => c.status === "Failed" || c.status === "Stopped" || c.status === null);
     clear(cells, sweep.cells.map((cell) => cellRow(cell, sweep.baseline)));
     const key = sweep.cells.map((c) => `${c.job_id}:${c.status}`).join(",");
     if (key !== resultsKey) {
