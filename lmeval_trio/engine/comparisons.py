@@ -112,6 +112,14 @@ class Comparisons:
             "flips": page,
         }
 
+    async def report_data(self, job_id: int) -> tuple[JobRecord, dict[str, Any]]:
+        """A job and its (masked) results with their metrics table, for its report: 404
+        for an unknown job or one without results."""
+        sup = self.supervisor
+        record = await sup.get(job_id)
+        data = await trio.to_thread.run_sync(results.load_results, record)
+        return record, mask_json(data, await sup.output_secrets(record))
+
     async def load(self, job_id: int, field: str) -> Loaded:
         """The job and its results, or a refusal naming ``field``."""
         sup = self.supervisor
