@@ -26,7 +26,7 @@ _missing = chromium_missing()
 _required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
 pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
 if _missing is None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Dialog, sync_playwright
 
 EVIL_TASK = "evil<img src=x onerror=alert(1)>"
 EVIL_ARG = "</style><script>alert(2)</script>"
@@ -76,7 +76,12 @@ def render(url: str) -> dict[str, Any]:
         requests: list[str] = []
         dialogs: list[str] = []
         page.on("request", lambda request: requests.append(request.url))
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+        def on_dialog(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
         response = page.goto(url)
         assert response is not None and response.status == 200
         page.wait_for_load_state("networkidle")
