@@ -94,6 +94,16 @@ def edited_tasks(tmp_path: Path) -> Path:
     return folder
 
 
+def no_stderr_tasks(tmp_path: Path) -> Path:
+    """The same task aggregated by a custom mean: lm-eval writes its stderr as "N/A"."""
+    folder = job_files(tmp_path) / "no-stderr-tasks"
+    shutil.copytree(COMPARE_TASKS, folder)
+    yaml = folder / "cmp_mc.yaml"
+    text = yaml.read_text()
+    yaml.write_text(text.replace("aggregation: mean", "aggregation: !function cmp_data.plain_mean"))
+    return folder
+
+
 @pytest.fixture
 def cmp_stub() -> Any:
     handle = start_stub(tasks_dir=COMPARE_TASKS)
@@ -116,13 +126,15 @@ async def test_real_runs_compared_with_z_mcnemar_flips_and_every_mismatch(
         cmp_job(cmp_stub, "stub-wrong-5-0", num_fewshot=1),
         cmp_job(cmp_stub, "stub-wrong-5-0", limit=20),
         cmp_job(cmp_stub, "stub-wrong-5-0", include_path=str(edited)),
+        cmp_job(cmp_stub, "stub-wrong-2-0", include_path=str(no_stderr_tasks(tmp_path))),
     ]
     async with trio.open_nursery() as nursery:
         url, shutdown, app = await start_server(nursery, settings)
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             server = Server(url, client, app)
-            a, b, fewshot, limited, renamed = await run_all(server, bodies)
+            a, b, fewshot, limited, renamed, no_stderr = await run_all(server, bodies)
             await check_z_and_mcnemar(server, a, b)
+            await check_without_stderr(server, a, no_stderr)
             await check_flips_paged(server, a, b)
             await check_mismatches(server, a, fewshot, limited, renamed)
         shutdown.set()
@@ -163,6 +175,22 @@ async def check_z_and_mcnemar(server: Server, a: int, b: int) -> None:
     flipped = await get(server, f"/compare?jobs={a},{b}&baseline={b}")
     assert flipped["rows"][0]["jobs"][0]["delta"] == pytest.approx(0.3)
     assert flipped["paired"][0]["wrong_to_correct"] == down
+
+
+async def check_without_stderr(server: Server, a: int, no_stderr: int) -> None:
+    """lm-eval's "N/A" stderr: a delta, no z test, and a note saying so; the paired test
+    from the samples still runs."""
+    raw = await raw_results(server, no_stderr)
+    assert raw["results"]["cmp_mc"]["acc_stderr,none"] == "N/A"
+    answer = await get(server, f"/compare?jobs={a},{no_stderr}")
+    assert answer["mismatches"] == []
+    cell = answer["rows"][0]["jobs"][1]
+    assert cell["value"] == 0.5 and cell["stderr"] is None
+    assert cell["delta"] == pytest.approx(-0.3)
+    assert cell["z"] is None and cell["p_value"] is None and cell["test"] is None
+    assert cell["significant"] is False and "no standard error" in cell["note"]
+    (paired,) = answer["paired"]
+    assert (paired["correct_to_wrong"], paired["wrong_to_correct"]) == (16, 4)
 
 
 async def check_flips_paged(server: Server, a: int, b: int) -> None:
@@ -284,3 +312,16 @@ async def test_bad_compare_queries_name_their_field(server: Server) -> None:
     assert (await server.client.get("/compare?sweep=99")).status_code == 404
     assert (await server.client.get("/job/999/report")).status_code == 404
     assert (await server.client.get(f"/job/{queued}/report")).status_code == 404
+
+
+def test_mcnemar_exact_against_the_binomial_tail() -> None:
+    """The exact test, in integers, against the pmf recurrence here: small, tied, empty,
+    and counts whose 2**n no float can hold."""
+    from lmeval_trio.engine.compare import mcnemar_exact
+
+    for down, up in [(16, 4), (4, 16), (3, 3), (0, 7), (1, 0), (40, 25)]:
+        expected = binomial_two_sided(min(down, up), down + up)
+        assert mcnemar_exact(down, up) == pytest.approx(expected, rel=1e-9)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(700, 700) == 1.0
+    assert 0 < mcnemar_exact(2000, 1800) < 0.01  # n = 3800: 2**n overflows a float
