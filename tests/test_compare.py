@@ -16,7 +16,15 @@ import pytest
 import trio
 
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import SUPPORT, TASKS_DIR, Server, job_files, make_settings, start_server
+from tests.conftest import (
+    SUPPORT,
+    TASKS_DIR,
+    Server,
+    fake_job,
+    job_files,
+    make_settings,
+    start_server,
+)
 from tests.support.stub_openai import StubHandle, start_stub
 
 COMPARE_TASKS = SUPPORT / "compare_tasks"
@@ -309,6 +317,11 @@ async def test_bad_compare_queries_name_their_field(server: Server) -> None:
     assert response.status_code == 422 and "has no results" in response.text
     response = await server.client.get(f"/compare?jobs={queued + 1},{queued}")
     assert response.status_code == 422 and "no job with ID" in response.text
+    running = await server.submit(fake_job("block"))
+    await server.wait_status(running, JobStatus.RUNNING)
+    response = await server.client.get(f"/compare?jobs={running},{queued}")
+    assert response.status_code == 422 and "is Running" in response.text
+    await supervisor.stop(running)
     assert (await server.client.get("/compare?sweep=99")).status_code == 404
     assert (await server.client.get("/job/999/report")).status_code == 404
     assert (await server.client.get(f"/job/{queued}/report")).status_code == 404

@@ -156,7 +156,6 @@ def compare(
 ) -> dict[str, Any]:
     """Rows, mismatches and paired comparisons of ``runs`` against ``baseline`` (one of
     them). ``samples`` maps (job id, task) to that job's outcomes, where it logged them."""
-    samples = samples or {}
     base = next(run for run in runs if run.job_id == baseline)
     others = [run for run in runs if run.job_id != baseline]
     tables = {run.job_id: _rows_by_key(run) for run in runs}
@@ -164,35 +163,46 @@ def compare(
     tasks = sorted({key[0] for key in keys})
     mismatches: list[dict[str, Any]] = []
     paired: list[dict[str, Any]] = []
+    blocked: dict[int, dict[str, list[str]]] = {}
     for other in others:
-        found = pair_mismatches(base, other, tasks)
-        for task in tasks:
-            a, b = samples.get((baseline, task)), samples.get((other.job_id, task))
-            if a is not None and b is not None:
-                extra = sample_set_mismatch(other.job_id, task, a, b)
-                found += [extra] if extra else []
+        found, blocked[other.job_id], pairs = _against(base, other, tasks, samples or {}, alpha)
         mismatches += found
-        blocked = _blocked_tasks(base, found, tasks)
-        for task in tasks:
-            a, b = samples.get((baseline, task)), samples.get((other.job_id, task))
-            if a is not None and b is not None:
-                paired += paired_task(other.job_id, task, a, b, alpha, blocked.get(task, []))
-    blocked_by_job = {
-        other.job_id: _blocked_tasks(
-            base, [m for m in mismatches if m["job_id"] == other.job_id], tasks
-        )
-        for other in others
-    }
-    rows = [_row(key, runs, tables, baseline, alpha, blocked_by_job) for key in keys]
+        paired += pairs
     return {
         "jobs": [run.job_id for run in runs],
         "baseline": baseline,
         "alpha": alpha,
-        "rows": rows,
+        "rows": [_row(key, runs, tables, baseline, alpha, blocked) for key in keys],
         "mismatches": mismatches,
         "pairs": [_pair_summary(o.job_id, baseline, mismatches) for o in others],
         "paired": paired,
     }
+
+
+def _against(
+    base: Run,
+    other: Run,
+    tasks: Sequence[str],
+    samples: Mapping[tuple[int, str], Outcomes | None],
+    alpha: float,
+) -> tuple[list[dict[str, Any]], dict[str, list[str]], list[dict[str, Any]]]:
+    """One job against the baseline: its mismatches (sample sets too, where both logged
+    samples), the mismatch kinds blocking each task, and its paired comparisons."""
+    found = pair_mismatches(base, other, tasks)
+    logged = {}
+    for task in tasks:
+        a, b = samples.get((base.job_id, task)), samples.get((other.job_id, task))
+        if a is not None and b is not None:
+            logged[task] = (a, b)
+            extra = sample_set_mismatch(other.job_id, task, a, b)
+            found += [extra] if extra else []
+    blocked = _blocked_tasks(base, found, tasks)
+    paired = [
+        entry
+        for task, (a, b) in logged.items()
+        for entry in paired_task(other.job_id, task, a, b, alpha, blocked.get(task, []))
+    ]
+    return found, blocked, paired
 
 
 def _rows_by_key(run: Run) -> dict[tuple[str, str, str], dict[str, Any]]:

@@ -16,6 +16,7 @@ import trio
 from lmeval_trio.engine import compare
 from lmeval_trio.errors import Conflict, InvalidParameter, JobNotFound
 from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.jobs.status import TERMINAL
 from lmeval_trio.outputs import results, sample_outcomes
 from lmeval_trio.outputs.sample_outcomes import Outcomes
 from lmeval_trio.policy.secrets import mask_json
@@ -127,6 +128,9 @@ class Comparisons:
             record = await sup.get(job_id)
         except JobNotFound:
             raise InvalidParameter("query", field, f"no job with ID={job_id}") from None
+        if record.status not in TERMINAL:
+            message = f"job {job_id} is {record.status.value}; compare it once it has ended"
+            raise InvalidParameter("query", field, message)
         try:
             data = await trio.to_thread.run_sync(results.load_results, record)
         except results.ResultsUnavailable as error:
