@@ -221,6 +221,11 @@ async def check_flips_paged(server: Server, a: int, b: int) -> None:
     )
     assert base_doc["metrics"]["acc"] != other_doc["metrics"]["acc"]
     assert base_doc["filtered_resps"] != other_doc["filtered_resps"]
+    for query, field in [("task=nope", "task"), ("task=cmp_mc&filter=nope", "filter")]:
+        refused = await get(server, f"/compare/flips?jobs={a},{b}&{query}", 422)
+        assert refused["detail"][0]["loc"] == ["query", field]
+    refused = await get(server, f"/compare/flips?jobs={a},{b}&task=cmp_mc&metric=nope", 422)
+    assert refused["detail"][0]["loc"] == ["query", "metric"]
 
 
 async def check_mismatches(

@@ -68,7 +68,7 @@ class Comparisons:
         if len(columns) < 2:
             raise Conflict(f"sweep {sweep_id} has fewer than two completed cells to compare")
         job_ids = [c["job_id"] for c in columns][:MAX_COMPARE_JOBS]
-        answer = await self.jobs(job_ids, job_ids[0], alpha)
+        answer = await self.jobs(job_ids, job_ids[0], alpha, field="sweep")
         answer["sweep_id"] = sweep_id
         answer["cells"] = {str(c["job_id"]): c["key"] for c in columns[:MAX_COMPARE_JOBS]}
         return answer
@@ -90,7 +90,7 @@ class Comparisons:
         base, other = [await self.load(job_id, "jobs") for job_id in job_ids]
         a, b = await self._task_outcomes(base, task), await self._task_outcomes(other, task)
         filter_name = filter_name or _first_shared(a, b, "filter")
-        metric = metric or _binary_metric(a, b, filter_name)
+        metric = _binary_metric(a, b, filter_name, metric)
         found = compare.flips(a, b, filter_name, metric)
         page = found[offset : offset + limit]
         ids = {item["doc_id"] for item in page}
@@ -199,13 +199,17 @@ def _first_shared(a: Outcomes, b: Outcomes, field: str) -> str:
     return shared[0]
 
 
-def _binary_metric(a: Outcomes, b: Outcomes, filter_name: str) -> str:
-    """The first metric both jobs scored 0 or 1 per document under ``filter_name``."""
+def _binary_metric(a: Outcomes, b: Outcomes, filter_name: str, wanted: str | None) -> str:
+    """``wanted`` (default: the first such metric) once both jobs scored it 0 or 1 per
+    document under ``filter_name``: flips are defined for 0/1 metrics only."""
     docs_a, docs_b = a.get(filter_name), b.get(filter_name)
     if docs_a is None or docs_b is None:
         raise InvalidParameter("query", "filter", "not a filter both jobs logged")
-    for name in sorted({m for o in docs_a.values() for m in o.metrics}):
+    names = sorted({m for o in docs_a.values() for m in o.metrics})
+    for name in names if wanted is None else [wanted]:
         values = [o.metrics.get(name) for docs in (docs_a, docs_b) for o in docs.values()]
         if values and all(v in (0.0, 1.0) for v in values):
             return name
+    if wanted is not None:
+        raise InvalidParameter("query", "metric", "not a 0/1 metric both jobs scored")
     raise InvalidParameter("query", "metric", "the jobs share no 0/1 metric for this filter")
