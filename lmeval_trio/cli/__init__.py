@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lmeval_trio.cli import _commands as commands
-from lmeval_trio.cli import _serve, _sweeps
+from lmeval_trio.cli import _compare, _serve, _sweeps
 from lmeval_trio.cli._commands import Output
 from lmeval_trio.cli._request import RequestError, add_lm_eval_flags
 from lmeval_trio.client import ApiError, Client, ServerUnreachable, describe_detail
@@ -96,6 +96,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _follow_flag(resume)
     _job_id(add("follow", commands.follow, "follow a job's progress to its end, like submit -f"))
     _sweeps.add_parser(sub, common)
+    _compare.add_parser(sub, common)
     return parser
 
 

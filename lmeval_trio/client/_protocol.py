@@ -30,6 +30,8 @@ from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
     CheckReport,
+    Comparison,
+    FlipsPage,
     JobDetail,
     JobList,
     JobResults,
@@ -74,6 +76,21 @@ class Call(Generic[T]):
         if response.status_code not in self.ok:
             raise api_error(response)
         return self.parse(response)
+
+
+def _compare_params(
+    job_ids: Iterable[int], baseline: int | None, alpha: float | None, sweep_id: int | None
+) -> dict[str, str | int]:
+    params: dict[str, str | int] = {}
+    if sweep_id is not None:
+        params["sweep"] = sweep_id
+    else:
+        params["jobs"] = ",".join(str(job_id) for job_id in job_ids)
+    if baseline is not None:
+        params["baseline"] = baseline
+    if alpha is not None:
+        params["alpha"] = repr(alpha)
+    return params
 
 
 def _model(model: type[M]) -> Callable[[httpx.Response], M]:
@@ -240,6 +257,49 @@ class Routes:
     @staticmethod
     def resume_sweep(sweep_id: int) -> Call[BulkResult]:
         return Call("POST", f"/sweeps/{sweep_id}/resume", _model(BulkResult))
+
+    @staticmethod
+    def compare(
+        job_ids: Iterable[int], baseline: int | None, alpha: float | None, sweep_id: int | None
+    ) -> Call[Comparison]:
+        return Call(
+            "GET",
+            "/compare",
+            _model(Comparison),
+            params=_compare_params(job_ids, baseline, alpha, sweep_id),
+        )
+
+    @staticmethod
+    def compare_flips(
+        job_ids: tuple[int, int],
+        task: str,
+        filter_name: str | None,
+        metric: str | None,
+        offset: int,
+        limit: int,
+    ) -> Call[FlipsPage]:
+        params: dict[str, str | int] = {
+            "jobs": ",".join(map(str, job_ids)),
+            "task": task,
+            "offset": offset,
+            "limit": limit,
+        }
+        if filter_name:
+            params["filter"] = filter_name
+        if metric:
+            params["metric"] = metric
+        return Call("GET", "/compare/flips", _model(FlipsPage), params=params)
+
+    @staticmethod
+    def compare_report(
+        job_ids: Iterable[int], baseline: int | None, alpha: float | None
+    ) -> Call[str]:
+        params = _compare_params(job_ids, baseline, alpha, None)
+        return Call("GET", "/compare/report", lambda response: response.text, params=params)
+
+    @staticmethod
+    def job_report(job_id: int) -> Call[str]:
+        return Call("GET", f"/job/{job_id}/report", lambda response: response.text)
 
     @staticmethod
     def health() -> Call[dict[str, Any]]:

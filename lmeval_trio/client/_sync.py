@@ -34,6 +34,8 @@ from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
     CheckReport,
+    Comparison,
+    FlipsPage,
     JobDetail,
     JobList,
     JobResults,
@@ -171,6 +173,43 @@ class Client(ClientBase):
 
     def sweep_results_csv(self, sweep_id: int) -> str:
         return self._send(Routes.sweep_results_csv(sweep_id))
+
+    def compare(
+        self,
+        job_ids: Iterable[int] = (),
+        *,
+        baseline: int | None = None,
+        alpha: float | None = None,
+        sweep_id: int | None = None,
+    ) -> Comparison:
+        """Jobs (or a sweep's cells) against a baseline: deltas, z tests, mismatches,
+        paired comparisons (GET /compare)."""
+        return self._send(Routes.compare(job_ids, baseline, alpha, sweep_id))
+
+    def compare_flips(
+        self,
+        baseline: int,
+        other: int,
+        task: str,
+        *,
+        filter_name: str | None = None,
+        metric: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> FlipsPage:
+        """One page of the documents that flipped between two jobs on ``task``."""
+        call = Routes.compare_flips((baseline, other), task, filter_name, metric, offset, limit)
+        return self._send(call)
+
+    def compare_report(
+        self, job_ids: Iterable[int], *, baseline: int | None = None, alpha: float | None = None
+    ) -> str:
+        """The comparison as a self-contained HTML file."""
+        return self._send(Routes.compare_report(job_ids, baseline, alpha))
+
+    def job_report(self, job_id: int) -> str:
+        """A job's results as a self-contained HTML file."""
+        return self._send(Routes.job_report(job_id))
 
     def stop_sweep(self, sweep_id: int) -> BulkResult:
         return self._send(Routes.stop_sweep(sweep_id))

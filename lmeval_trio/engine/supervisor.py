@@ -34,6 +34,7 @@ from lmeval_trio.engine import admission_checks
 from lmeval_trio.engine.admission import Admission
 from lmeval_trio.engine.catalog_builds import Catalogs
 from lmeval_trio.engine.change_signal import Pulse
+from lmeval_trio.engine.comparisons import Comparisons
 from lmeval_trio.engine.dispatch import Dispatcher
 from lmeval_trio.engine.endpoint_wait import EndpointGate
 from lmeval_trio.engine.execution import Execution
@@ -114,6 +115,7 @@ class Supervisor:
         self.creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
         self._wire_parts()
         self.sweeps = Sweeps(self)  # sweep operations (engine/sweeps.py)
+        self.comparisons = Comparisons(self)  # comparisons of jobs (engine/comparisons.py)
         self._nursery: trio.Nursery | None = None
         self._warm_scope = trio.CancelScope()
         self._compile_scope = trio.CancelScope()

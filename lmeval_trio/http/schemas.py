@@ -274,3 +274,108 @@ def attempt_history(record: JobRecord) -> list[dict[str, Any]]:
         }
         for entry in record.attempt_history
     ]
+
+
+class CompareCell(BaseModel):
+    """One job's value in a comparison row, against the baseline."""
+
+    job_id: int
+    value: Any = Field(description="Usually a number; lm-eval writes 'N/A' for some metrics.")
+    stderr: float | None
+    delta: float | None = Field(description="value - baseline value (null: not numeric).")
+    z: float | None
+    p_value: float | None = Field(description="Two-sided p of the z test (null: no test).")
+    significant: bool = Field(description="p < alpha, and the runs are comparable.")
+    test: str | None = Field(description="'z' when tested; null when not (see note).")
+    note: str | None = Field(description="Why there is no test or no verdict.")
+    mismatches: list[str] = Field(description="Mismatch kinds that block a verdict here.")
+
+
+class CompareRow(BaseModel):
+    task: str
+    metric: str
+    filter: str
+    is_group: bool
+    jobs: list[CompareCell] = Field(description="One cell per job, in the order asked.")
+
+
+class Mismatch(BaseModel):
+    job_id: int = Field(description="The job that differs from the baseline.")
+    task: str | None = Field(description="The task (null: the whole run).")
+    kind: str = Field(
+        description="version, task_hash, n_shot, n_samples, limit, chat_template, "
+        "fewshot_as_multiturn, system_instruction or sample_set."
+    )
+    baseline: Any
+    value: Any
+
+
+class ComparePair(BaseModel):
+    job_id: int
+    baseline: int
+    comparable: bool
+    mismatch_kinds: list[str]
+
+
+class PairedComparison(BaseModel):
+    """Documents matched on doc_id with doc_hash agreeing; McNemar's exact test for 0/1."""
+
+    job_id: int
+    task: str
+    filter: str
+    metric: str
+    matched: int
+    mismatches: list[str]
+    both_correct: int | None = None
+    both_wrong: int | None = None
+    correct_to_wrong: int | None = None
+    wrong_to_correct: int | None = None
+    p_value: float | None
+    significant: bool
+    test: str | None
+    note: str | None
+
+
+class CompareRun(BaseModel):
+    job_id: int
+    status: JobStatus
+    model: Any
+    model_args: Any
+    lm_eval_version: Any
+    date: Any
+    samples_tasks: list[str] = Field(description="Tasks this job logged samples for.")
+
+
+class Comparison(BaseModel):
+    """GET /compare: rows per task/metric/filter, mismatches, paired comparisons."""
+
+    jobs: list[int]
+    baseline: int
+    alpha: float
+    rows: list[CompareRow]
+    mismatches: list[Mismatch]
+    pairs: list[ComparePair]
+    paired: list[PairedComparison]
+    runs: list[CompareRun]
+    sweep_id: int | None = None
+    cells: dict[str, str] | None = Field(None, description="Job id -> sweep cell key.")
+
+
+class Flip(BaseModel):
+    doc_id: int
+    direction: str = Field(pattern="^(correct_to_wrong|wrong_to_correct)$")
+    documents: dict[str, Any] = Field(
+        description="Job id -> its record: arguments (the prompt), target, resps, "
+        "filtered_resps, metrics (null: not found)."
+    )
+
+
+class FlipsPage(BaseModel):
+    jobs: list[int]
+    task: str
+    filter: str
+    metric: str
+    total: int
+    offset: int
+    limit: int
+    flips: list[Flip]

@@ -30,6 +30,10 @@ choice) or ``question`` + ``answer`` (generation). It finds the question that oc
 in the prompt; for loglikelihood the continuation that ends with the correct choice gets
 the highest (and greedy) logprob, and generation returns the correct answer text.
 
+A fixed answer pattern makes scores differ deterministically: a request whose ``model`` is
+``stub-wrong-<m>-<r>`` gets a wrong answer for every question at row ``i`` (0-based, in its
+own file) with ``i % m == r`` (the next choice, or ``wrong <answer>`` for generation).
+
 ``GET /stats`` returns ``{"routes": {"POST /v1/completions": n, ...}, "v1_requests",
 "prompts", "loglikelihood_prompts", "generation_prompts", "chat_requests",
 "failures_injected", "client_disconnects", "in_flight", "delay_s", "fail_remaining"}``.
@@ -47,6 +51,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -128,13 +133,14 @@ class Fact:
     question: str
     answer: str
     choices: tuple[str, ...] = ()
+    row: int = 0  # the row in its file (for answer patterns)
 
 
 def load_facts(tasks_dir: Path) -> list[Fact]:
     """Read every ``*.jsonl`` in ``tasks_dir`` into question -> answer facts."""
     facts: list[Fact] = []
     for path in sorted(tasks_dir.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
             if not line.strip():
                 continue
             row = json.loads(line)
@@ -144,10 +150,30 @@ def load_facts(tasks_dir: Path) -> list[Fact]:
             label = row.get("label")
             if isinstance(choices, list) and isinstance(label, int):
                 texts = tuple(str(c) for c in choices)
-                facts.append(Fact(row["question"], texts[label], texts))
+                facts.append(Fact(row["question"], texts[label], texts, index))
             elif "answer" in row:
-                facts.append(Fact(row["question"], str(row["answer"])))
+                facts.append(Fact(row["question"], str(row["answer"]), (), index))
     return facts
+
+
+WRONG_PATTERN = re.compile(r"stub-wrong-([1-9][0-9]*)-([0-9]+)")
+
+
+def facts_for(facts: list[Fact], model: Any) -> list[Fact]:
+    """The facts a request's ``model`` answers from: with ``stub-wrong-<m>-<r>``, the rows
+    ``i % m == r`` answer wrong (see the module docstring); any other model, all right."""
+    match = WRONG_PATTERN.fullmatch(model) if isinstance(model, str) else None
+    if match is None:
+        return facts
+    modulus, remainder = int(match.group(1)), int(match.group(2))
+    return [_wrong(fact) if fact.row % modulus == remainder else fact for fact in facts]
+
+
+def _wrong(fact: Fact) -> Fact:
+    if fact.choices:
+        nxt = fact.choices[(fact.choices.index(fact.answer) + 1) % len(fact.choices)]
+        return Fact(fact.question, nxt, fact.choices, fact.row)
+    return Fact(fact.question, f"wrong {fact.answer}", (), fact.row)
 
 
 def find_fact(facts: list[Fact], text: str) -> Fact | None:
@@ -490,6 +516,7 @@ class StubHandler(BaseHTTPRequestHandler):
 
     def _completions(self, payload: JSONDict) -> None:
         state = self.state
+        facts = facts_for(state.facts, payload.get("model"))
         prompts = _normalize_prompts(payload.get("prompt"))
         echo = bool(payload.get("echo"))
         scoring = echo and payload.get("logprobs") is not None
@@ -506,13 +533,13 @@ class StubHandler(BaseHTTPRequestHandler):
                     {
                         "index": index,
                         "text": text + EOS_TOKEN,
-                        "logprobs": score_prompt(state.facts, ids),
+                        "logprobs": score_prompt(facts, ids),
                         "finish_reason": "length",
                     }
                 )
                 completion_tokens += 1
             else:
-                answer = answer_text(state.facts, text)
+                answer = answer_text(facts, text)
                 if not text[-1:].isspace():
                     answer = " " + answer
                 out, reason = truncate(answer, stop, max_tokens)
@@ -557,9 +584,10 @@ class StubHandler(BaseHTTPRequestHandler):
             for m in messages
             if isinstance(m, dict) and m.get("role") == "user"
         ]
-        fact = find_fact(state.facts, user_texts[-1]) if user_texts else None
+        facts = facts_for(state.facts, payload.get("model"))
+        fact = find_fact(facts, user_texts[-1]) if user_texts else None
         if fact is None:
-            fact = find_fact(state.facts, _messages_text(messages))
+            fact = find_fact(facts, _messages_text(messages))
         answer = fact.answer if fact is not None else "I don't know"
         out, reason = truncate(
             answer,

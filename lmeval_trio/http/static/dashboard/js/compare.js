@@ -5,6 +5,7 @@ import { AuthError, api } from "./api.js";
 import { clear, fmtMetric, fmtRelative, h, modelArgsText, taskList, text } from "./dom.js";
 import { PALETTE, groupedBarChart } from "./chart.js";
 import { loadSelection, saveSelection } from "./jobs.js";
+import { mountSignificance } from "./significance.js";
 import { badge, saveBlob } from "./ui.js";
 
 const PICK_PAGE = 20;
@@ -208,8 +209,10 @@ export function mount(root, { params }, ctx) {
       saveBlob(new Blob([`${lines.join("\r\n")}\r\n`], { type: "text/csv" }), `lmeval-compare-${series.map((s) => s.id).join("-")}.csv`);
     });
 
+    const significance = h("section", { class: "card", id: "compare-significance" });
     clear(
       output,
+      ok.length >= 2 ? significance : null,
       failed.length ? h("div", { class: "callout warn" }, "Left out: ", failed.map((f, i) => [i ? "; " : "", h("a", { href: `#/job/${f.id}` }, `#${f.id}`), ` (${f.error})`])) : null,
       series.length
         ? [
@@ -221,6 +224,7 @@ export function mount(root, { params }, ctx) {
         ]
         : h("div", { class: "card empty" }, h("strong", {}, "No results to compare"), "The selected jobs have no results."),
     );
+    if (ok.length >= 2) mountSignificance(significance, ok.map((x) => x.id), ctx.signal);
   }
 
   showCompareButton();
