@@ -26,6 +26,7 @@ NAMES = (
     "catalog",
     "sweep_submit",
     "sweep_overhead",
+    "submit_throughput",
 )
 QUICK = {
     "dispatch": ["--runs", "50"],
@@ -37,6 +38,7 @@ QUICK = {
     "catalog": ["--runs", "50"],
     "sweep_submit": ["--runs", "10"],
     "sweep_overhead": ["--jobs", "6", "--stock-jobs", "2"],
+    "submit_throughput": ["--submissions", "1000", "--warmup", "20"],
 }
 
 

@@ -15,6 +15,7 @@ from benchmarks import (
     handoff,
     lm_eval_start,
     startup,
+    submit_throughput,
     sweep_overhead,
     sweep_submit,
 )
@@ -100,3 +101,12 @@ async def test_sweep_overhead_smoke() -> None:
         "stock lm_eval wall s": 0,
         "sweep / separate": 1,
     }
+
+
+async def test_submit_throughput_smoke() -> None:
+    report = await submit_throughput.measure(
+        submissions=6, clients=3, warmup=1, server_factory=inprocess_server, cache_dir=CACHE_DIR
+    )
+    samples = _samples(report)
+    assert samples["3 clients latency ms"] == samples["1 client latency ms"] == 6
+    assert samples["3 clients submissions/s"] == samples["1 client submissions/s"] == 1

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class Admission:
         self.backend = backend
         self._submitting = 0  # submissions past the queue-bound check, not yet queued
         self._drafting = trio.Lock()  # one id drafted at a time: no two drafts for one id
+        self._waiting: list[_Pending] = []  # submissions waiting to be stored (store_job)
 
     @staticmethod
     def parse(body: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
@@ -140,26 +142,92 @@ class Admission:
         request: dict[str, Any],
         admitted: Admitted,
         resumed_from: JobRecord | None,
+        claim: Callable[[JobRecord], None],
         in_sweep: tuple[int, str] | None = None,
     ) -> JobRecord:
         """Store the job as Queued under a fresh id whose folder does not exist: an id whose
         folder exists (left by an older database) is skipped, never handed out, so no job
-        inherits another's files. Returns without a checkpoint once the record exists.
-        ``in_sweep`` (sweep id, cell key): a sweep cell run again after its job was deleted."""
-        async with self._drafting:
-            job_id = await self.store.next_id()
-            for _ in range(MAX_SKIPPED_IDS):
-                draft = self._draft(job_id, request, admitted, resumed_from, in_sweep=in_sweep)
-                if await trio.to_thread.run_sync(os.path.lexists, draft.job_dir):
-                    log.warning(
-                        "job id %s skipped: its folder %s already exists", job_id, draft.job_dir
-                    )
-                    job_id += 1
-                    continue
-                try:
-                    return await self.store.create(draft, utc_now())
-                except IdTaken:  # another writer of the database took it: draft afresh
-                    job_id = await self.store.next_id()
+        inherits another's files. ``claim`` is called with the record the moment it exists,
+        before any checkpoint (whoever stores the batch calls it). ``in_sweep`` (sweep id, cell
+        key): a sweep cell run again after its job was deleted.
+
+        Group commit: concurrent submissions wait for the drafting lock together, and
+        whoever gets it stores every waiting one in one transaction (one commit, one thread
+        hop); each is answered only once its row is committed. A submission cancelled while
+        it waits is dropped, unless a batch has taken it: then its outcome is awaited and a
+        stored record returned (the caller's next checkpoint raises, and it discards it)."""
+        pending = _Pending(request, admitted, resumed_from, claim, in_sweep)
+        self._waiting.append(pending)
+        try:
+            async with self._drafting:
+                if not pending.taken:
+                    await self._store_waiting()
+        except trio.Cancelled:
+            if not pending.taken:
+                self._waiting.remove(pending)
+                raise
+            with trio.CancelScope(shield=True):  # bounded: one store call under way
+                await pending.done.wait()
+            if pending.record is None:
+                raise
+        return pending.outcome()
+
+    async def _store_waiting(self) -> None:
+        """Store every waiting submission in one transaction; if that fails, each alone
+        (one bad draft must not refuse the others)."""
+        batch, self._waiting = self._waiting, []
+        for pending in batch:
+            pending.taken = True
+        try:
+            await self._store_batch(batch)
+            if len(batch) > 1 and any(p.error is not None for p in batch):
+                for pending in [p for p in batch if p.error is not None]:
+                    pending.error = None
+                    await self._store_batch([pending])
+        finally:
+            for pending in batch:
+                pending.done.set()
+
+    async def _store_batch(self, batch: list[_Pending]) -> None:
+        try:
+            records = await self.store.create_drafted(partial(self._drafts, batch), utc_now())
+        except Exception as error:
+            for pending in batch:
+                pending.error = error
+            return
+        drafted = [p for p in batch if p.error is None]
+        for pending, record in zip(drafted, records, strict=True):
+            pending.record = record
+            pending.claim(record)
+
+    def _drafts(self, batch: list[_Pending], job_id: int) -> list[Draft]:
+        """Drafts under consecutive fresh ids from ``job_id`` (the store's thread); one that
+        cannot be drafted gets its error and no id."""
+        drafts = []
+        for pending in batch:
+            try:
+                draft = self._fresh_draft(job_id, pending)
+            except Exception as error:
+                pending.error = error
+                continue
+            drafts.append(draft)
+            job_id = (draft.job_id or job_id) + 1
+        return drafts
+
+    def _fresh_draft(self, job_id: int, pending: _Pending) -> Draft:
+        """The draft for the first id from ``job_id`` whose folder does not exist."""
+        for _ in range(MAX_SKIPPED_IDS):
+            draft = self._draft(
+                job_id,
+                pending.request,
+                pending.admitted,
+                pending.resumed_from,
+                in_sweep=pending.in_sweep,
+            )
+            if not os.path.lexists(draft.job_dir):
+                return draft
+            log.warning("job id %s skipped: its folder %s already exists", job_id, draft.job_dir)
+            job_id += 1
         raise StoreError(f"{MAX_SKIPPED_IDS} new ids in a row name existing job folders")
 
     async def store_sweep(
@@ -240,6 +308,27 @@ class Admission:
             await trio.to_thread.run_sync(_write_config, record.job_dir, admitted.config_bytes)
         if resumed_from is not None:
             await trio.to_thread.run_sync(_copy_cache, resumed_from.job_dir, record.job_dir)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A submission waiting to be stored, and what came of it."""
+
+    request: dict[str, Any]
+    admitted: Admitted
+    resumed_from: JobRecord | None
+    claim: Callable[[JobRecord], None]
+    in_sweep: tuple[int, str] | None = None
+    taken: bool = False  # a batch holds it: its outcome comes, whatever the caller does
+    record: JobRecord | None = None
+    error: Exception | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def outcome(self) -> JobRecord:
+        if self.error is not None:
+            raise self.error
+        assert self.record is not None
+        return self.record
 
 
 def _first_existing(paths: list[Path]) -> int | None:

@@ -49,6 +49,8 @@ class Catalogs:
         self._building: trio.Event | None = None
         self._error = "the task catalog was not built yet"
         self._by_folder: dict[Path, tuple[tuple[str, int], Catalog]] = {}
+        #: Merged catalogs by (built-in catalog, the folders and their fingerprints).
+        self._merged: dict[tuple[Catalog, tuple[tuple[Path, tuple[str, int]], ...]], Catalog] = {}
         self._scopes: set[trio.CancelScope] = set()
         self._closed = False
 
@@ -119,7 +121,10 @@ class Catalogs:
         """The entries lm-eval's index finds in ``folders`` (judged paths), later ones on top.
         A folder unchanged since its last build (same stat fingerprint) is served from
         memory; the others are built by one child."""
-        prints = [await trio.to_thread.run_sync(fingerprint_tree, f) for f in folders]
+        prints = await trio.to_thread.run_sync(_fingerprints, folders)
+        return await self._folders(folders, prints)
+
+    async def _folders(self, folders: Sequence[Path], prints: list[tuple[str, int]]) -> Catalog:
         missing = [f for f, p in zip(folders, prints, strict=True) if self._held(f, p) is None]
         if missing:
             paths = await self._run_child([os.fspath(f) for f in missing], confined=True)
@@ -142,7 +147,17 @@ class Catalogs:
     async def for_request(self, folders: Sequence[Path]) -> Catalog:
         """What a job with these ``include_path`` folders can name: lm-eval's, then theirs."""
         builtin = await self.builtin()
-        return builtin.merged(await self.folders(folders)) if folders else builtin
+        if not folders:
+            return builtin
+        prints = await trio.to_thread.run_sync(_fingerprints, folders)
+        key = (builtin, tuple(zip(folders, prints, strict=True)))
+        found = self._merged.pop(key, None)  # popped and put back: most recent last
+        if found is None:  # merging sorts ~15,000 entries: once per folder state, not per job
+            found = builtin.merged(await self._folders(folders, prints))
+        self._merged[key] = found
+        while len(self._merged) > MAX_HELD_FOLDERS:  # the least recently used first
+            del self._merged[next(iter(self._merged))]
+        return found
 
     async def _run_child(self, roots: Sequence[str], *, confined: bool = False) -> list[Path]:
         """Run the harness child; a user's folders behind the walls every job has (a YAML
@@ -173,6 +188,11 @@ class Catalogs:
                 "(LMEVAL_TASK_CATALOG_TIMEOUT_S)"
             )
         return _child_files(done, len(roots))
+
+
+def _fingerprints(folders: Sequence[Path]) -> list[tuple[str, int]]:
+    """Every folder's stat fingerprint, in one worker thread."""
+    return [fingerprint_tree(folder) for folder in folders]
 
 
 def _make_folder(folder: Path) -> None:

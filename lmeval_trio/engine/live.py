@@ -41,14 +41,34 @@ class LiveJob:
     stop_reason: StopReason | None = None
     reattach: bool = False  # still running elsewhere from before a restart: follow it
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
-    dispatched: bool = False  # handed to a slot: from now on only its own task settles it
     exited_with: int | None = None  # exit code of a process that ended before any stop
     timed_out: bool = False  # this attempt ran past its time limit (and was stopped)
     transient: bool = False  # this attempt failed in a way another attempt may not
+    _dispatched: bool = field(default=False, init=False, repr=False)
+    _count: _Dispatched | None = field(default=None, init=False, repr=False)  # its registry's
 
     @property
     def id(self) -> int:
         return self.record.id
+
+    @property
+    def dispatched(self) -> bool:
+        """Handed to a slot: from now on only its own task settles it."""
+        return self._dispatched
+
+    @dispatched.setter
+    def dispatched(self, value: bool) -> None:
+        if self._count is not None and value != self._dispatched:
+            self._count.n += 1 if value else -1
+        self._dispatched = value
+
+
+@dataclass(eq=False)
+class _Dispatched:
+    """How many of a registry's jobs are dispatched (kept by LiveJob.dispatched), so that
+    the queue bound's count costs nothing with thousands of jobs queued."""
+
+    n: int = 0
 
 
 class LiveJobs:
@@ -57,15 +77,18 @@ class LiveJobs:
     def __init__(self) -> None:
         self.jobs: dict[int, LiveJob] = {}
         self.changed = Pulse()
+        self._dispatched = _Dispatched()
 
     def add(self, record: JobRecord, *, reattach: bool = False) -> LiveJob:
+        self._detach(self.jobs.get(record.id))
         live = self.jobs[record.id] = LiveJob(record, reattach=reattach)
+        live._count = self._dispatched
         self.changed.fire()
         return live
 
     def forget(self, live: LiveJob) -> None:
         """The job is no longer active: drop it and wake everyone waiting on it."""
-        self.jobs.pop(live.id, None)
+        self._detach(self.jobs.pop(live.id, None))
         live.changed.fire()
         live.done.set()
         self.changed.fire()
@@ -75,9 +98,15 @@ class LiveJobs:
         live.changed.fire()
         self.changed.fire()
 
+    def _detach(self, live: LiveJob | None) -> None:
+        """``live`` leaves the registry: its dispatched flag no longer counts."""
+        if live is not None and live._count is not None:
+            live._count.n -= live.dispatched
+            live._count = None
+
     def waiting(self) -> int:
         """Jobs not handed to a slot yet (what the queue bound counts)."""
-        return sum(1 for live in self.jobs.values() if not live.dispatched)
+        return len(self.jobs) - self._dispatched.n
 
     def running(self) -> int:
         return sum(1 for live in self.jobs.values() if live.record.status is JobStatus.RUNNING)

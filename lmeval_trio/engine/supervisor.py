@@ -375,8 +375,12 @@ class Supervisor:
         copied the record exists but is not queued yet; a delete waits for that
         (``creating``), and a failure or cancellation on the way removes the record and
         folder again, so no Queued record is ever left without its place in the queue."""
-        record = await self.admission.store_job(request, admitted, resumed_from, in_sweep)
-        created = self.creating[record.id] = trio.Event()
+        created = trio.Event()
+
+        def claim(stored: JobRecord) -> None:  # as it is stored: a delete waits for us
+            self.creating[stored.id] = created
+
+        record = await self.admission.store_job(request, admitted, resumed_from, claim, in_sweep)
         try:
             await self.admission.prepare_folder(record, admitted, resumed_from)
             self.dispatcher.enqueue(record)

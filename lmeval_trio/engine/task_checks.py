@@ -143,7 +143,10 @@ async def _check_tasks(
 async def _check_names(
     supervisor: Supervisor, catalog: Catalog, run: EffectiveRun, names: list[str]
 ) -> str:
-    chosen = await trio.to_thread.run_sync(_known, catalog, run, names)
+    if all(catalog.get(name) is not None for name in names):  # names, no patterns: lookups
+        chosen = list(dict.fromkeys(names))
+    else:  # patterns match against every name; unknown ones get suggestions (difflib)
+        chosen = await trio.to_thread.run_sync(_known, catalog, run, names)
     if not supervisor.settings.allow_code_execution:
         _check_remote_code(catalog, run, chosen)
     return _check_output_types(catalog, run, chosen)

@@ -9,12 +9,17 @@ own lm-eval response cache there, which is what makes resume cheap.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmeval_trio.harness import fastrun, request_model
+
+#: Parsed flag words kept (the checks of concurrent submissions, each its own request).
+PARSED_CACHE_SIZE = 64
 
 
 def stock_prefix() -> tuple[str, ...]:
@@ -47,6 +52,13 @@ def words(executable: Sequence[str], values: Mapping[str, Any]) -> list[str]:
 
 def check(request: Mapping[str, Any]) -> argparse.Namespace:
     """Let lm-eval's own parser judge the flags (raises request_model.RequestRejected);
-    returns what it read from them."""
+    returns what it read from them (a copy: the caller may change it)."""
     words = request_model.flag_words(flag_values(request, Path("/job")))
-    return request_model.check_with_parser(words)
+    return copy.deepcopy(_parsed(tuple(words)))
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parsed(words: tuple[str, ...]) -> argparse.Namespace:
+    """A submission is judged by several checks that each need the parsed flags: lm-eval's
+    parser reads the same words once (a refusal raises, and is not kept)."""
+    return request_model.check_with_parser(list(words))

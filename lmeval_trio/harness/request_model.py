@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import re
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, NoReturn
@@ -270,11 +271,19 @@ _OPTION_IN_ERROR = re.compile(r"argument (--[\w-]+)")
 _CONVERTER_REPR = re.compile(r"invalid (?:functools\.partial\(.*?\)|<[^>]*>) value:")
 
 
+#: One parse at a time: each swaps the shared parser's ``error`` for its own, and threads
+#: parsing at once would restore each other's (a refusal would then exit the thread).
+_PARSING = threading.Lock()
+
+
 def check_with_parser(words: list[str]) -> argparse.Namespace:
     """Parse ``words`` with lm-eval's parser (raise RequestRejected with its message) and
     return what lm-eval would read from them."""
-    parser = run_parser()
+    with _PARSING:  # the parser is shared, and its error hook swapped for the call
+        return _parse(run_parser(), words)
 
+
+def _parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
     def fail(message: str) -> NoReturn:
         found = _OPTION_IN_ERROR.search(message)
         field = _field_for_option(found.group(1)) if found else None

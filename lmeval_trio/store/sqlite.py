@@ -202,6 +202,24 @@ class JobStore:
         assert record is not None
         return record
 
+    async def create_drafted(
+        self, drafter: Callable[[int], Sequence[Draft]], queued_at: str
+    ) -> list[JobRecord]:
+        """Insert, as Queued, the drafts ``drafter`` makes starting at the next free id, all
+        in one transaction that also reads that id (no other writer can take it meanwhile):
+        a batch of concurrent submissions costs one commit and one thread hop. ``drafter``
+        runs in the store's thread inside the transaction; the records come in its order."""
+        return await self._run(self._create_drafted, drafter, queued_at)
+
+    def _create_drafted(
+        self, drafter: Callable[[int], Sequence[Draft]], queued_at: str
+    ) -> list[JobRecord]:
+        with _transaction(self.conn):
+            drafts = drafter(self._last_id() + 1)
+            job_ids = [self._insert(draft, draft.sweep_id, queued_at) for draft in drafts]
+        by_id = {v.record.id: v.record for v in self._get_many(job_ids)}
+        return [by_id[job_id] for job_id in job_ids]
+
     def _insert(self, draft: Draft, sweep_id: int | None, queued_at: str) -> int:
         """Insert one Queued job inside the caller's transaction; returns its id."""
         if draft.job_id is not None and draft.job_id <= self._last_id():
