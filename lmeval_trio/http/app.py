@@ -18,7 +18,17 @@ from quart_trio import QuartTrio
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.harness import versions
-from lmeval_trio.http import dashboard, errors, jobs, ops, outputs, security, sweeps, tasks
+from lmeval_trio.http import (
+    dashboard,
+    errors,
+    jobs,
+    ops,
+    outputs,
+    samples,
+    security,
+    sweeps,
+    tasks,
+)
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.http.routing import StrictMap
 from lmeval_trio.http.signals import GracefulSigterm
@@ -82,6 +92,7 @@ def create_app(
     security.install(app, settings)
     app.register_blueprint(jobs.blueprint())
     app.register_blueprint(outputs.blueprint())
+    app.register_blueprint(samples.blueprint())
     app.register_blueprint(sweeps.blueprint())
     app.register_blueprint(ops.blueprint())
     app.register_blueprint(tasks.blueprint())
