@@ -14,6 +14,7 @@ from benchmarks import (
     flood,
     handoff,
     lm_eval_start,
+    samples_page,
     startup,
     sweep_overhead,
     sweep_submit,
@@ -99,4 +100,17 @@ async def test_sweep_overhead_smoke() -> None:
         "one sweep wall s": 1,
         "stock lm_eval wall s": 0,
         "sweep / separate": 1,
+    }
+
+
+async def test_samples_page_smoke() -> None:
+    report = await samples_page.measure(
+        runs=2, warmup=0, samples=200, server_factory=inprocess_server
+    )
+    assert _samples(report) == {
+        "first request (builds the index) ms": 1,
+        "first page ms": 2,
+        "deep cursor page ms": 2,
+        "correct=false page ms": 2,
+        "q= search page ms": 2,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,10 +161,11 @@ def _answer(fd: int, index: SamplesIndex, query: SamplesQuery) -> dict[str, Any]
         raise InvalidParameter(
             "query", "filter", f"no filter {query.filter!r}; the task has {index.filters}"
         )
-    view = index.select(query.filter, metric, query.correct)
-    if query.q:
-        matches = set(index.matching(query.q))
-        view = type(view)("q", (i for i in view if i in matches))
+    if query.q:  # the search's records (few, usually), then the other conditions
+        admits = index.admits(query.filter, metric, query.correct)
+        view = array("q", filter(admits, index.matching(query.q)))
+    else:
+        view = index.select(query.filter, metric, query.correct)
     start = _start(index, view, query)
     positions: list[int] = []
     size = 0
@@ -212,7 +214,7 @@ def _cursor_tag(index: SamplesIndex) -> str:
     return index.key.digest(())[-8:]
 
 
-def _start(index: SamplesIndex, view: Any, query: SamplesQuery) -> int:
+def _start(index: SamplesIndex, view: array[int], query: SamplesQuery) -> int:
     """Where in ``view`` the page begins: at ``offset``, or the cursor's record."""
     if query.cursor is None:
         return min(query.offset or 0, len(view))

@@ -7,7 +7,10 @@ lm-eval (``EvaluationTracker.save_results_samples``) writes one
 *names*), ``doc_hash, prompt_hash, target_hash``, and each metric's value at the top level.
 A doc appears once per filter. The index holds, per complete line: its byte offset and
 length, ``doc_id``, the filter, each 0/1 metric's verdict (1 right, 0 wrong, -1 no value),
-and a lowercase search text (prompt, target, responses) in one blob searched with ``find``.
+and its lowercase search text (prompt, target, responses). The search text is kept as its
+distinct lines (few-shot examples, a prompt repeated per choice, a doc repeated per filter are
+stored once) in one blob searched with ``find``, and each line lists the records holding it:
+a query matches within one line, and scans a fraction of the file.
 
 Persisted as one file named by the samples file's path, size, mtime and inode (a changed file
 gets a new index), written to a temporary name and renamed (a half-written index is never
@@ -18,14 +21,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
-import mmap
 import os
 import re
 import secrets as token
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,12 @@ from typing import Any
 from lmeval_trio.errors import NotFound
 from lmeval_trio.policy.secrets import mask_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SAMPLES_NAME = re.compile(r"samples_(?P<task>.+)_(?P<stamp>[^_/]+)\.jsonl")
 MAX_INDEXES = 256  # index files kept in the cache folder (the least recently used go first)
 MAX_SEARCH_CHARS_PER_SAMPLE = 64 * 1024  # of each record's search text (the rest unsearched)
 _MAGIC = b"LMTSIDX1"
-_SEPARATOR = b"\x00"  # between records' search texts; a query never holds it
+_SEPARATOR = b"\x00"  # between the distinct lines; a query never holds it
 
 
 class SamplesUnavailable(NotFound):
@@ -86,8 +89,10 @@ class SamplesIndex:
     filters: list[str]
     verdicts: dict[str, array[int]]  # 0/1 metric -> 'b' per record: 1, 0, or -1 (no value)
     metrics: list[str]  # every metric a record names, 0/1 or not
-    search_starts: array[int]  # 'q': where each record's text starts in ``search``
-    search: bytes | mmap.mmap
+    line_starts: array[int]  # 'q': where each distinct line starts in ``lines`` (+ the end)
+    lines: bytes  # the distinct lowercase lines of every record's search text, \0-separated
+    holders_at: array[int]  # 'q': line i's records are holders[holders_at[i]:holders_at[i+1]]
+    holders: array[int]  # 'i': record positions, ascending per line
     skipped_lines: int = 0
     views: dict[tuple[Any, ...], array[int]] = field(default_factory=dict)
 
@@ -97,41 +102,45 @@ class SamplesIndex:
     def select(
         self, filter_name: str | None, metric: str | None, correct: bool | None
     ) -> array[int]:
-        """The positions of the records of ``filter_name`` (None: all) whose ``metric`` verdict is
-        ``correct`` (None: any), ascending; computed once per selection."""
+        """The positions of the records of ``filter_name`` (None: all) whose ``metric`` verdict
+        is ``correct`` (None: any), ascending; computed once per selection."""
         key = (filter_name, metric, correct)
         found = self.views.get(key)
         if found is None:
-            wanted = None if filter_name is None else self.filters.index(filter_name)
-            verdicts = self.verdicts[metric] if metric is not None and correct is not None else None
-            want = int(bool(correct))
-            found = array(
-                "q",
-                (
-                    i
-                    for i in range(len(self))
-                    if (wanted is None or self.filter_ids[i] == wanted)
-                    and (verdicts is None or verdicts[i] == want)
-                ),
-            )
+            admits = self.admits(filter_name, metric, correct)
+            found = array("q", filter(admits, range(len(self))))
             self.views[key] = found
         return found
 
+    def admits(
+        self, filter_name: str | None, metric: str | None, correct: bool | None
+    ) -> Callable[[int], bool]:
+        """Whether the record at a position is of ``filter_name`` with that verdict."""
+        wanted = None if filter_name is None else self.filters.index(filter_name)
+        verdicts = self.verdicts[metric] if metric is not None and correct is not None else None
+        want, filters = int(bool(correct)), self.filter_ids
+        if wanted is None and verdicts is None:
+            return lambda _position: True
+        if verdicts is None:
+            return lambda position: filters[position] == wanted
+        if wanted is None:
+            return lambda position: verdicts[position] == want
+        return lambda position: filters[position] == wanted and verdicts[position] == want
+
     def matching(self, query: str) -> array[int]:
-        """The positions of the records whose search text holds ``query`` (any case)."""
+        """The positions of the records one of whose lines holds ``query`` (any case)."""
         needle = query.lower().encode("utf-8")
         key = ("q", needle)
         found = self.views.get(key)
         if found is None:
-            found = array("q")
-            starts, search = self.search_starts, self.search
-            position = starts[0] if starts and needle else len(search)
-            while (position := search.find(needle, position)) >= 0:
-                record = bisect.bisect_right(starts, position) - 1
-                found.append(record)
-                if record + 1 >= len(starts):
-                    break
-                position = starts[record + 1]
+            records: set[int] = set()
+            starts, lines, holders, at = self.line_starts, self.lines, self.holders, self.holders_at
+            position = 0 if needle else len(lines)
+            while (position := lines.find(needle, position)) >= 0:
+                line = bisect.bisect_right(starts, position) - 1
+                records.update(holders[at[line] : at[line + 1]])
+                position = starts[line + 1]
+            found = array("q", sorted(records))
             self._remember(key, found)
         return found
 
@@ -172,8 +181,8 @@ class _Builder:
     filter_ids: array[int] = field(default_factory=lambda: array("H"))
     filters: dict[str, int] = field(default_factory=dict)
     values: dict[str, list[Any]] = field(default_factory=dict)  # metric -> value per record
-    search_starts: array[int] = field(default_factory=lambda: array("q"))
-    search: bytearray = field(default_factory=bytearray)
+    line_ids: dict[bytes, int] = field(default_factory=dict)  # distinct line -> its number
+    holding: list[int] = field(default_factory=list)  # flat (line, record) pairs
     skipped: int = 0
 
     def add(self, offset: int, line: bytes) -> None:
@@ -195,8 +204,10 @@ class _Builder:
             column = self.values.setdefault(metric, [])
             column.extend([None] * (position - len(column)))
             column.append(record.get(metric))
-        self.search_starts.append(len(self.search))
-        self.search += search_text(record, self.secrets) + _SEPARATOR
+        for line in set(search_text(record, self.secrets).split(b"\n")):
+            if line:
+                number = self.line_ids.setdefault(line, len(self.line_ids))
+                self.holding += (number, position)
 
     def _known(self, record: dict[str, Any]) -> bool:
         return str(record.get("filter", "none")) in self.filters
@@ -219,10 +230,26 @@ class _Builder:
             filters=list(self.filters),
             verdicts=verdicts,
             metrics=names,
-            search_starts=self.search_starts,
-            search=bytes(self.search),
+            **self._lines(),
             skipped_lines=self.skipped,
         )
+
+    def _lines(self) -> dict[str, Any]:
+        """The distinct lines as one blob, and each line's records (ascending)."""
+        starts, blob = array("q"), bytearray()
+        for line in self.line_ids:
+            starts.append(len(blob))
+            blob += line + _SEPARATOR
+        starts.append(len(blob))
+        counts = [0] * (len(self.line_ids) + 1)
+        for number in self.holding[::2]:
+            counts[number + 1] += 1
+        at = array("q", itertools.accumulate(counts))
+        holders, filled = array("i", bytes(4 * len(self.holding) // 2)), array("q", at)
+        for number, record in zip(self.holding[::2], self.holding[1::2], strict=True):
+            holders[filled[number]] = record
+            filled[number] += 1
+        return {"line_starts": starts, "lines": bytes(blob), "holders_at": at, "holders": holders}
 
 
 def _metric_names(record: dict[str, Any]) -> list[str]:
@@ -298,7 +325,8 @@ def index_path(folder: Path, key: FileKey, secrets: Sequence[str]) -> Path:
 def save_index(index: SamplesIndex, path: Path) -> None:
     """Write the index to ``path`` through a temporary file and a rename, then remove the
     indexes of older versions of the same samples file."""
-    arrays = [index.offsets, index.lengths, index.doc_ids, index.filter_ids, index.search_starts]
+    arrays = [index.offsets, index.lengths, index.doc_ids, index.filter_ids]
+    arrays += [index.line_starts, index.holders_at, index.holders]
     arrays += [index.verdicts[m] for m in sorted(index.verdicts)]
     header = {
         "version": FORMAT_VERSION,
@@ -317,7 +345,7 @@ def save_index(index: SamplesIndex, path: Path) -> None:
             file.write(_MAGIC + struct.pack("<Q", len(head)) + head)
             for values in arrays:
                 file.write(values.tobytes())
-            file.write(index.search)
+            file.write(index.lines)
             file.flush()
             os.fsync(file.fileno())
         os.replace(draft, path)
@@ -377,9 +405,10 @@ def _read(file: Any, key: FileKey) -> SamplesIndex | None:
         if len(values) != count:
             return None
         arrays.append(values)
-    start = file.tell()
-    search = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-    offsets, lengths, doc_ids, filter_ids, starts, *judged = arrays
+    offsets, lengths, doc_ids, filter_ids, starts, holders_at, holders, *judged = arrays
+    lines = file.read(starts[-1] if starts else 0)
+    if len(starts) < 1 or len(lines) != starts[-1]:
+        return None
     return SamplesIndex(
         key=key,
         offsets=offsets,
@@ -389,8 +418,10 @@ def _read(file: Any, key: FileKey) -> SamplesIndex | None:
         filters=list(header["filters"]),
         verdicts=dict(zip(header["verdicts"], judged, strict=True)),
         metrics=list(header["metrics"]),
-        search_starts=array("q", (s + start for s in starts)),
-        search=search,
+        line_starts=starts,
+        lines=lines,
+        holders_at=holders_at,
+        holders=holders,
         skipped_lines=int(header["skipped_lines"]),
     )
 
