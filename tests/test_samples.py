@@ -13,11 +13,13 @@ from typing import Any
 
 import trio
 
+from lmeval_trio.client import AsyncClient
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
 from tests.conftest import DUMMY_JOB, TASKS_DIR, Server, fake_job, job_files
 from tests.support.stub_openai import StubHandle
+from tests.test_cli import cli
 
 KNOWN = [json.loads(line) for line in (TASKS_DIR / "tiny_gen.jsonl").read_text().splitlines()]
 # The stub answers the questions it knows (tiny_gen's) and "I don't know" to the rest: a
@@ -303,3 +305,37 @@ async def test_index_built_once_and_rebuilt_when_the_file_changes(
     with path.open("a") as file:
         file.write(textwrap.dedent(json.dumps(records[10]))[:-5])
     assert (await get(server, job_id, task="samples_gen"))["total"] == 10
+
+
+async def test_cli_and_client(server: Server, stub: StubHandle, tmp_path: Path) -> None:
+    job_id, data_dir = await samples_job(server, stub, tmp_path)
+    records = read_samples(samples_file(data_dir, job_id, "samples_gen"))
+    wrong_secret = {
+        (r["doc_id"], r["filter"])
+        for r in records
+        if r["exact_match"] == 0 and "secret" in r["arguments"]["gen_args_0"]["arg_0"].lower()
+    }
+    args = [str(job_id), "--task", "samples_gen", "--wrong", "--grep", "SECRET", "--limit", "300"]
+    run = await cli(server.url, "--json", "samples", *args)
+    assert run.code == 0, run.err
+    answer = json.loads(run.out)
+    assert answer["total"] == len(wrong_secret)
+    assert {key(s) for s in answer["samples"]} == wrong_secret
+
+    run = await cli(server.url, "samples", str(job_id), "--task", "samples_gen", "--limit", "3")
+    assert run.code == 0, run.err
+    assert run.out.startswith(f"3 of {len(records)} matching samples")
+    first = records[0]
+    assert f"doc {first['doc_id']} [{first['filter']}]" in run.out
+    assert f"target:   {first['target']}" in run.out
+
+    run = await cli(server.url, "samples", str(job_id))  # two tasks: the server's 422
+    assert run.code == 4 and "samples_gen" in run.err
+
+    async with AsyncClient(server.url) as client:
+        page = await client.samples(job_id, "tiny_mc", limit=2)
+        assert page.total == 8 and len(page.samples) == 2 and page.next_cursor
+        every = [s async for s in client.all_samples(job_id, "samples_gen", correct=True)]
+        assert {key(s.model_dump()) for s in every} == {
+            (r["doc_id"], r["filter"]) for r in records if r["exact_match"] == 1
+        }

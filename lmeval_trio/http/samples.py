@@ -4,8 +4,6 @@ the engine (the supervisor's samples explorer), answer."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_querystring, document_response, tag
@@ -40,43 +38,13 @@ class SamplesQueryString(BaseModel):
     )
 
 
-class Sample(BaseModel):
-    """One lm-eval sample record (one doc under one filter)."""
-
-    doc_id: Any
-    filter: str
-    prompt: Any = Field(description="The request arguments as lm-eval recorded them.")
-    target: Any
-    resps: Any = Field(description="Raw responses.")
-    filtered_resps: Any
-    metrics: dict[str, Any] = Field(description="This sample's value of each metric.")
-    correct: dict[str, bool | None] = Field(description="Per 0/1 metric: right, wrong, none.")
-    doc: Any
-    doc_hash: Any
-    prompt_hash: Any
-    target_hash: Any
-
-
-class SamplesPage(BaseModel):
-    job_id: int
-    task: str
-    tasks: list[str] = Field(description="Every task the job logged samples of.")
-    samples: list[Sample]
-    total: int = Field(description="Samples matching the filters (all pages).")
-    offset: int = Field(description="Position of this page's first sample among them.")
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
-    filters: list[str]
-    metrics: list[str]
-    binary_metrics: list[str] = Field(description="The 0/1 metrics `correct` can judge by.")
-
-
 def blueprint() -> Blueprint:
     bp = Blueprint("samples", __name__)
 
     @bp.get("/job/<int:job_id>/samples")
     @tag(["outputs"])
     @document_querystring(SamplesQueryString)
-    @document_response(SamplesPage, 200)
+    @document_response(schemas.SamplesPage, 200)
     @document_response(schemas.Error, 404)
     @document_response(schemas.Error, 409)
     @document_response(schemas.Error, 422)
