@@ -339,3 +339,37 @@ async def test_cli_and_client(server: Server, stub: StubHandle, tmp_path: Path) 
         assert {key(s.model_dump()) for s in every} == {
             (r["doc_id"], r["filter"]) for r in records if r["exact_match"] == 1
         }
+
+
+def test_index_skips_bad_and_overlong_lines_and_an_unfinished_one(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from lmeval_trio.outputs import samples_index
+
+    monkeypatch.setattr(samples_index, "MAX_RECORD_BYTES", 4096)
+    good = {"doc_id": 0, "filter": "none", "metrics": ["acc"], "acc": 1, "target": "T"}
+    lines = [
+        json.dumps(good),
+        "not json",
+        "[1, 2]",
+        json.dumps({**good, "doc_id": 1, "target": "x" * 10_000}),  # overlong: skipped
+        json.dumps({**good, "doc_id": 2, "acc": 0}),
+    ]
+    path = tmp_path / "samples_t_2026-01-01T00-00-00.jsonl"
+    path.write_text("\n".join(lines) + "\n" + json.dumps({**good, "doc_id": 3})[:-3])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        key = samples_index.FileKey.of(path, fd)
+        index = samples_index.build_index(fd, key)
+        assert list(index.doc_ids) == [0, 2] and index.skipped_lines == 3
+        assert list(index.verdicts["acc"]) == [1, 0]
+        records = samples_index.read_records(fd, index, [1])
+        assert records[0]["doc_id"] == 2
+        where = samples_index.index_path(tmp_path / "idx", key, ())
+        samples_index.save_index(index, where)
+        loaded = samples_index.load_index(where, key)
+        assert loaded is not None and list(loaded.matching("t")) == [0, 1]
+        where.write_bytes(where.read_bytes()[:-3])  # a damaged index is never used
+        assert samples_index.load_index(where, key) is None
+    finally:
+        os.close(fd)

@@ -117,8 +117,16 @@ class SamplesExplorer:
             return found, False
         index = indexes.build_index(fd, key, secrets)
         if index.skipped_lines:
-            log.warning("%s: %d lines are not JSON objects", key.path, index.skipped_lines)
-        indexes.save_index(index, where)
+            log.warning(
+                "%s: %d lines skipped (not JSON objects, or too long)",
+                key.path,
+                index.skipped_lines,
+            )
+        try:
+            indexes.save_index(index, where)
+        except OSError as error:  # a full or read-only cache: served from memory, rebuilt later
+            log.warning("cannot save the samples index %s: %s", where, error)
+            return index, True
         return indexes.load_index(where, key) or index, True
 
 

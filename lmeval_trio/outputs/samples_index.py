@@ -38,6 +38,7 @@ from lmeval_trio.policy.secrets import mask_text
 
 FORMAT_VERSION = 2
 SAMPLES_NAME = re.compile(r"samples_(?P<task>.+)_(?P<stamp>[^_/]+)\.jsonl")
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # a longer line is skipped (and counted), never loaded
 MAX_INDEXES = 256  # index files kept in the cache folder (the least recently used go first)
 MAX_SEARCH_CHARS_PER_SAMPLE = 64 * 1024  # of each record's search text (the rest unsearched)
 _MAGIC = b"LMTSIDX1"
@@ -306,13 +307,34 @@ def build_index(fd: int, key: FileKey, secrets: Sequence[str] = ()) -> SamplesIn
         file.seek(0)
         offset = 0
         while offset < key.size:
-            line = file.readline(key.size - offset)
+            line = file.readline(min(key.size - offset, MAX_RECORD_BYTES + 1))
+            if len(line) > MAX_RECORD_BYTES:  # never held whole: skipped, counted
+                rest = _skip_line(file, key.size - offset - len(line))
+                if rest is None:
+                    break
+                builder.skipped += 1
+                offset += len(line) + rest
+                continue
             if not line.endswith(b"\n"):
                 break
             if line.strip():
                 builder.add(offset, line.rstrip(b"\r\n"))
             offset += len(line)
     return builder.finish()
+
+
+def _skip_line(file: Any, left: int) -> int | None:
+    """Read past the rest of an overlong line; the bytes it took, or None if the file ends
+    first (a line still being written)."""
+    taken = 0
+    while taken < left:
+        chunk = file.readline(min(left - taken, 1024 * 1024))
+        taken += len(chunk)
+        if chunk.endswith(b"\n"):
+            return taken
+        if not chunk:
+            break
+    return None
 
 
 # -- persisting -------------------------------------------------------------------------------
