@@ -71,11 +71,11 @@ def load(**kwargs):
 """
 
 
-def write_task(folder: Path) -> Path:
+def write_task(folder: Path, rows: list[dict[str, str]] = ROWS) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "samples_gen.yaml").write_text(TASK_YAML)
     (folder / "samples_data.py").write_text(DATA_PY)
-    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name in ("tiny_mc.yaml", "tiny_mc.jsonl", "tiny_data.py"):  # a second task
         (folder / name).write_bytes((TASKS_DIR / name).read_bytes())
     return folder
@@ -126,10 +126,17 @@ async def walk(server: Server, job_id: int, **params: Any) -> list[dict[str, Any
             return seen
 
 
-async def samples_job(server: Server, stub: StubHandle, tmp_path: Path) -> tuple[int, Path]:
-    tasks = write_task(job_files(tmp_path) / "tasks")
+async def samples_job(
+    server: Server,
+    stub: StubHandle,
+    tmp_path: Path,
+    rows: list[dict[str, str]] = ROWS,
+    **extra: Any,
+) -> tuple[int, Path]:
+    tasks = write_task(job_files(tmp_path) / "tasks", rows)
     job_id = await server.submit(
         {
+            **extra,
             "model": "local-completions",
             "model_args": {
                 "model": "stub-model",
@@ -373,3 +380,22 @@ def test_index_skips_bad_and_overlong_lines_and_an_unfinished_one(
         assert samples_index.load_index(where, key) is None
     finally:
         os.close(fd)
+
+
+async def test_secrets_are_masked_and_not_searchable(
+    server: Server, stub: StubHandle, tmp_path: Path
+) -> None:
+    secret = "zebra-credential-4242"
+    rows = [*ROWS, {"question": f"Is {secret} the password?", "answer": secret}]
+    job_id, data_dir = await samples_job(
+        server, stub, tmp_path, rows, env_vars={"OPENAI_API_KEY": secret}
+    )
+    assert secret in samples_file(data_dir, job_id, "samples_gen").read_text()  # on disk
+    response = await server.client.get(
+        f"/job/{job_id}/samples", params={"task": "samples_gen", "limit": 200}
+    )
+    assert response.status_code == 200 and secret not in response.text
+    assert "Is *** the password?" in response.text
+    for probe in (secret, "zebra-cred", "credential-4242"):
+        page = await get(server, job_id, task="samples_gen", q=probe)
+        assert page["total"] == 0, probe  # a search is no oracle for the secret
