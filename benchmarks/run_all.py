@@ -27,6 +27,7 @@ NAMES = (
     "sweep_submit",
     "sweep_overhead",
     "submit_throughput",
+    "samples_page",
 )
 QUICK = {
     "dispatch": ["--runs", "50"],
@@ -39,6 +40,7 @@ QUICK = {
     "sweep_submit": ["--runs", "10"],
     "sweep_overhead": ["--jobs", "6", "--stock-jobs", "2"],
     "submit_throughput": ["--submissions", "1000", "--warmup", "20"],
+    "samples_page": ["--runs", "10", "--samples", "10000"],
 }
 
 

@@ -14,6 +14,7 @@ from benchmarks import (
     flood,
     handoff,
     lm_eval_start,
+    samples_page,
     startup,
     submit_throughput,
     sweep_overhead,
@@ -110,3 +111,16 @@ async def test_submit_throughput_smoke() -> None:
     samples = _samples(report)
     assert samples["3 clients latency ms"] == samples["1 client latency ms"] == 6
     assert samples["3 clients submissions/s"] == samples["1 client submissions/s"] == 1
+
+
+async def test_samples_page_smoke() -> None:
+    report = await samples_page.measure(
+        runs=2, warmup=0, samples=200, server_factory=inprocess_server
+    )
+    assert _samples(report) == {
+        "first request (builds the index) ms": 1,
+        "first page ms": 2,
+        "deep cursor page ms": 2,
+        "correct=false page ms": 2,
+        "q= search page ms": 2,
+    }

@@ -89,6 +89,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _job_id(add("show", commands.show, "one job in detail, with the end of its stderr"))
     _logs_parser(add("logs", commands.logs, "print a job's logs"))
     _results_parser(add("results", commands.results, "a finished job's metrics"))
+    _samples_parser(add("samples", commands.samples, "a finished job's logged samples"))
     _all_or_id(add("stop", commands.stop, "stop a job (or --all), killing its processes"))
     _delete_parser(add("delete", commands.delete, "delete a job (or --all) and its files"))
     resume = add("resume", commands.resume, "run a stopped or failed job again, reusing its cache")
@@ -150,6 +151,18 @@ def _logs_parser(parser: argparse.ArgumentParser) -> None:
 def _results_parser(parser: argparse.ArgumentParser) -> None:
     _job_id(parser)
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def _samples_parser(parser: argparse.ArgumentParser) -> None:
+    _job_id(parser)
+    parser.add_argument("--task", help="which task (needed when the job ran several)")
+    right = parser.add_mutually_exclusive_group()
+    right.add_argument("--wrong", action="store_true", help="only samples a 0/1 metric failed")
+    right.add_argument("--right", action="store_true", help="only samples it passed")
+    parser.add_argument("--metric", help="the 0/1 metric --wrong/--right judge by")
+    parser.add_argument("--filter", help="only this lm-eval filter (e.g. strict-match)")
+    parser.add_argument("--grep", metavar="TEXT", help="text in prompt, target or response")
+    parser.add_argument("--limit", type=int, default=10, help="at most this many (default 10)")
 
 
 def _all_or_id(parser: argparse.ArgumentParser) -> None:

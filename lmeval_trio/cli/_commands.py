@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from lmeval_trio.cli import _render as render
 from lmeval_trio.cli._request import build_request
 from lmeval_trio.client import ApiError, Client, EndEvent, Stream
-from lmeval_trio.http.schemas import JobDetail, Submitted
+from lmeval_trio.http.schemas import JobDetail, Sample, Submitted
 from lmeval_trio.jobs.status import JobStatus
 
 EXIT_OK = 0
@@ -180,6 +180,34 @@ def results(client: Client, args: argparse.Namespace, out: Output) -> int:
         print(render.results_csv(found), file=out.out)
     else:
         print(render.results_table(found), file=out.out)
+    return EXIT_OK
+
+
+def samples(client: Client, args: argparse.Namespace, out: Output) -> int:
+    """Up to --limit samples, fetched page by page along the cursors."""
+    correct = False if args.wrong else True if args.right else None
+    found: list[Sample] = []
+    cursor: str | None = None
+    total = 0
+    while len(found) < args.limit:
+        page = client.samples(
+            args.job_id,
+            args.task,
+            correct=correct,
+            q=args.grep,
+            filter=args.filter,
+            metric=args.metric,
+            limit=min(200, args.limit - len(found)),
+            cursor=cursor,
+        )
+        found += page.samples
+        total, cursor = page.total, page.next_cursor
+        if cursor is None:
+            break
+    if out.json:
+        print(render.dumps({"total": total, "samples": found}), file=out.out)
+    else:
+        print(render.samples_text(found, total), file=out.out)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from lmeval_trio.http.schemas import (
     JobResults,
     JobSummary,
     MetricRow,
+    Sample,
     SweepDetail,
     SweepResults,
     SweepSummary,
@@ -230,6 +231,45 @@ def results_table(results: JobResults) -> str:
     if not results.metrics:
         return f"Job {results.job_id}: no metrics in {results.file}"
     return table(("TASK", "METRIC", "FILTER", "VALUE", "STDERR"), _metric_rows(results.metrics))
+
+
+def samples_text(samples: Sequence[Sample], total: int) -> str:
+    """Each sample as a short block: its verdict and metrics, prompt end, target, response."""
+    blocks = [f"{len(samples)} of {total} matching samples"]
+    for sample in samples:
+        marks = " ".join(
+            "right" if ok else "wrong" for ok in sample.correct.values() if ok is not None
+        )
+        values = " ".join(f"{k}={_number(v)}" for k, v in sample.metrics.items())
+        head = f"doc {sample.doc_id} [{sample.filter}] {values} {marks}".rstrip()
+        blocks.append(
+            "\n".join(
+                [
+                    head,
+                    f"  prompt:   {_excerpt(_prompt(sample.prompt), tail=True)}",
+                    f"  target:   {_excerpt(str(sample.target))}",
+                    f"  response: {_excerpt(json.dumps(sample.filtered_resps))}",
+                ]
+            )
+        )
+    return "\n\n".join(blocks)
+
+
+def _prompt(arguments: Any) -> str:
+    """The first request's text (arg_0 of gen_args_0: the context lm-eval sent)."""
+    if isinstance(arguments, dict):
+        first = next(iter(arguments.values()), None)
+        if isinstance(first, dict) and first:
+            return str(next(iter(first.values())))
+    return json.dumps(arguments)
+
+
+def _excerpt(text: str, width: int = 160, tail: bool = False) -> str:
+    """One line of at most ``width`` characters (the end of it if ``tail``)."""
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    return "…" + flat[-width + 1 :] if tail else flat[: width - 1] + "…"
 
 
 def results_csv(results: JobResults) -> str:

@@ -42,6 +42,8 @@ from lmeval_trio.http.schemas import (
     JobList,
     JobResults,
     LogChunkOut,
+    Sample,
+    SamplesPage,
     StopResult,
     Submitted,
     SweepDetail,
@@ -237,6 +239,63 @@ class AsyncClient(ClientBase):
 
     async def results(self, job_id: int) -> JobResults:
         return await self._send(Routes.results(job_id))
+
+    async def samples(
+        self,
+        job_id: int,
+        task: str | None = None,
+        *,
+        correct: bool | None = None,
+        q: str | None = None,
+        filter: str | None = None,
+        metric: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        offset: int | None = None,
+    ) -> SamplesPage:
+        """One page of a finished job's logged samples (``next_cursor`` leads on)."""
+        return await self._send(
+            Routes.samples(
+                job_id,
+                task=task,
+                correct=correct,
+                q=q,
+                filter=filter,
+                metric=metric,
+                limit=limit,
+                cursor=cursor,
+                offset=offset,
+            )
+        )
+
+    async def all_samples(
+        self,
+        job_id: int,
+        task: str | None = None,
+        *,
+        correct: bool | None = None,
+        q: str | None = None,
+        filter: str | None = None,
+        metric: str | None = None,
+    ) -> AsyncGenerator[Sample, None]:
+        """Every sample matching the filters, page by page along the cursors."""
+        cursor: str | None = None
+        while True:
+            page = await self.samples(
+                job_id,
+                task,
+                correct=correct,
+                q=q,
+                filter=filter,
+                metric=metric,
+                limit=200,
+                cursor=cursor,
+            )
+            for sample in page.samples:
+                yield sample
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def artifacts(self, job_id: int) -> ArtifactList:
         return await self._send(Routes.artifacts(job_id))

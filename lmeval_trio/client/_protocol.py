@@ -37,6 +37,7 @@ from lmeval_trio.http.schemas import (
     JobResults,
     JobSummary,
     LogChunkOut,
+    SamplesPage,
     StopResult,
     Submitted,
     SweepDetail,
@@ -210,6 +211,15 @@ class Routes:
     @staticmethod
     def results(job_id: int) -> Call[JobResults]:
         return Call("GET", f"/job/{job_id}/results", _model(JobResults))
+
+    @staticmethod
+    def samples(job_id: int, **query: str | int | bool | None) -> Call[SamplesPage]:
+        """A page of a job's samples; ``query`` as GET /job/{id}/samples names it."""
+        params: dict[str, str | int] = {}
+        for name, value in query.items():
+            if value is not None:
+                params[name] = str(value).lower() if isinstance(value, bool) else value
+        return Call("GET", f"/job/{job_id}/samples", _model(SamplesPage), params=params)
 
     @staticmethod
     def artifacts(job_id: int) -> Call[ArtifactList]:

@@ -40,6 +40,8 @@ from lmeval_trio.http.schemas import (
     JobList,
     JobResults,
     LogChunkOut,
+    Sample,
+    SamplesPage,
     StopResult,
     Submitted,
     SweepDetail,
@@ -235,6 +237,62 @@ class Client(ClientBase):
 
     def results(self, job_id: int) -> JobResults:
         return self._send(Routes.results(job_id))
+
+    def samples(
+        self,
+        job_id: int,
+        task: str | None = None,
+        *,
+        correct: bool | None = None,
+        q: str | None = None,
+        filter: str | None = None,
+        metric: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        offset: int | None = None,
+    ) -> SamplesPage:
+        """One page of a finished job's logged samples (``next_cursor`` leads on)."""
+        return self._send(
+            Routes.samples(
+                job_id,
+                task=task,
+                correct=correct,
+                q=q,
+                filter=filter,
+                metric=metric,
+                limit=limit,
+                cursor=cursor,
+                offset=offset,
+            )
+        )
+
+    def all_samples(
+        self,
+        job_id: int,
+        task: str | None = None,
+        *,
+        correct: bool | None = None,
+        q: str | None = None,
+        filter: str | None = None,
+        metric: str | None = None,
+    ) -> Iterator[Sample]:
+        """Every sample matching the filters, page by page along the cursors."""
+        cursor: str | None = None
+        while True:
+            page = self.samples(
+                job_id,
+                task,
+                correct=correct,
+                q=q,
+                filter=filter,
+                metric=metric,
+                limit=200,
+                cursor=cursor,
+            )
+            yield from page.samples
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def artifacts(self, job_id: int) -> ArtifactList:
         return self._send(Routes.artifacts(job_id))

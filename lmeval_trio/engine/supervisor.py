@@ -43,6 +43,7 @@ from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, 
 from lmeval_trio.engine.metrics import Metrics
 from lmeval_trio.engine.recovery import Recovery
 from lmeval_trio.engine.retention import Retention
+from lmeval_trio.engine.samples import SamplesExplorer, SamplesQuery
 from lmeval_trio.engine.slots import Slots
 from lmeval_trio.engine.sweeps import Sweeps
 from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
@@ -116,6 +117,7 @@ class Supervisor:
         self._wire_parts()
         self.sweeps = Sweeps(self)  # sweep operations (engine/sweeps.py)
         self.comparisons = Comparisons(self)  # comparisons of jobs (engine/comparisons.py)
+        self.samples = SamplesExplorer(settings.effective_cache_dir / "samples-index")
         self._nursery: trio.Nursery | None = None
         self._warm_scope = trio.CancelScope()
         self._compile_scope = trio.CancelScope()
@@ -511,6 +513,11 @@ class Supervisor:
     async def output_secrets(self, record: JobRecord) -> tuple[str, ...]:
         """Values to hide in what the job wrote (its request's and its config's secrets)."""
         return await self.execution.output_secrets(record)
+
+    async def samples_page(self, job_id: int, query: SamplesQuery) -> dict[str, Any]:
+        """A page of a finished job's logged samples (engine/samples.py), secrets masked."""
+        record = await self.get(job_id)
+        return await self.samples.page(record, query, await self.output_secrets(record))
 
     async def log_tail(
         self, record: JobRecord, stream: str, secrets: tuple[str, ...] = ()

@@ -25,6 +25,7 @@ from lmeval_trio.http import (
     jobs,
     ops,
     outputs,
+    samples,
     security,
     sweeps,
     tasks,
@@ -92,6 +93,7 @@ def create_app(
     security.install(app, settings)
     app.register_blueprint(jobs.blueprint())
     app.register_blueprint(outputs.blueprint())
+    app.register_blueprint(samples.blueprint())
     app.register_blueprint(sweeps.blueprint())
     app.register_blueprint(compare.blueprint())
     app.register_blueprint(ops.blueprint())

@@ -31,6 +31,7 @@ from lmeval_trio.errors import (
 from lmeval_trio.harness.request_model import RequestRejected
 from lmeval_trio.http.params import running_supervisor
 from lmeval_trio.outputs.results import ResultsUnavailable
+from lmeval_trio.outputs.samples_index import SamplesUnavailable
 from lmeval_trio.policy.rules import MissingPath, PolicyViolation
 
 log = logging.getLogger("lmeval_trio.http")
@@ -193,6 +194,7 @@ ANSWERS: dict[type[Exception], Answer] = {
     SweepNotFound: Answer(404),
     SweepRejected: Answer(422, _sweep_rejected),
     ResultsUnavailable: Answer(404),
+    SamplesUnavailable: Answer(404),
     Conflict: Answer(409),
     QueueFull: Answer(429, _queue_full, retry_after_s=30),
     NotAccepting: Answer(503, retry_after_s=5),

@@ -264,6 +264,36 @@ class SubmitAnswer(RootModel[Submitted | CheckReport]):
     """POST /job: the queued job, or with dry_run=true the admission report."""
 
 
+class Sample(BaseModel):
+    """One lm-eval sample record (one doc under one filter)."""
+
+    doc_id: Any
+    filter: str
+    prompt: Any = Field(description="The request arguments as lm-eval recorded them.")
+    target: Any
+    resps: Any = Field(description="Raw responses.")
+    filtered_resps: Any
+    metrics: dict[str, Any] = Field(description="This sample's value of each metric.")
+    correct: dict[str, bool | None] = Field(description="Per 0/1 metric: right, wrong, none.")
+    doc: Any
+    doc_hash: Any
+    prompt_hash: Any
+    target_hash: Any
+
+
+class SamplesPage(BaseModel):
+    job_id: int
+    task: str
+    tasks: list[str] = Field(description="Every task the job logged samples of.")
+    samples: list[Sample]
+    total: int = Field(description="Samples matching the filters (all pages).")
+    offset: int = Field(description="Position of this page's first sample among them.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
+    filters: list[str]
+    metrics: list[str]
+    binary_metrics: list[str] = Field(description="The 0/1 metrics `correct` can judge by.")
+
+
 def attempt_history(record: JobRecord) -> list[dict[str, Any]]:
     """The record's attempts as GET /job/{id} shows them (reasons masked like ``reason``)."""
     hidden = job_secrets(record.request)

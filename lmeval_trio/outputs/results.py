@@ -57,6 +57,14 @@ def find_results_file(record: JobRecord) -> Path | None:
     return max(stamped)[2] if stamped else None
 
 
+def output_files(record: JobRecord) -> list[Path]:
+    """The regular files where lm-eval writes this job's results and samples (found as
+    find_results_file finds the results: no symlink followed)."""
+    requested = record.request.get("output_path")
+    depth = 0 if isinstance(requested, str) and requested.endswith(".json") else None
+    return [p for p, _size in _walk(record.output_dir, record.job_dir, depth=depth)]
+
+
 def _mtime(path: Path) -> int | None:
     """A regular file's mtime; None for anything else, or a file removed meanwhile."""
     try:

@@ -8,6 +8,7 @@ import { clear, h } from "./dom.js";
 import * as compareView from "./compare.js";
 import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
+import * as samplesView from "./samples.js";
 import * as submitView from "./submit.js";
 import * as tasksView from "./tasks.js";
 import * as sweepsView from "./sweeps.js";
@@ -17,6 +18,7 @@ const ROUTES = [
   { pattern: /^\/?(jobs)?$/, view: jobsView, nav: "jobs" },
   { pattern: /^\/new$/, view: submitView, nav: "new" },
   { pattern: /^\/job\/(\d+)$/, view: jobView, nav: "jobs" },
+  { pattern: /^\/job\/(\d+)\/samples$/, view: samplesView, nav: "jobs" },
   { pattern: /^\/compare$/, view: compareView, nav: "compare" },
   { pattern: /^\/tasks$/, view: tasksView, nav: "tasks" },
   { pattern: /^\/sweeps$/, view: { mount: sweepsView.mountList }, nav: "sweeps" },

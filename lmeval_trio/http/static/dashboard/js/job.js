@@ -328,7 +328,8 @@ export function mount(root, { match }, ctx) {
       tab.addEventListener("click", () => select(file, tab));
       tabs.append(tab);
     });
-    clear(samplesCard, h("div", { class: "card-head" }, h("h2", {}, "Samples"), h("span", { class: "muted small" }, `first ${SAMPLE_RECORDS} records of --log_samples output`)), tabs, body);
+    clear(samplesCard, h("div", { class: "card-head" }, h("h2", {}, "Samples"), h("span", { class: "muted small" }, `first ${SAMPLE_RECORDS} records of --log_samples output`),
+      h("div", { class: "spacer" }), h("a", { href: `#/job/${jobId}/samples`, id: "samples-link" }, "Explore all samples →")), tabs, body);
     loadSamples(files[0], body);
   }
 
