@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from lmeval_trio.errors import CannotStart
+from lmeval_trio.jobs.notify import NotifyTarget
+from lmeval_trio.policy.webhook_targets import Exemptions
 
 # Environment variable name for each field whose name is not LMEVAL_<FIELD>.
 _LEGACY_NAMES = {
@@ -42,8 +44,10 @@ _LIST_FIELDS = frozenset(
         "env_allowlist",
         "cors_origins",
         "gpus",
+        "webhook_allowed_hosts",
     }
 )
+_JSON_FIELDS = frozenset({"webhooks"})
 _SECRET_FIELDS = frozenset({"api_keys"})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
@@ -262,6 +266,39 @@ class Settings(BaseModel):
         description="At shutdown, leave Ray jobs running and re-attach at the next start "
         "(else stop them).",
     )
+    # Webhooks (see README "Webhooks").
+    webhooks: tuple[NotifyTarget, ...] = Field(
+        default=(),
+        max_length=64,
+        description='Server-wide webhooks, a JSON list of {"url", "events"}: every job\'s '
+        "(and sweep's) events go to them too.",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        repr=False,
+        description="The signing secret (whsec_ + base64 of 24-64 random bytes); unset: one "
+        "generated at first start, kept in DATA_DIR/webhook-secret (0600).",
+    )
+    webhook_allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Host names, addresses or CIDR blocks webhooks may reach although they "
+        "are not public (loopback, private, link-local, ...).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Bound on each delivery attempt."
+    )
+    webhook_max_attempts: int = Field(
+        default=12, ge=1, le=100, description="Attempts of one delivery before it is given up."
+    )
+    webhook_retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Wait before the second attempt; it doubles per attempt (with jitter).",
+    )
+    webhook_retry_max_s: float = Field(
+        default=3600.0, gt=0, le=86_400, description="The longest wait between attempts."
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Server log level."
@@ -330,6 +367,20 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("webhook_allowed_hosts", mode="after")
+    @classmethod
+    def _exemptions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        Exemptions.parse(value)  # raises ValueError naming a bad entry
+        return value
+
+    @field_validator("webhook_secret", mode="after")
+    @classmethod
+    def _whsec(cls, value: str | None) -> str | None:
+        """The Standard Webhooks form, so receivers' libraries take it as it is."""
+        if value is not None and not valid_webhook_secret(value):
+            raise ValueError("must be whsec_ followed by base64 of 24 to 64 bytes")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -433,6 +484,10 @@ class Settings(BaseModel):
         so the README's first job works without configuring any root."""
         return tuple(p for p in (SHIPPED_EXAMPLE_TASKS,) if p.is_dir())
 
+    @property
+    def webhook_exemptions(self) -> Exemptions:
+        return Exemptions.parse(self.webhook_allowed_hosts)
+
     def all_api_keys(self) -> frozenset[str]:
         """Keys from the setting and the key file (read at start, so rotation = restart)."""
         return frozenset(self.api_keys) | self._file_keys()
@@ -451,12 +506,36 @@ class Settings(BaseModel):
         data = self.model_dump(mode="json")
         for name in _SECRET_FIELDS:
             data[name] = f"<{len(data[name])} configured>"
+        data["webhook_secret"] = None if self.webhook_secret is None else "<configured>"
+        # A webhook URL may carry a token in its path (chat services' do): origins only.
+        data["webhooks"] = [_origin(hook.url) for hook in self.webhooks]
         return data
 
 
 CONFIG_FILE_VARIABLE = "LMEVAL_CONFIG_FILE"
 #: ``examples/tasks`` of a source checkout (or the Docker image): read-only for jobs.
 SHIPPED_EXAMPLE_TASKS = Path(__file__).resolve().parent.parent / "examples" / "tasks"
+
+
+def valid_webhook_secret(value: str) -> bool:
+    """Whether ``value`` is a secret in the ``whsec_<base64>`` form of Standard Webhooks."""
+    import base64
+    import binascii
+
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return 24 <= len(key) <= 64
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"
 
 
 def _absolute_path(path: Path) -> Path:
@@ -509,6 +588,11 @@ def env_name(field: str) -> str:
 
 def _parse_raw(name: str, raw: str) -> Any:
     """Lists come comma-separated (or as a JSON array); everything else as given."""
+    if name in _JSON_FIELDS:
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{env_name(name)}: invalid JSON: {error}") from None
     if name not in _LIST_FIELDS:
         return raw
     text = raw.strip()
