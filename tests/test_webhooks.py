@@ -387,3 +387,16 @@ async def test_a_kill_9_before_the_post_is_answered_still_delivers(tmp_path: Pat
     assert again.headers["webhook-id"] == held.headers["webhook-id"]
     assert verified(again) == verified(held)
     assert verified(again)["data"]["job_id"] == job_id
+
+
+async def test_cli_show_lists_the_deliveries(tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    async with webhook_receiver(400) as receiver, served(tmp_path) as server:
+        job_id = await server.submit({**fake_job("env"), "notify": hook(receiver, "job.completed")})
+        await deliveries_when(server, job_id, settled(1))
+        shown = await cli(server.url, "show", str(job_id))
+    assert shown.code == 0, shown.err
+    assert "--- deliveries ---" in shown.out
+    line = next(x for x in shown.out.splitlines() if x.startswith("job.completed"))
+    assert line.split()[1:5] == [f"{receiver.url}/…", "failed", "1", "400"]

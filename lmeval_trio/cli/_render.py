@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from lmeval_trio.client import JobEvent, Phase, Progress, ProgressEvent, StatusEvent
 from lmeval_trio.http.schemas import (
     CheckReport,
+    DeliveryOut,
     JobDetail,
     JobResults,
     JobSummary,
@@ -174,6 +175,26 @@ def job_details(job: JobDetail, log_lines: int = 15) -> str:
         lines.append(f"--- stderr (last {min(log_lines, len(job.stderr))} lines) ---")
         lines += [line.rstrip("\r\n") for line in job.stderr[-log_lines:]]
     return "\n".join(lines)
+
+
+def deliveries_table(deliveries: Sequence[DeliveryOut]) -> str:
+    """``show``: the job's webhook deliveries, each with its last attempt and next try."""
+    rows = []
+    for d in deliveries:
+        last = d.attempts[-1] if d.attempts else None
+        outcome = "" if last is None else str(last.status_code or last.error or "")
+        rows.append(
+            (
+                d.event,
+                d.target,
+                d.status,
+                str(len(d.attempts)),
+                outcome,
+                _timestamp(d.next_attempt_at),
+            )
+        )
+    headers = ("EVENT", "TARGET", "STATUS", "TRIES", "LAST", "NEXT")
+    return "--- deliveries ---\n" + table(headers, rows)
 
 
 def _number(value: Any) -> str:

@@ -36,6 +36,7 @@ from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
     CheckReport,
+    DeliveryList,
     JobDetail,
     JobList,
     JobResults,
@@ -198,6 +199,10 @@ class AsyncClient(ClientBase):
 
     async def results(self, job_id: int) -> JobResults:
         return await self._send(Routes.results(job_id))
+
+    async def deliveries(self, job_id: int) -> DeliveryList:
+        """The job's webhook deliveries and exports, with their attempts."""
+        return await self._send(Routes.deliveries(job_id))
 
     async def artifacts(self, job_id: int) -> ArtifactList:
         return await self._send(Routes.artifacts(job_id))

@@ -30,6 +30,7 @@ from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
     CheckReport,
+    DeliveryList,
     JobDetail,
     JobList,
     JobResults,
@@ -193,6 +194,10 @@ class Routes:
     @staticmethod
     def results(job_id: int) -> Call[JobResults]:
         return Call("GET", f"/job/{job_id}/results", _model(JobResults))
+
+    @staticmethod
+    def deliveries(job_id: int) -> Call[DeliveryList]:
+        return Call("GET", f"/job/{job_id}/deliveries", _model(DeliveryList))
 
     @staticmethod
     def artifacts(job_id: int) -> Call[ArtifactList]:

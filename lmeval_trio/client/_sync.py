@@ -34,6 +34,7 @@ from lmeval_trio.http.schemas import (
     ArtifactList,
     BulkResult,
     CheckReport,
+    DeliveryList,
     JobDetail,
     JobList,
     JobResults,
@@ -196,6 +197,10 @@ class Client(ClientBase):
 
     def results(self, job_id: int) -> JobResults:
         return self._send(Routes.results(job_id))
+
+    def deliveries(self, job_id: int) -> DeliveryList:
+        """The job's webhook deliveries and exports, with their attempts."""
+        return self._send(Routes.deliveries(job_id))
 
     def artifacts(self, job_id: int) -> ArtifactList:
         return self._send(Routes.artifacts(job_id))

@@ -295,6 +295,7 @@ class DeliveryOut(BaseModel):
     status: str = Field(description="pending, delivered or failed (given up).")
     next_attempt_at: str | None = Field(description="When the next attempt is due, if any.")
     attempts: list[DeliveryAttempt]
+    link: str | None = Field(None, description="An MLflow export's run, on the tracking server.")
 
 
 class DeliveryList(BaseModel):
@@ -315,4 +316,5 @@ def delivery_out(delivery: Delivery) -> dict[str, Any]:
         status=delivery.status,
         next_attempt_at=delivery.next_attempt_at,
         attempts=[DeliveryAttempt.model_validate(a) for a in delivery.attempts],
+        link=delivery.state.get("run_url"),
     ).model_dump()
