@@ -299,6 +299,27 @@ class Settings(BaseModel):
     webhook_retry_max_s: float = Field(
         default=3600.0, gt=0, le=86_400, description="The longest wait between attempts."
     )
+    # MLflow export (see README "MLflow export").
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="An MLflow tracking server (http(s)://host:port): every finished job is "
+        "logged there as a run, through the outbox (unset: no export).",
+    )
+    mlflow_experiment: str = Field(
+        default="lmeval-trio",
+        min_length=1,
+        max_length=500,
+        description="The MLflow experiment runs are logged in (created if missing).",
+    )
+    mlflow_max_artifact_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=0,
+        description="Largest results or samples file uploaded as an artifact (larger ones "
+        "are listed in a tag instead).",
+    )
+    mlflow_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Bound on each request to the tracking server."
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Server log level."
@@ -361,9 +382,11 @@ class Settings(BaseModel):
             raise ValueError(f"origins look like https://host[:port] (or *), got {bad}")
         return value
 
-    @field_validator("ray_address", mode="after")
+    @field_validator("ray_address", "mlflow_tracking_uri", mode="after")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")

@@ -31,6 +31,7 @@ class DeliveryPlanner:
 
     def __init__(self, settings: Settings) -> None:
         self.server_hooks = tuple(settings.webhooks)
+        self.mlflow = settings.mlflow_tracking_uri  # every finished job exported there
 
     def for_job(
         self, record: JobRecord, old: JobStatus, sweep: SweepRecord | None
@@ -40,13 +41,19 @@ class DeliveryPlanner:
             return []
         hooks = _targets(record.request.get("notify") or [], sweep)
         payload = {"type": event, "timestamp": utc_now(), "data": job_summary(record)}
-        return [NewDelivery("webhook", event, url, payload) for url in _wanting(hooks, event, self)]
+        owed = [NewDelivery("webhook", event, url, payload) for url in _wanting(hooks, event, self)]
+        if self.mlflow is not None and record.status.is_terminal:
+            owed.append(NewDelivery("mlflow", event, self.mlflow, {"job_id": record.id}))
+        return owed
 
     def for_sweep(self, sweep: SweepRecord, jobs: Sequence[JobRecord]) -> list[NewDelivery]:
         event = "sweep.completed"
         hooks = [NotifyTarget.model_validate(entry) for entry in sweep.notify]
         payload = {"type": event, "timestamp": utc_now(), "data": sweep_summary(sweep, jobs)}
-        return [NewDelivery("webhook", event, url, payload) for url in _wanting(hooks, event, self)]
+        owed = [NewDelivery("webhook", event, url, payload) for url in _wanting(hooks, event, self)]
+        if self.mlflow is not None:
+            owed.append(NewDelivery("mlflow", event, self.mlflow, {"sweep_id": sweep.id}))
+        return owed
 
 
 def _targets(entries: Iterable[dict[str, Any]], sweep: SweepRecord | None) -> list[NotifyTarget]:

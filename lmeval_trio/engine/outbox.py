@@ -5,7 +5,9 @@ It never blocks the supervisor or the HTTP edge: it sleeps on an event that a st
 delivery or a finished attempt sets, or until the next delivery falls due, whichever is
 first (no polling). Pending rows are read at start, so deliveries owed before a crash or a
 restart go out within moments. At-least-once: an attempt cut short by a shutdown is not
-recorded and is made again after the restart, with the same webhook-id.
+recorded and is made again after the restart, with the same webhook-id. Webhooks are given
+up after LMEVAL_WEBHOOK_MAX_ATTEMPTS; MLflow exports are retried until the tracking server
+takes them (or refuses them for good).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import trio
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.change_signal import Pulse
 from lmeval_trio.engine.live import log
+from lmeval_trio.engine.mlflow_export import Hidden, MlflowExporter
 from lmeval_trio.engine.webhooks import Outcome, WebhookSender, load_secret
 from lmeval_trio.jobs.delivery import DELIVERED, FAILED, PENDING, Delivery
 from lmeval_trio.outputs import results
@@ -46,9 +49,10 @@ def retry_delay_s(settings: Settings, attempts: int) -> float:
 class Outbox:
     """Owns the delivery attempts; ``poke()`` when something may be due."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, hidden: Hidden) -> None:
         self.settings = settings
         self.store = store
+        self.hidden = hidden  # a job's secrets (masked in what an export uploads)
         self.scope = trio.CancelScope()
         self._wake = trio.Event()
         self._busy: set[int] = set()
@@ -64,6 +68,10 @@ class Outbox:
         with self.scope:
             secret = await trio.to_thread.run_sync(load_secret, self.settings)
             self._webhooks = WebhookSender(self.settings, secret)
+            exporter = None
+            if self.settings.mlflow_tracking_uri is not None:
+                exporter = MlflowExporter(self.settings, self.store, self.hidden)
+                self.senders["mlflow"] = exporter.send
             try:
                 async with trio.open_nursery() as nursery:
                     task_status.started()
@@ -71,6 +79,8 @@ class Outbox:
             finally:
                 with trio.CancelScope(shield=True):
                     await self._webhooks.aclose()
+                    if exporter is not None:
+                        await exporter.aclose()
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while True:
@@ -118,7 +128,7 @@ class Outbox:
         number = len(delivery.attempts) + 1
         status, next_at = DELIVERED, None
         if not outcome.delivered:
-            if outcome.final or number >= self.settings.webhook_max_attempts:
+            if outcome.final or self._out_of_attempts(delivery, number):
                 status = FAILED
             else:
                 status = PENDING
@@ -131,6 +141,11 @@ class Outbox:
             "error": outcome.error,
         }
         await self.store.record_attempt(delivery.id, attempt, status, next_at)
+
+    def _out_of_attempts(self, delivery: Delivery, number: int) -> bool:
+        """Webhooks are given up after the bound; an export waits for its tracking server
+        however long it is down (a finished job is never left out of MLflow)."""
+        return delivery.kind == "webhook" and number >= self.settings.webhook_max_attempts
 
     async def _send_webhook(self, delivery: Delivery) -> Outcome:
         assert self._webhooks is not None
@@ -164,7 +179,7 @@ def _now() -> datetime:
 def _log_failure(delivery: Delivery, number: int, outcome: Outcome, status: str) -> None:
     """Where to, by origin only: a webhook URL's path may hold a token."""
     parts = urlsplit(delivery.target)
-    what = f"HTTP {outcome.status_code}" if outcome.status_code else outcome.error
+    what = outcome.error or f"HTTP {outcome.status_code}"
     then = "given up" if status == FAILED else "will retry"
     log.warning(
         "delivery %s (%s %s to %s://%s): attempt %d failed (%s); %s",

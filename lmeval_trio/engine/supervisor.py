@@ -105,7 +105,7 @@ class Supervisor:
         self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.store.planner = DeliveryPlanner(settings)  # what a status change owes
-        self.outbox = Outbox(settings, self.store)  # delivers it (webhooks, exports)
+        self.outbox = Outbox(settings, self.store, self.output_secrets)  # delivers it
         self.store.on_owed = self.outbox.poke
         self.listing = JobListing(self)  # the read model the HTTP edge lists jobs from
         self.policy = Policy(settings, self.launcher.executable)
