@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from lmeval_trio.engine.supervisor import Supervisor
+from lmeval_trio.http.schemas import delivery_out
 from lmeval_trio.jobs.delivery import Delivery
 from tests.conftest import DUMMY_JOB, fake_job, make_settings
 from tests.support.mlflow_server import MlflowServer, free_port
@@ -135,6 +136,8 @@ def check_job_run(tracking: Tracking, delivery: Delivery, job_id: int) -> None:
     run_id = run["info"]["run_id"]
     assert delivery.state["run_id"] == run_id
     assert delivery.state["run_url"].endswith(f"/runs/{run_id}")
+    shown = delivery_out(delivery)  # what GET /job/{id}/deliveries and the dashboard show
+    assert shown["kind"] == "mlflow" and shown["link"] == delivery.state["run_url"]
     assert run["info"]["status"] == "FINISHED"
     found_tags = tags(run)
     assert found_tags["lmeval.job_id"] == str(job_id)

@@ -140,8 +140,22 @@ class WebhookSender:
                 ) as response:
                     return classify(response.status_code)
             except httpx.HTTPError as error:
-                return Outcome(False, error=f"{type(error).__name__}: {error}"[:300])
+                return Outcome(
+                    False, error=_without_path(f"{type(error).__name__}: {error}", target)
+                )
         return Outcome(False, error=f"no answer within {limit:g} s")
+
+
+def _without_path(text: str, target: webhook_targets.Target) -> str:
+    """An error as shown and logged: a URL's path and query may hold a token (chat
+    services put theirs there), so neither is repeated."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target.url)
+    for secret in (parts.query, parts.path):
+        if len(secret) > 1:
+            text = text.replace(secret, "/…")
+    return text[:300]
 
 
 def _address_url(target: webhook_targets.Target) -> str:
