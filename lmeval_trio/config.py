@@ -29,6 +29,7 @@ from pydantic import (
 
 from lmeval_trio.errors import CannotStart
 from lmeval_trio.jobs.notify import NotifyTarget
+from lmeval_trio.policy import webhook_targets
 from lmeval_trio.policy.webhook_targets import Exemptions
 
 # Environment variable name for each field whose name is not LMEVAL_<FIELD>.
@@ -427,6 +428,20 @@ class Settings(BaseModel):
                 f"LMEVAL_API_KEYS_FILE: {self.api_keys_file} holds no key; remove the setting "
                 "to run an open server"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_may_be_reached(self) -> Settings:
+        """A server-wide webhook naming a non-public address literally would fail every
+        delivery: refused at start instead (names are judged at each delivery)."""
+        exemptions = self.webhook_exemptions
+        for hook in self.webhooks:
+            address = webhook_targets.literal_address(webhook_targets.split(hook.url)[1])
+            if address is not None:
+                try:
+                    webhook_targets.judge(hook.url, address, exemptions)
+                except webhook_targets.TargetRefused as error:
+                    raise ValueError(f"LMEVAL_WEBHOOKS: {error}") from None
         return self
 
     @model_validator(mode="after")

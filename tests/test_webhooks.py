@@ -345,6 +345,13 @@ def test_settings_name_bad_webhook_values() -> None:
         "LMEVAL_WEBHOOK_SECRET": "not-a-secret",
         "LMEVAL_WEBHOOK_ALLOWED_HOSTS": "10.0.0.0/33,bad host",
     }
+    with pytest.raises(SettingsError, match=r"LMEVAL_WEBHOOKS: 169\.254\.169\.254 is a link-local"):
+        Settings.from_env(
+            {
+                "LMEVAL_WEBHOOKS": '[{"url": "http://169.254.169.254/latest"}]',
+                "LMEVAL_DATA_DIR": "/nonexistent/lmeval-x",
+            }
+        )
     for name, value in cases.items():
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value, "LMEVAL_DATA_DIR": "/nonexistent/lmeval-x"})

@@ -18,8 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import trio
-
 from lmeval_trio.errors import InvalidRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -152,6 +150,8 @@ async def resolve(url: str, exemptions: Exemptions) -> Target:
 
 
 async def _addresses(host: str, port: int) -> list[IPAddress]:
+    import trio  # here: settings validation imports this module, and needs no event loop
+
     with trio.move_on_after(RESOLVE_TIMEOUT_S):
         try:
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)

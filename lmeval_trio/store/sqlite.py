@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from lmeval_trio.errors import CannotStart
-from lmeval_trio.jobs.delivery import Delivery
+from lmeval_trio.jobs.delivery import Delivery, NewDelivery
 from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord, utc_now
 from lmeval_trio.jobs.status import JobStatus, check_transition
 from lmeval_trio.store import outbox
@@ -371,23 +371,18 @@ class JobStore:
 
     def _owe(self, record: JobRecord, old: JobStatus) -> int:
         """Store what the planner says ``record``'s change owes (and its sweep's end)."""
-        if self.planner is None:
+        planner = self.planner
+        if planner is None:
             return 0
         sweep = None if record.sweep_id is None else self._get_sweep(record.sweep_id)
         now = utc_now()
-        owed = outbox.insert(
-            self.conn,
-            self.planner.for_job(record, old, sweep),
-            now,
-            job_id=record.id,
-            sweep_id=record.sweep_id,
-        )
+        planned = _planned(lambda: planner.for_job(record, old, sweep))
+        owed = outbox.insert(self.conn, planned, now, job_id=record.id, sweep_id=record.sweep_id)
         ended = sweep is not None and record.status.is_terminal
         if sweep is not None and ended and outbox.sweep_finished(self.conn, sweep.id):
             jobs = self._sweep_jobs([sweep.id])
-            owed += outbox.insert(
-                self.conn, self.planner.for_sweep(sweep, jobs), now, sweep_id=sweep.id
-            )
+            planned = _planned(lambda: planner.for_sweep(sweep, jobs))
+            owed += outbox.insert(self.conn, planned, now, sweep_id=sweep.id)
         return owed
 
     async def update(self, job_id: int, **fields: Any) -> JobRecord:
@@ -547,6 +542,16 @@ class JobStore:
         except (sqlite3.Error, StoreError):
             return False
         return True
+
+
+def _planned(plan: Callable[[], list[NewDelivery]]) -> list[NewDelivery]:
+    """What the planner owes; a planner's bug costs the deliveries (logged), never the status
+    change itself."""
+    try:
+        return plan()
+    except Exception:
+        log.exception("the outbox planner failed; this change owes no deliveries")
+        return []
 
 
 class _transaction:
