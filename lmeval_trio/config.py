@@ -28,6 +28,9 @@ from pydantic import (
 )
 
 from lmeval_trio.errors import CannotStart
+from lmeval_trio.jobs.notify import NotifyTarget
+from lmeval_trio.policy import webhook_targets
+from lmeval_trio.policy.webhook_targets import Exemptions
 
 # Environment variable name for each field whose name is not LMEVAL_<FIELD>.
 _LEGACY_NAMES = {
@@ -42,8 +45,10 @@ _LIST_FIELDS = frozenset(
         "env_allowlist",
         "cors_origins",
         "gpus",
+        "webhook_allowed_hosts",
     }
 )
+_JSON_FIELDS = frozenset({"webhooks"})
 _SECRET_FIELDS = frozenset({"api_keys"})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
@@ -262,6 +267,60 @@ class Settings(BaseModel):
         description="At shutdown, leave Ray jobs running and re-attach at the next start "
         "(else stop them).",
     )
+    # Webhooks (see README "Webhooks").
+    webhooks: tuple[NotifyTarget, ...] = Field(
+        default=(),
+        max_length=64,
+        description='Server-wide webhooks, a JSON list of {"url", "events"}: every job\'s '
+        "(and sweep's) events go to them too.",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        repr=False,
+        description="The signing secret (whsec_ + base64 of 24-64 random bytes); unset: one "
+        "generated at first start, kept in DATA_DIR/webhook-secret (0600).",
+    )
+    webhook_allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Host names, addresses or CIDR blocks webhooks may reach although they "
+        "are not public (loopback, private, link-local, ...).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Bound on each delivery attempt."
+    )
+    webhook_max_attempts: int = Field(
+        default=12, ge=1, le=100, description="Attempts of one delivery before it is given up."
+    )
+    webhook_retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Wait before the second attempt; it doubles per attempt (with jitter).",
+    )
+    webhook_retry_max_s: float = Field(
+        default=3600.0, gt=0, le=86_400, description="The longest wait between attempts."
+    )
+    # MLflow export (see README "MLflow export").
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="An MLflow tracking server (http(s)://host:port): every finished job is "
+        "logged there as a run, through the outbox (unset: no export).",
+    )
+    mlflow_experiment: str = Field(
+        default="lmeval-trio",
+        min_length=1,
+        max_length=500,
+        description="The MLflow experiment runs are logged in (created if missing).",
+    )
+    mlflow_max_artifact_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=0,
+        description="Largest results or samples file uploaded as an artifact (larger ones "
+        "are listed in a tag instead).",
+    )
+    mlflow_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Bound on each request to the tracking server."
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="Server log format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Server log level."
@@ -324,12 +383,28 @@ class Settings(BaseModel):
             raise ValueError(f"origins look like https://host[:port] (or *), got {bad}")
         return value
 
-    @field_validator("ray_address", mode="after")
+    @field_validator("ray_address", "mlflow_tracking_uri", mode="after")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("webhook_allowed_hosts", mode="after")
+    @classmethod
+    def _exemptions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        Exemptions.parse(value)  # raises ValueError naming a bad entry
+        return value
+
+    @field_validator("webhook_secret", mode="after")
+    @classmethod
+    def _whsec(cls, value: str | None) -> str | None:
+        """The Standard Webhooks form, so receivers' libraries take it as it is."""
+        if value is not None and not valid_webhook_secret(value):
+            raise ValueError("must be whsec_ followed by base64 of 24 to 64 bytes")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -353,6 +428,20 @@ class Settings(BaseModel):
                 f"LMEVAL_API_KEYS_FILE: {self.api_keys_file} holds no key; remove the setting "
                 "to run an open server"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_may_be_reached(self) -> Settings:
+        """A server-wide webhook naming a non-public address literally would fail every
+        delivery: refused at start instead (names are judged at each delivery)."""
+        exemptions = self.webhook_exemptions
+        for hook in self.webhooks:
+            address = webhook_targets.literal_address(webhook_targets.split(hook.url)[1])
+            if address is not None:
+                try:
+                    webhook_targets.judge(hook.url, address, exemptions)
+                except webhook_targets.TargetRefused as error:
+                    raise ValueError(f"LMEVAL_WEBHOOKS: {error}") from None
         return self
 
     @model_validator(mode="after")
@@ -433,6 +522,10 @@ class Settings(BaseModel):
         so the README's first job works without configuring any root."""
         return tuple(p for p in (SHIPPED_EXAMPLE_TASKS,) if p.is_dir())
 
+    @property
+    def webhook_exemptions(self) -> Exemptions:
+        return Exemptions.parse(self.webhook_allowed_hosts)
+
     def all_api_keys(self) -> frozenset[str]:
         """Keys from the setting and the key file (read at start, so rotation = restart)."""
         return frozenset(self.api_keys) | self._file_keys()
@@ -451,12 +544,36 @@ class Settings(BaseModel):
         data = self.model_dump(mode="json")
         for name in _SECRET_FIELDS:
             data[name] = f"<{len(data[name])} configured>"
+        data["webhook_secret"] = None if self.webhook_secret is None else "<configured>"
+        # A webhook URL may carry a token in its path (chat services' do): origins only.
+        data["webhooks"] = [_origin(hook.url) for hook in self.webhooks]
         return data
 
 
 CONFIG_FILE_VARIABLE = "LMEVAL_CONFIG_FILE"
 #: ``examples/tasks`` of a source checkout (or the Docker image): read-only for jobs.
 SHIPPED_EXAMPLE_TASKS = Path(__file__).resolve().parent.parent / "examples" / "tasks"
+
+
+def valid_webhook_secret(value: str) -> bool:
+    """Whether ``value`` is a secret in the ``whsec_<base64>`` form of Standard Webhooks."""
+    import base64
+    import binascii
+
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return 24 <= len(key) <= 64
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"
 
 
 def _absolute_path(path: Path) -> Path:
@@ -509,6 +626,11 @@ def env_name(field: str) -> str:
 
 def _parse_raw(name: str, raw: str) -> Any:
     """Lists come comma-separated (or as a JSON array); everything else as given."""
+    if name in _JSON_FIELDS:
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{env_name(name)}: invalid JSON: {error}") from None
     if name not in _LIST_FIELDS:
         return raw
     text = raw.strip()

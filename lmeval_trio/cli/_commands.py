@@ -142,7 +142,16 @@ def jobs(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 def show(client: Client, args: argparse.Namespace, out: Output) -> int:
     job = client.get_job(args.job_id)
-    out.data(job, render.job_details(job))
+    text = render.job_details(job)
+    try:
+        deliveries = client.deliveries(args.job_id).deliveries
+    except ApiError as error:  # a server from before webhooks (404), or the job just deleted
+        if error.status_code != 404:
+            raise
+        deliveries = []
+    if deliveries:
+        text += "\n" + render.deliveries_table(deliveries)
+    out.data(job, text)
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from lmeval_trio.client import JobEvent, Phase, Progress, ProgressEvent, StatusEvent
 from lmeval_trio.http.schemas import (
     CheckReport,
+    DeliveryOut,
     JobDetail,
     JobResults,
     JobSummary,
@@ -206,6 +207,26 @@ def _attempt_lines(job: JobDetail) -> list[str]:
         "--- attempts (LOG FROM: byte offsets in stdout.log/stderr.log) ---",
         *text.splitlines(),
     ]
+
+
+def deliveries_table(deliveries: Sequence[DeliveryOut]) -> str:
+    """``show``: the job's webhook deliveries, each with its last attempt and next try."""
+    rows = []
+    for d in deliveries:
+        last = d.attempts[-1] if d.attempts else None
+        outcome = "" if last is None else str(last.status_code or last.error or "")
+        rows.append(
+            (
+                d.event,
+                d.target,
+                d.status,
+                str(len(d.attempts)),
+                outcome,
+                _timestamp(d.next_attempt_at),
+            )
+        )
+    headers = ("EVENT", "TARGET", "STATUS", "TRIES", "LAST", "NEXT")
+    return "--- deliveries ---\n" + table(headers, rows)
 
 
 def _number(value: Any) -> str:

@@ -37,6 +37,7 @@ from lmeval_trio.http.schemas import (
     BulkResult,
     CheckReport,
     Comparison,
+    DeliveryList,
     FlipsPage,
     JobDetail,
     JobList,
@@ -296,6 +297,10 @@ class AsyncClient(ClientBase):
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    async def deliveries(self, job_id: int) -> DeliveryList:
+        """The job's webhook deliveries and exports, with their attempts."""
+        return await self._send(Routes.deliveries(job_id))
 
     async def artifacts(self, job_id: int) -> ArtifactList:
         return await self._send(Routes.artifacts(job_id))

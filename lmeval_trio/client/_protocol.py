@@ -31,6 +31,7 @@ from lmeval_trio.http.schemas import (
     BulkResult,
     CheckReport,
     Comparison,
+    DeliveryList,
     FlipsPage,
     JobDetail,
     JobList,
@@ -220,6 +221,10 @@ class Routes:
             if value is not None:
                 params[name] = str(value).lower() if isinstance(value, bool) else value
         return Call("GET", f"/job/{job_id}/samples", _model(SamplesPage), params=params)
+
+    @staticmethod
+    def deliveries(job_id: int) -> Call[DeliveryList]:
+        return Call("GET", f"/job/{job_id}/deliveries", _model(DeliveryList))
 
     @staticmethod
     def artifacts(job_id: int) -> Call[ArtifactList]:

@@ -35,6 +35,7 @@ from lmeval_trio.http.schemas import (
     BulkResult,
     CheckReport,
     Comparison,
+    DeliveryList,
     FlipsPage,
     JobDetail,
     JobList,
@@ -293,6 +294,10 @@ class Client(ClientBase):
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    def deliveries(self, job_id: int) -> DeliveryList:
+        """The job's webhook deliveries and exports, with their attempts."""
+        return self._send(Routes.deliveries(job_id))
 
     def artifacts(self, job_id: int) -> ArtifactList:
         return self._send(Routes.artifacts(job_id))

@@ -26,7 +26,7 @@ from lmeval_trio.engine.live import log
 from lmeval_trio.engine.slots import Slots
 from lmeval_trio.harness.request_model import RequestRejected, request_model
 from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord, utc_now
-from lmeval_trio.policy import budget
+from lmeval_trio.policy import budget, webhook_targets
 from lmeval_trio.policy.rules import CONFIG_COPY, Admitted, MissingPath, Policy, PolicyViolation
 from lmeval_trio.runners import job_command as command
 from lmeval_trio.store.sqlite import Draft, IdTaken, JobStore, StoreError
@@ -82,6 +82,13 @@ class Admission:
             raise ValidationError.from_exception_data(
                 "JobRequest", [{"type": error, "loc": ("max_attempts",), "input": attempts}]
             )
+
+    async def check_notify(self, request: Mapping[str, Any]) -> None:
+        """Every webhook URL resolved and judged (no SSRF: policy/webhook_targets.py); a
+        refused one is a 422 naming ``notify.<i>.url``. Judged again at each delivery."""
+        errors = await notify_errors(request.get("notify") or [], self.settings, ("notify",))
+        if errors:
+            raise ValidationError.from_exception_data("JobRequest", errors)
 
     def queue_full(self, waiting: int, count: int = 1) -> bool:
         """Whether ``waiting`` queued jobs and the submissions under way leave no room for
@@ -372,3 +379,30 @@ def _copy_file_nofollow(source: Path, target: Path) -> None:
         return
     with open(fd, "rb") as reader, open(target, "wb") as writer:
         shutil.copyfileobj(reader, writer)
+
+
+async def notify_errors(
+    entries: list[Any], settings: Settings, loc: tuple[str | int, ...]
+) -> list[Any]:
+    """pydantic error entries for the webhook URLs in ``entries`` the server will not send
+    to (each URL resolved once, whatever the entries repeat)."""
+    exemptions = settings.webhook_exemptions
+    verdicts: dict[str, str | None] = {}
+    errors: list[Any] = []
+    for index, entry in enumerate(entries):
+        url = entry.get("url") if isinstance(entry, Mapping) else getattr(entry, "url", None)
+        if not isinstance(url, str):
+            continue  # not an entry yet: parsing the request names what is wrong with it
+        if url not in verdicts:
+            try:
+                await webhook_targets.resolve(url, exemptions)
+                verdicts[url] = None
+            except webhook_targets.Unresolvable:
+                verdicts[url] = None  # not known to be private: judged at each delivery
+            except webhook_targets.TargetRefused as error:
+                verdicts[url] = str(error)
+        why = verdicts[url]
+        if why is not None:
+            error_type = PydanticCustomError("webhook_target", "{why}", {"why": why})
+            errors.append({"type": error_type, "loc": (*loc, index, "url"), "input": url})
+    return errors

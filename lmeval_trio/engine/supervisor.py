@@ -35,18 +35,21 @@ from lmeval_trio.engine.admission import Admission
 from lmeval_trio.engine.catalog_builds import Catalogs
 from lmeval_trio.engine.change_signal import Pulse
 from lmeval_trio.engine.comparisons import Comparisons
+from lmeval_trio.engine.deliveries import DeliveryPlanner
 from lmeval_trio.engine.dispatch import Dispatcher
 from lmeval_trio.engine.endpoint_wait import EndpointGate
 from lmeval_trio.engine.execution import Execution
 from lmeval_trio.engine.listing import JobListing
 from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
 from lmeval_trio.engine.metrics import Metrics
+from lmeval_trio.engine.outbox import Outbox
 from lmeval_trio.engine.recovery import Recovery
 from lmeval_trio.engine.retention import Retention
 from lmeval_trio.engine.samples import SamplesExplorer, SamplesQuery
 from lmeval_trio.engine.slots import Slots
 from lmeval_trio.engine.sweeps import Sweeps
 from lmeval_trio.errors import JobNotFound, NotAccepting, NotResumable, QueueFull
+from lmeval_trio.jobs.delivery import Delivery
 from lmeval_trio.jobs.progress import ProgressSnapshot
 from lmeval_trio.jobs.record import JobRecord, utc_now
 from lmeval_trio.jobs.status import JobStatus
@@ -103,6 +106,9 @@ class Supervisor:
         self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
         self.runner = runner or default_runner(settings, self.warm, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
+        self.store.planner = DeliveryPlanner(settings)  # what a status change owes
+        self.outbox = Outbox(settings, self.store, self.output_secrets)  # delivers it
+        self.store.on_owed = self.outbox.poke
         self.listing = JobListing(self)  # the read model the HTTP edge lists jobs from
         self.policy = Policy(settings, self.launcher.executable)
         self.catalogs = Catalogs(  # the task catalog (GET /tasks, the checks at submission)
@@ -179,6 +185,7 @@ class Supervisor:
                 raise
             raise
         self.catalogs.attach(self._nursery, preload_after=self.caches_prepared)
+        await self._nursery.start(self.outbox.run)
         if self.warm is not None:
             self.warm.prime(local_environment(self.settings, self.job_environment({})))
             await self._nursery.start(self._run_warm_pool, self.warm)
@@ -306,6 +313,7 @@ class Supervisor:
             for live in started:
                 await self._settled_or_refused(live)
         await self.recovery.keep_unrecorded()
+        self.outbox.scope.cancel()  # an attempt cut short is made again after the restart
 
     def _gate(self, nursery: trio.Nursery, cleared: Callable[[], None]) -> EndpointGate:
         """The endpoint pre-flight before a slot (endpoint_wait.py), its checks in ``nursery``."""
@@ -327,6 +335,7 @@ class Supervisor:
         self.check_accepting()
         request = self.admission.parse(body)
         self.admission.check_limits(request)
+        await self.admission.check_notify(request)
         with self.queue_place():
             admitted = await admission_checks.admit(self, request, self.gates())
             record = await self._create_and_enqueue(request, admitted, resumed_from, in_sweep)
@@ -345,6 +354,7 @@ class Supervisor:
         self.check_accepting()
         request = self.admission.parse(body)
         self.admission.check_limits(request)
+        await self.admission.check_notify(request)
         return await admission_checks.dry_run(self, request, self.gates())
 
     def gates(self) -> admission_checks.Gates:
@@ -509,6 +519,11 @@ class Supervisor:
                 f"job {job_id} is {old.status.value}; only Stopped or Failed jobs can be resumed"
             )
         return await self.submit(old.request, resumed_from=old)
+
+    async def deliveries(self, job_id: int) -> list[Delivery]:
+        """The job's webhook deliveries and exports, each with its attempts (JobNotFound)."""
+        await self.get(job_id)
+        return await self.store.job_deliveries(job_id)
 
     async def output_secrets(self, record: JobRecord) -> tuple[str, ...]:
         """Values to hide in what the job wrote (its request's and its config's secrets)."""

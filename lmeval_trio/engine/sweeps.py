@@ -21,9 +21,11 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from lmeval_trio.engine import admission_checks
+from lmeval_trio.engine.admission import notify_errors
 from lmeval_trio.engine.task_checks import TaskRefused
 from lmeval_trio.errors import Conflict, InvalidRequest, NotFound
 from lmeval_trio.harness.request_model import RequestRejected, request_model
+from lmeval_trio.jobs.notify import NotifyList
 from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord
 from lmeval_trio.jobs.status import ACTIVE, JobStatus
 from lmeval_trio.outputs import results
@@ -71,6 +73,11 @@ class SweepRequest(BaseModel):
     )
     baseline: str | None = Field(None, description="The key of the cell others compare with.")
     max_parallel: Annotated[int, Strict()] | None = Field(None, ge=1, le=100_000)
+    notify: NotifyList | None = Field(
+        None,
+        description="Webhooks told when the sweep ends (sweep.completed) and of its cells' "
+        "job events (README: Webhooks).",
+    )
 
 
 def _reject(loc: Sequence[Any], msg: str, kind: str = "value_error", **extra: Any) -> SweepRejected:
@@ -94,7 +101,10 @@ def plan(body: Mapping[str, Any], max_cells: int) -> SweepRecord:
     keys = [cell.key for cell in cells]
     if spec.baseline is not None and spec.baseline not in keys:
         raise _reject(["baseline"], f"no cell has the key {spec.baseline!r}")
-    return SweepRecord(0, spec.name, tuple(cells), "", spec.baseline, spec.max_parallel)
+    notify = tuple(hook.model_dump(exclude_none=True) for hook in spec.notify or ())
+    return SweepRecord(
+        0, spec.name, tuple(cells), "", spec.baseline, spec.max_parallel, notify=notify
+    )
 
 
 def _matrix_cells(
@@ -181,6 +191,7 @@ class Sweeps:
         sup = self.supervisor
         sup.check_accepting()
         planned = plan(body, sup.settings.max_sweep_cells)
+        await self._check_notify(planned)
         with sup.queue_place(len(planned.cells)):
             admitted = await self._admit_all(planned)
             parsed = replace(planned, cells=tuple(cell for cell, _ in admitted))
@@ -190,6 +201,27 @@ class Sweeps:
             await self._queue(sweep, records, [verdict for _, verdict in admitted])
         sup.metrics.submissions.inc(len(records))
         return sweep, records
+
+    async def _check_notify(self, planned: SweepRecord) -> None:
+        """The sweep's webhooks and its cells' judged like a job's (a 422 naming them)."""
+        settings = self.supervisor.settings
+        errors = [
+            {"loc": ["body", *e["loc"]], "msg": e["type"].message(), "type": "webhook_target"}
+            for e in await notify_errors(list(planned.notify), settings, ("notify",))
+        ]
+        for index, cell in enumerate(planned.cells):
+            found = await notify_errors(list(cell.request.get("notify") or []), settings, ())
+            errors.extend(
+                {
+                    "loc": ["body", "cells", index, "notify", *e["loc"]],
+                    "msg": e["type"].message(),
+                    "type": "webhook_target",
+                    "cell": cell.key,
+                }
+                for e in found
+            )
+        if errors:
+            raise SweepRejected(errors)
 
     async def _admit_all(self, planned: SweepRecord) -> list[tuple[SweepCell, Admitted]]:
         """Each cell parsed and checked like a job (``admission_checks.admit_cells``: the

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from lmeval_trio.errors import InvalidRequest
 from lmeval_trio.harness.versions import unsupported
+from lmeval_trio.jobs.notify import NotifyList
 
 MAX_STRING_CHARS = 16_384
 MAX_LIST_ITEMS = 1_000
@@ -41,7 +42,15 @@ _Object = Annotated[dict[_Str, Any], Field(max_length=MAX_LIST_ITEMS)]
 _StrList = Annotated[list[_Str], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
 
 # Fields the server adds to lm-eval's flags.
-SERVER_FIELDS = ("env_vars", "lm_eval_path", "num_gpus", "num_cpus", "timeout_s", "max_attempts")
+SERVER_FIELDS = (
+    "env_vars",
+    "lm_eval_path",
+    "num_gpus",
+    "num_cpus",
+    "timeout_s",
+    "max_attempts",
+    "notify",
+)
 #: The longest ``timeout_s`` a request may ask for (30 days): beyond, a typo, not a limit.
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
 #: The most ``max_attempts`` the model allows; LMEVAL_MAX_ATTEMPTS_LIMIT bounds it further.
@@ -220,11 +229,19 @@ def request_model() -> type[BaseModel]:
         ),
     )
     fields.update(_limit_fields())
+    fields["notify"] = (
+        NotifyList | None,
+        Field(
+            default=None,
+            description="Webhooks told of this job's events (README: Webhooks): "
+            '[{"url": "https://...", "events": ["job.completed", ...]}].',
+        ),
+    )
     model: type[BaseModel] = create_model(
         "JobRequest",
         __config__=ConfigDict(extra="forbid", title="JobRequest"),
         __doc__="An lm-eval run: lm-eval's CLI flags as JSON, plus the server's fields (env_vars, "
-        "lm_eval_path, num_gpus, num_cpus, timeout_s, max_attempts).",
+        "lm_eval_path, num_gpus, num_cpus, timeout_s, max_attempts, notify).",
         **fields,
     )
     return model

@@ -100,6 +100,18 @@ def blueprint() -> Blueprint:
         detail["stderr"] = await sup.log_tail(record, "stderr", hidden)
         return jsonify(detail)
 
+    @bp.get("/job/<int:job_id>/deliveries")
+    @tag(["jobs"])
+    @document_response(schemas.DeliveryList, 200)
+    @document_response(schemas.Error, 404)
+    async def job_deliveries(job_id: int) -> Response:
+        """The job's webhook deliveries (README: Webhooks), each with its attempts: time,
+        status code or error, and when the next attempt is due."""
+        deliveries = await supervisor().deliveries(job_id)
+        return jsonify(
+            {"job_id": job_id, "deliveries": [schemas.delivery_out(d) for d in deliveries]}
+        )
+
     @bp.route("/job/<int:job_id>/stop", methods=["GET", "POST"])
     @bp.route("/job/<int:job_id>/dequeue", methods=["GET", "POST"])
     @tag(["jobs"])

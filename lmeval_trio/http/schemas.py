@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from lmeval_trio.jobs.delivery import Delivery
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.policy.secrets import job_secrets, mask_text
@@ -409,3 +411,48 @@ class FlipsPage(BaseModel):
     offset: int
     limit: int
     flips: list[Flip]
+
+
+class DeliveryAttempt(BaseModel):
+    """One attempt of a delivery."""
+
+    at: str
+    status_code: int | None = Field(description="The receiver's HTTP status; null: no answer.")
+    error: str | None = Field(description="Why there was no answer (or why it was refused).")
+
+
+class DeliveryOut(BaseModel):
+    """A webhook delivery (or export) a job's status change owed, and how it went."""
+
+    id: int
+    kind: str = Field(description="webhook or mlflow.")
+    event: str
+    target: str = Field(description="Where to, origin only (a URL's path may hold a token).")
+    webhook_id: str = Field(description="The webhook-id header: the same on every attempt.")
+    created_at: str
+    status: str = Field(description="pending, delivered or failed (given up).")
+    next_attempt_at: str | None = Field(description="When the next attempt is due, if any.")
+    attempts: list[DeliveryAttempt]
+    link: str | None = Field(None, description="An MLflow export's run, on the tracking server.")
+
+
+class DeliveryList(BaseModel):
+    job_id: int
+    deliveries: list[DeliveryOut]
+
+
+def delivery_out(delivery: Delivery) -> dict[str, Any]:
+    """A stored delivery as GET /job/{id}/deliveries shows it."""
+    parts = urlsplit(delivery.target)
+    return DeliveryOut(
+        id=delivery.id,
+        kind=delivery.kind,
+        event=delivery.event,
+        target=f"{parts.scheme}://{parts.netloc}/…",
+        webhook_id=delivery.message_id,
+        created_at=delivery.created_at,
+        status=delivery.status,
+        next_attempt_at=delivery.next_attempt_at,
+        attempts=[DeliveryAttempt.model_validate(a) for a in delivery.attempts],
+        link=delivery.state.get("run_url"),
+    ).model_dump()

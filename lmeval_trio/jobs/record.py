@@ -84,3 +84,5 @@ class SweepRecord:
     created_at: str
     baseline: str | None = None  # the key of the cell others are compared with
     max_parallel: int | None = None  # at most this many of its jobs run at once
+    #: Webhooks told of the sweep's end (and of its cells' events): jobs/notify.py entries.
+    notify: tuple[dict[str, Any], ...] = ()

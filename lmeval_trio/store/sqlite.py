@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 import trio
 
 from lmeval_trio.errors import CannotStart
-from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord
+from lmeval_trio.jobs.delivery import Delivery, NewDelivery
+from lmeval_trio.jobs.record import JobRecord, SweepCell, SweepRecord, utc_now
 from lmeval_trio.jobs.status import JobStatus, check_transition
+from lmeval_trio.store import outbox
 
 T = TypeVar("T")
 log = logging.getLogger("lmeval_trio.store")
@@ -90,6 +92,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN sweep_cell TEXT;
     CREATE INDEX jobs_sweep ON jobs (sweep_id, id);
     """,
+    # The outbox (store/outbox.py): deliveries owed for status changes; sweeps' webhooks.
+    outbox.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ORDER_BY = {
@@ -154,6 +158,10 @@ class JobStore:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock = trio.CapacityLimiter(1)
+        #: Decides what deliveries a status change owes (engine/deliveries.py); None: none.
+        self.planner: outbox.Planner | None = None
+        #: Called (on the event loop) after a change stored deliveries: wakes their worker.
+        self.on_owed: Callable[[], None] | None = None
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -260,14 +268,15 @@ class JobStore:
     ) -> tuple[SweepRecord, list[JobRecord]]:
         with _transaction(self.conn) as conn:
             cursor = conn.execute(
-                "INSERT INTO sweeps (name, cells, baseline, max_parallel, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO sweeps (name, cells, baseline, max_parallel, created_at, notify)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     sweep.name,
                     json.dumps([{"key": c.key, "request": c.request} for c in sweep.cells]),
                     sweep.baseline,
                     sweep.max_parallel,
                     created_at,
+                    json.dumps(list(sweep.notify)),
                 ),
             )
             sweep_id = int(cursor.lastrowid or 0)
@@ -354,22 +363,45 @@ class JobStore:
     ) -> JobRecord:
         """Move ``job_id`` from ``old`` to ``new`` atomically, checked against the table."""
         check_transition(job_id, old, new)
-        return await self._run(self._transition, job_id, old, new, fields)
+        record, owed = await self._run(self._transition, job_id, old, new, fields)
+        if owed and self.on_owed is not None:
+            self.on_owed()
+        return record
 
     def _transition(
         self, job_id: int, old: JobStatus, new: JobStatus, fields: dict[str, Any]
-    ) -> JobRecord:
+    ) -> tuple[JobRecord, int]:
+        """The change and the deliveries it owes, in one transaction: a crash right after
+        it still owes them, and a change that did not happen owes nothing."""
         columns = {"status": new.value, **{k: _encode(k, v) for k, v in fields.items()}}
         assignments = ", ".join(f"{name}=?" for name in columns)
-        cursor = self.conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE id=? AND status=?",
-            (*columns.values(), job_id, old.value),
-        )
-        record = self._get(job_id)
-        if cursor.rowcount != 1 or record is None:
-            actual = record.status.value if record else "deleted"
-            raise StoreError(f"job {job_id}: expected {old.value}, found {actual}")
-        return record
+        with _transaction(self.conn) as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id=? AND status=?",
+                (*columns.values(), job_id, old.value),
+            )
+            record = self._get(job_id)
+            if cursor.rowcount != 1 or record is None:
+                actual = record.status.value if record else "deleted"
+                raise StoreError(f"job {job_id}: expected {old.value}, found {actual}")
+            owed = self._owe(record, old)
+        return record, owed
+
+    def _owe(self, record: JobRecord, old: JobStatus) -> int:
+        """Store what the planner says ``record``'s change owes (and its sweep's end)."""
+        planner = self.planner
+        if planner is None:
+            return 0
+        sweep = None if record.sweep_id is None else self._get_sweep(record.sweep_id)
+        now = utc_now()
+        planned = _planned(lambda: planner.for_job(record, old, sweep))
+        owed = outbox.insert(self.conn, planned, now, job_id=record.id, sweep_id=record.sweep_id)
+        ended = sweep is not None and record.status.is_terminal
+        if sweep is not None and ended and outbox.sweep_finished(self.conn, sweep.id):
+            jobs = self._sweep_jobs([sweep.id])
+            planned = _planned(lambda: planner.for_sweep(sweep, jobs))
+            owed += outbox.insert(self.conn, planned, now, sweep_id=sweep.id)
+        return owed
 
     async def update(self, job_id: int, **fields: Any) -> JobRecord:
         """Change fields other than the status (those go through transition())."""
@@ -403,7 +435,41 @@ class JobStore:
             total = 0
             for job_id in job_ids:
                 total += conn.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount
+                outbox.forget_settled(conn, job_id)
         return total
+
+    # -- the outbox (store/outbox.py) -----------------------------------------------------
+
+    async def due_deliveries(self, now: str, busy: Sequence[int], limit: int) -> list[Delivery]:
+        return await self._run(outbox.due, self.conn, now, list(busy), limit)
+
+    async def next_delivery_at(self, busy: Sequence[int]) -> str | None:
+        return await self._run(outbox.next_due_at, self.conn, list(busy))
+
+    async def record_attempt(
+        self, delivery_id: int, attempt: dict[str, Any], status: str, next_at: str | None
+    ) -> None:
+        await self._run(outbox.record_attempt, self.conn, delivery_id, attempt, status, next_at)
+
+    async def save_delivery(
+        self,
+        delivery_id: int,
+        *,
+        payload: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep a delivery's payload or progress (an MLflow run id before its metrics)."""
+
+        def save() -> None:
+            outbox.save(self.conn, delivery_id, payload=payload, state=state)
+
+        await self._run(save)
+
+    async def job_deliveries(self, job_id: int) -> list[Delivery]:
+        return await self._run(outbox.of_job, self.conn, job_id)
+
+    async def sweep_deliveries(self, sweep_id: int) -> list[Delivery]:
+        return await self._run(outbox.of_sweep, self.conn, sweep_id)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -494,6 +560,16 @@ class JobStore:
         except (sqlite3.Error, StoreError):
             return False
         return True
+
+
+def _planned(plan: Callable[[], list[NewDelivery]]) -> list[NewDelivery]:
+    """What the planner owes; a planner's bug costs the deliveries (logged), never the status
+    change itself."""
+    try:
+        return plan()
+    except Exception:
+        log.exception("the outbox planner failed; this change owes no deliveries")
+        return []
 
 
 class _transaction:
@@ -590,4 +666,5 @@ def _sweep(row: sqlite3.Row) -> SweepRecord:
         created_at=row["created_at"],
         baseline=row["baseline"],
         max_parallel=row["max_parallel"],
+        notify=tuple(json.loads(row["notify"])),
     )

@@ -15,6 +15,7 @@ import {
 const TAIL_BYTES = 64 * 1024;
 const MAX_LOG_LINES = 2000;
 const SAMPLE_RECORDS = 5;
+const DELIVERY_LOOK = { delivered: "Completed", failed: "Failed", pending: "Queued" }; // badge colours
 const SAMPLE_MAX_BYTES = 2 * 1024 * 1024;
 const SAMPLES_FILE = /(?:^|\/)samples_(.+)_(\d{4}-\d{2}-\d{2}T[\d.:-]+)\.jsonl$/;
 
@@ -91,6 +92,12 @@ export function mount(root, { match }, ctx) {
   const resultsBox = h("div", { id: "job-results" }, h("p", { class: "muted" }, "Results appear when the job has finished."));
   const artifactsBox = h("div", { id: "job-artifacts" }, h("p", { class: "muted" }, "Loading…"));
   const samplesCard = h("section", { class: "card", id: "job-samples", hidden: true });
+  const deliveriesBox = h("div", { id: "job-deliveries-body" });
+  const refreshDeliveries = h("button", { class: "btn", type: "button", id: "refresh-deliveries" }, "Refresh");
+  const deliveriesCard = h("section", { class: "card", id: "job-deliveries", hidden: true },
+    h("div", { class: "card-head" }, h("h2", {}, "Webhooks and exports"), h("div", { class: "spacer" }), refreshDeliveries),
+    deliveriesBox);
+  refreshDeliveries.addEventListener("click", () => loadDeliveries());
   const errorBox = h("div", { class: "callout error", role: "alert" });
 
   clear(
@@ -113,6 +120,7 @@ export function mount(root, { match }, ctx) {
     ),
     h("section", { class: "card" }, h("div", { class: "card-head" }, h("h2", {}, "Results")), resultsBox),
     samplesCard,
+    deliveriesCard,
     h(
       "div",
       { class: "grid-2" },
@@ -126,7 +134,9 @@ export function mount(root, { match }, ctx) {
   }
 
   function showStatus(next) {
+    const before = job && job.status;
     job = { ...(job || {}), ...next };
+    if (job.status !== before) loadDeliveries();
     setBadge(status, job.status);
     const req = job.request || {};
     const tasks = taskList(req.tasks);
@@ -293,6 +303,31 @@ export function mount(root, { match }, ctx) {
         ? (job && job.status === "Completed" ? "This job wrote no results file." : `No results: the job ${job ? job.status.toLowerCase() : "ended"} before lm-eval wrote them.`)
         : `Could not load the results: ${error.message}`;
       clear(resultsBox, h("p", { class: "muted" }, message));
+    }
+  }
+
+  // Webhook deliveries and MLflow exports (GET /job/{id}/deliveries): each with its last
+  // attempt and next try; an export's run links to the tracking server.
+  async function loadDeliveries() {
+    try {
+      const data = await api(`/job/${jobId}/deliveries`, { signal: ctx.signal });
+      const list = data.deliveries || [];
+      deliveriesCard.hidden = !list.length;
+      const rows = list.map((d) => {
+        const last = d.attempts.length ? d.attempts[d.attempts.length - 1] : null;
+        const outcome = last ? (last.status_code ? `HTTP ${last.status_code}` : (last.error || "")) : "—";
+        const where = d.link ? h("a", { href: d.link, target: "_blank", rel: "noopener noreferrer", class: "mlflow-run" }, "MLflow run →") : d.target;
+        return h("tr", {},
+          h("td", {}, d.kind), h("td", {}, d.event), h("td", {}, where), h("td", {}, h("span", { class: "badge", dataset: { status: DELIVERY_LOOK[d.status] || "Queued" } }, d.status)),
+          h("td", { class: "num" }, String(d.attempts.length)), h("td", { class: "muted" }, outcome),
+          h("td", { class: "muted" }, d.next_attempt_at ? fmtDate(d.next_attempt_at) : "—"));
+      });
+      clear(deliveriesBox, h("div", { class: "table-scroll" }, h("table", { class: "results", id: "deliveries-table" },
+        h("thead", {}, h("tr", {}, ["Kind", "Event", "Target", "Status", "Tries", "Last attempt", "Next try"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows))));
+    } catch (error) {
+      if (error.name === "AbortError" || error instanceof AuthError) return;
+      deliveriesCard.hidden = true;
     }
   }
 
