@@ -452,7 +452,9 @@ async def test_each_attempt_has_its_own_time_limit(
     100 s leaves the second its own 100 s (60 more: Completed, 120 s in all); a second
     attempt that runs past its 100 s times out, and a timeout is final (the third never
     runs). The margins are wide: the deadline counts from the wall-clock ``started_at``,
-    and the real seconds a loaded machine spends starting an attempt count too."""
+    and the real seconds a loaded machine spends starting an attempt count too. The clock
+    jumps only after 0.3 s of real idleness: the store's worker threads do not count as
+    tasks, so a zero threshold would jump to the time limit while a thread is writing."""
     from tests.test_supervisor import rig, settings_for
 
     runner = FakeRunner()
@@ -462,6 +464,7 @@ async def test_each_attempt_has_its_own_time_limit(
     settings = settings_for(tmp_path, retry_base_delay_s=1.0)
     async with rig(settings, autojump_clock, runner) as r:
         record = await r.submit(timeout_s=100, max_attempts=3)
+        autojump_clock.autojump_threshold = 0.3  # (after submit: the rig sets it back to 0)
         final = await r.supervisor.wait(record.id)
     assert final.status is status and final.attempts == 2
     assert len(runner.runs_of(1)) == 2

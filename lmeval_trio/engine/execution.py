@@ -162,6 +162,7 @@ class Execution:
         live.scope = trio.CancelScope()
         live.progress = ProgressTracker()
         live.timed_out = live.transient = False
+        live.ended_clock = None
         self.live.fire(live)
 
     async def _end_waiting(self, live: LiveJob) -> None:
@@ -221,7 +222,12 @@ class Execution:
                     deadline=retries.deadline(live.record, self.settings)
                 ) as limit:
                     returncode = await self._run_with_logs(live, env)
-                live.timed_out = limit.cancelled_caught
+                # A limit reached after the process ended on its own (while its logs
+                # closed) is no timeout: the job's own exit stands.
+                ended_in_time = live.ended_clock is not None and live.ended_clock < limit.deadline
+                live.timed_out = limit.cancelled_caught and not ended_in_time
+                if returncode is None and ended_in_time:
+                    returncode = live.exited_with
             except process.SpawnError as error:
                 return JobStatus.FAILED, {
                     "reason": f"could not start: {error}",
@@ -299,6 +305,7 @@ class Execution:
                         live.record, env, stdout, stderr, task_status=task_status
                     )
                 result.append(code)
+                live.ended_clock = trio.current_time()
                 if live.stop_reason is None:  # its own end: a later stop must not hide it
                     live.exited_with = code
                 nursery.cancel_scope.cancel()  # the job is over: stop the flusher

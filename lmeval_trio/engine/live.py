@@ -42,6 +42,7 @@ class LiveJob:
     reattach: bool = False  # still running elsewhere from before a restart: follow it
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
     exited_with: int | None = None  # exit code of a process that ended before any stop
+    ended_clock: float | None = None  # trio time this attempt's process ended, if it did
     timed_out: bool = False  # this attempt ran past its time limit (and was stopped)
     transient: bool = False  # this attempt failed in a way another attempt may not
     _dispatched: bool = field(default=False, init=False, repr=False)
