@@ -342,9 +342,9 @@ class Patcher:
             return None
         return self._t.orig_process(cfg, path, index_)  # type: ignore[no-any-return]
 
-    # ---------------------------------------------------------- warm runner
+    # ---------------------------------------------------------- fork server
     def preload(self) -> None:
-        """Load (or build) the built-in index now, ahead of the job (warm runner).
+        """Load (or build) the built-in index now, ahead of the jobs (fork server).
 
         The first index build then takes these entries, after checking that the
         key, which fingerprints every task file, is still the one they were loaded under.
@@ -366,10 +366,10 @@ class Patcher:
         self._preloaded = None
         started = time.perf_counter()
         if self._key(root) != key:
-            self._log.warning("task index: task files changed since the warm runner loaded them")
+            self._log.warning("task index: task files changed since the fork server loaded them")
             return None
         self._log.info(
-            "task index: preloaded by the warm runner (%d entries; files unchanged, checked in "
+            "task index: preloaded by the fork server (%d entries; files unchanged, checked in "
             "%.2f s)",
             len(entries),
             time.perf_counter() - started,
