@@ -14,8 +14,8 @@ import shutil
 import signal
 import sqlite3
 import sys
-from contextlib import closing
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import trio
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
-from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners import process
 from lmeval_trio.runners.environment import local_environment
 from lmeval_trio.runners.fork_launcher import environment_key
@@ -100,12 +99,33 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-async def until(check: Any, what: str) -> Any:
+async def wait_exit(pid: int) -> None:
+    """Return once ``pid`` has exited (its pidfd turns readable), reaped or not."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(GUARD_S):
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def forked_pid(supervisor: Supervisor, fork_pid: int) -> int:
+    """The pid of the one job the fork server ``fork_pid`` runs, once it runs one."""
+    forks = supervisor.forks
+    assert forks is not None
     with trio.fail_after(GUARD_S):
-        while not (value := check()):
-            await trio.sleep(LOOK_AGAIN_S)
-    assert value, what
-    return value
+        while True:
+            waiting = forks.wait_changed()
+            running = [s for s in forks.statistics().servers if s.pid == fork_pid]
+            if running and running[0].jobs_running:
+                break
+            await waiting
+    (server,) = [s for s in forks._servers.values() if s.proc and s.proc.pid == fork_pid]
+    (pid,) = server.running
+    return pid
 
 
 async def wait_for_pid(supervisor: Supervisor, job_id: int) -> JobRecord:
@@ -124,14 +144,12 @@ async def running_forked(server: Server, stub: StubHandle) -> tuple[int, int, in
     supervisor = supervisor_of(server)
     fork_pid = await fork_server_ready(supervisor)
     job_id = await server.submit(completions_job(stub))
-    await wait_for_pid(supervisor, job_id)
-    (forked,) = await until(lambda: children(fork_pid), "the job was forked")
-    return job_id, forked, fork_pid
+    return job_id, await forked_pid(supervisor, fork_pid), fork_pid
 
 
 async def assert_gone(forked: int) -> None:
     """The forked job and its whole group are gone (the fork server reaps it at once)."""
-    await until(lambda: not alive(forked), f"forked job {forked} ended")
+    await wait_exit(forked)
     assert not process.group_alive(forked)
 
 
@@ -273,8 +291,7 @@ async def test_shutdown_requeues_the_forked_job(tmp_path: Path, stub: StubHandle
     async with Supervisor(settings) as supervisor:
         fork_pid = await fork_server_ready(supervisor)
         record = await supervisor.submit(completions_job(stub))
-        await wait_for_pid(supervisor, record.id)
-        (forked,) = await until(lambda: children(fork_pid), "the job was forked")
+        forked = await forked_pid(supervisor, fork_pid)
     await assert_gone(forked)  # gone by the time the supervisor has closed
     assert not alive(fork_pid)
     with closing(sqlite3.connect(settings.data_dir / "jobs.db")) as db:
@@ -290,18 +307,14 @@ async def test_kill_9_of_the_server_ends_the_forked_job(tmp_path: Path, stub: St
     env = {"LMEVAL_FORK_SERVERS": "1", "LMEVAL_ALLOWED_PATH_ROOTS": f"{SUPPORT},{TASKS_DIR}"}
     async with hypercorn_server(data, **env) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            fork_pid = await until(lambda: _fork_pid_of(server.worker_pid), "a fork server")
-            with trio.fail_after(300):
-                while not (await client.get("/healthz")).json()["fork_servers"][0]["ready"]:
-                    await trio.sleep(LOOK_AGAIN_S)
             response = await client.post("/job", json=completions_job(stub))
             assert response.status_code == 200, response.text
             job_id = response.json()["job_id"]
-            (forked,) = await until(lambda: children(fork_pid), "the job was forked")
+            fork_pid, forked = await _forked_in(client)
         os.killpg(server.proc.pid, signal.SIGKILL)  # the server, not its fork server's session
         await server.proc.wait()
         await assert_gone(forked)
-        await until(lambda: not alive(fork_pid), "the fork server ended with the server")
+        await wait_exit(fork_pid)  # the fork server ended with the server
     stub.set_delay(0)
     async with hypercorn_server(data, **env) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -313,14 +326,16 @@ async def test_kill_9_of_the_server_ends_the_forked_job(tmp_path: Path, stub: St
         assert job["attempts"] == 2
 
 
-def _fork_pid_of(worker: int) -> int | None:
-    for pid in children(worker):
-        try:
-            if b"--fork-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except FileNotFoundError:
-            continue
-    return None
+async def _forked_in(client: httpx.AsyncClient) -> tuple[int, int]:
+    """(fork server pid, forked job pid) of a server in another process, once it runs its job:
+    there is no event to wait on from here, so it asks again."""
+    with trio.fail_after(300):  # the fork server may be importing lm-eval still
+        while True:
+            (server,) = (await client.get("/healthz")).json()["fork_servers"]
+            if server["jobs_running"] and children(server["pid"]):
+                (forked,) = children(server["pid"])
+                return server["pid"], forked
+            await trio.sleep(LOOK_AGAIN_S)
 
 
 # ------------------------------------------------------------------ the launcher alone

@@ -509,7 +509,8 @@ class Supervisor:
     ) -> dict[str, str]:
         """The variables the server sets for a job (``runners/environment.py``); the runner
         adds what the job inherits where it runs (PATH, HOME, ...)."""
-        return job_environment(self.settings, env_vars, gpus, confined=self.walls.confined)
+        thread_free = self.walls.confined or self.forks is not None
+        return job_environment(self.settings, env_vars, gpus, thread_free=thread_free)
 
     # -- stopping -------------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ class ForkServerInfo:
     environment: str  # the first 16 hex digits of its environment's digest
     ready: bool  # lm-eval imported, the task index loaded
     jobs_forked: int
+    jobs_running: int
     age_s: float
 
 
@@ -87,6 +88,7 @@ class ForkServer:
     ready: trio.Event = field(default_factory=trio.Event)
     retire: trio.Event = field(default_factory=trio.Event)
     forked: int = 0
+    running: set[int] = field(default_factory=set)  # pids of its jobs whose launcher runs
 
     def info(self) -> ForkServerInfo:
         return ForkServerInfo(
@@ -94,6 +96,7 @@ class ForkServer:
             environment=self.key[:16],
             ready=self.ready.is_set(),
             jobs_forked=self.forked,
+            jobs_running=len(self.running),
             age_s=round(time.monotonic() - self.started_at, 3),
         )
 
@@ -137,6 +140,7 @@ class ForkServers:
         self._nursery: trio.Nursery | None = None
         self._forked = 0
         self._cold = 0
+        self._change = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the fork servers until cancelled, then drain them."""
@@ -188,10 +192,25 @@ class ForkServers:
         self._keep_one(key, env)
         return Route(server, text, tuple(cold_argv))
 
-    def forked(self, route: Route) -> None:
-        """The launcher says the job was forked."""
+    def forked(self, route: Route, pid: int) -> None:
+        """The launcher says the job was forked as ``pid``."""
         route.server.forked += 1
+        route.server.running.add(pid)
         self._forked += 1
+        self._changed()
+
+    def ended(self, route: Route, pid: int) -> None:
+        """The launcher of the job forked as ``pid`` has exited: so has the job."""
+        route.server.running.discard(pid)
+        self._changed()
+
+    async def wait_changed(self) -> None:
+        """Return at the next job forked or ended (tests wait on this)."""
+        await self._change.wait()
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
 
     def ran_cold(self, route: Route, job_id: int, reason: str) -> None:
         """The launcher started the job cold after all: say why."""

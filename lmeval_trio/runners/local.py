@@ -195,7 +195,7 @@ class _LauncherReport:
         word, _, rest = data.decode(errors="replace").strip().partition(" ")
         if word == "pid" and rest.isdigit():
             self.job_pid = int(rest)
-            self.forks.forked(self.route)
+            self.forks.forked(self.route, self.job_pid)
         elif word == "cold":
             self.forks.ran_cold(self.route, self.job_id, rest)
 
@@ -204,4 +204,7 @@ class _LauncherReport:
         has exited and so said all it will."""
         with trio.move_on_after(_INFO_WAIT_S):
             await self.done.wait()
-        return [] if self.job_pid is None else [self.job_pid]
+        if self.job_pid is None:
+            return []
+        self.forks.ended(self.route, self.job_pid)
+        return [self.job_pid]
