@@ -118,11 +118,11 @@ async def forked_pid(supervisor: Supervisor, fork_pid: int) -> int:
     assert forks is not None
     with trio.fail_after(GUARD_S):
         while True:
-            waiting = forks.wait_changed()
+            change = forks.next_change()
             running = [s for s in forks.statistics().servers if s.pid == fork_pid]
             if running and running[0].jobs_running:
                 break
-            await waiting
+            await change.wait()
     (server,) = [s for s in forks._servers.values() if s.proc and s.proc.pid == fork_pid]
     (pid,) = server.running
     return pid

@@ -204,9 +204,9 @@ class ForkServers:
         route.server.running.discard(pid)
         self._changed()
 
-    async def wait_changed(self) -> None:
-        """Return at the next job forked or ended (tests wait on this)."""
-        await self._change.wait()
+    def next_change(self) -> trio.Event:
+        """Set at the next job forked or ended (tests wait on it): take it, look, then wait."""
+        return self._change
 
     def _changed(self) -> None:
         self._change.set()
