@@ -26,6 +26,7 @@ NAMES = (
     "catalog",
     "sweep_submit",
     "sweep_overhead",
+    "fork_servers",
 )
 QUICK = {
     "dispatch": ["--runs", "50"],
@@ -37,6 +38,7 @@ QUICK = {
     "catalog": ["--runs", "50"],
     "sweep_submit": ["--runs", "10"],
     "sweep_overhead": ["--jobs", "6", "--stock-jobs", "2"],
+    "fork_servers": ["--jobs", "6", "--stock-jobs", "2", "--sequence", "5"],
 }
 
 

@@ -25,8 +25,10 @@ it), its control pipe (stdin), each running job's launcher connection, and SIGCH
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import selectors
@@ -35,7 +37,9 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from lmeval_trio.harness.fastrun._warm import READY, ImportSnapshot, Spec, preload
 from lmeval_trio.runners import reaper
@@ -266,13 +270,60 @@ class ForkServer:
 
 
 def serve(listen_fd: int, digest: str, grace_s: float, log: logging.Logger) -> Job | None:
-    """Preload, say so on stdout, then serve jobs; returns a job in each forked child."""
+    """Preload, say so on stdout, then serve jobs; returns a job in each forked child.
+
+    What it imported is frozen out of the garbage collector: a child's collections never
+    walk (and so never copy) the pages it shares with the fork server."""
     listen = socket.socket(fileno=listen_fd)
     preload(log)
+    gc.collect()
+    gc.freeze()
     server = ForkServer(listen, digest, grace_s, log)
     sys.stdout.write(READY.decode())
     _flush()
     return server.serve()
+
+
+def run_and_exit(job: Callable[[], None], last: Callable[[], object]) -> NoReturn:
+    """Run a forked child's job, then exit as Python would (atexit handlers, flushed streams,
+    ``SystemExit``'s code or message, a traceback and 1 for an uncaught exception, death by
+    SIGINT for an uncaught KeyboardInterrupt), but without tearing the interpreter down: its
+    heap is the fork server's, shared page by page, and freeing every object would copy
+    (and so cost) all of it. ``last`` runs just before the exit (the reaper's clean-up)."""
+    code = 0
+    interrupted = False
+    try:
+        job()
+    except SystemExit as done:
+        code = _exit_code(done.code)
+    except KeyboardInterrupt:
+        interrupted = True
+        sys.excepthook(*sys.exc_info())
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        last()
+        try:
+            _flush()
+        except OSError:  # as Python's own exit: the output is lost, the code says so
+            code = 120
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
+
+
+def _exit_code(code: object) -> int:
+    """What the interpreter exits with for ``sys.exit(code)``."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _parent_of(pid: int) -> int | None:

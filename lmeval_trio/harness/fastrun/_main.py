@@ -167,8 +167,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     reaper.become_subreaper()  # a daemon the job starts is handed to us, not to init
     reaper.reap_on_sigterm()
     try:
-        if opts.fork_server and not _forked(opts, digest, get_logger()):
-            return  # the fork server itself, at its end
+        if opts.fork_server:
+            if not _forked(opts, digest, get_logger()):
+                return  # the fork server itself, at its end
+            from lmeval_trio.harness.fastrun._fork import run_and_exit
+
+            run_and_exit(lambda: run_lm_eval(get_logger()), reaper.kill_descendants)
         run_lm_eval(get_logger())
     finally:
         reaper.kill_descendants()  # the job is over: nothing it started outlives it
