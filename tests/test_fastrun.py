@@ -1002,3 +1002,28 @@ def test_fork_server_options(
 def test_fork_server_option_errors(argv: list[str]) -> None:
     with pytest.raises(_main.UsageError):
         _main.parse_options(argv)
+
+
+def test_tree_watch_vouches_only_for_an_unchanged_tree(tmp_path: Path) -> None:
+    """The fork server's watch over the built-in tasks: any change below the root (a file
+    edited, added, renamed, a folder added) ends its vouching for good; the bytecode compile's
+    ``__pycache__`` does not count, as the index's fingerprint skips it too."""
+    from lmeval_trio.harness.fastrun._watch import TreeWatch
+
+    (tmp_path / "group" / "deep").mkdir(parents=True)
+    task = tmp_path / "group" / "deep" / "task.yaml"
+    task.write_text("task: a\n")
+    for change in (
+        lambda: task.write_text("task: b\n"),
+        lambda: (tmp_path / "group" / "new.yaml").write_text("task: c\n"),
+        lambda: task.rename(tmp_path / "group" / "moved.yaml"),
+        lambda: (tmp_path / "group" / "folder").mkdir(),
+    ):
+        watch = TreeWatch(str(tmp_path))
+        (tmp_path / "group" / "__pycache__").mkdir(exist_ok=True)
+        task.read_text() if task.exists() else None
+        assert watch.unchanged()
+        change()
+        assert not watch.unchanged()
+        assert not watch.unchanged()  # for good
+        watch.close_in_child()

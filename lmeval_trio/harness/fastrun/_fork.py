@@ -41,7 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from lmeval_trio.harness.fastrun._warm import READY, ImportSnapshot, Spec, preload
+from lmeval_trio.harness.fastrun._warm import READY, ImportSnapshot, Spec, import_modules
+from lmeval_trio.harness.fastrun._watch import TreeWatch
 from lmeval_trio.runners import reaper
 
 #: A job's request: its lm_eval arguments (a few KB); the socket's buffer bounds it anyway.
@@ -58,15 +59,23 @@ class Job:
 
     spec: Spec
     server_started: float
+    vouched: bool  # the task files are unchanged since the index was loaded (``_watch.py``)
 
 
 class ForkServer:
     """The loop; ``serve`` returns in a forked child (its job) and in the server at the end."""
 
     def __init__(
-        self, listen: socket.socket, digest: str, grace_s: float, log: logging.Logger
+        self,
+        listen: socket.socket,
+        digest: str,
+        grace_s: float,
+        log: logging.Logger,
+        watch: TreeWatch | None,
     ) -> None:
         self.listen = listen
+        self.watch = watch
+        self.watching = watch is not None and watch.unchanged()
         self.digest = digest
         self.grace_s = grace_s
         self.log = log
@@ -203,11 +212,15 @@ class ForkServer:
             return None, f"invalid job spec: {err}"
 
     def _fork(self, conn: socket.socket, spec: Spec, fds: list[int]) -> Job | None:
+        vouched = self.watch is not None and self.watch.unchanged()
         _flush()
         pid = os.fork()
         if pid == 0:
             self._become_child(conn, fds)
-            return Job(spec, self.started)
+            return Job(spec, self.started, vouched)
+        if self.watching and not vouched:  # this job checks the files itself; the next server
+            self.watching = False  # loads them afresh
+            self._drain("the built-in task files changed since the task index was loaded")
         self.jobs[pid] = conn
         if not _send(conn, b"ok %d" % pid):
             self._launcher_gone(pid)
@@ -227,6 +240,8 @@ class ForkServer:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.selector.close()
+        if self.watch is not None:
+            self.watch.close_in_child()
         sockets = (conn, self.listen, self.wake_r, self.wake_w, *self.jobs.values())
         for sock in filter(None, sockets):
             sock.close()
@@ -275,10 +290,13 @@ def serve(listen_fd: int, digest: str, grace_s: float, log: logging.Logger) -> J
     What it imported is frozen out of the garbage collector: a child's collections never
     walk (and so never copy) the pages it shares with the fork server."""
     listen = socket.socket(fileno=listen_fd)
-    preload(log)
+    patcher = import_modules(log)
+    watch = None if patcher is None else TreeWatch(str(patcher.default_root))  # before loading
+    if patcher is not None:
+        patcher.preload()
     gc.collect()
     gc.freeze()
-    server = ForkServer(listen, digest, grace_s, log)
+    server = ForkServer(listen, digest, grace_s, log, watch)
     sys.stdout.write(READY.decode())
     _flush()
     return server.serve()

@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _forked(opts: Options, digest: str, log: logging.Logger) -> bool:
     """Run a fork server; True in a forked child, which has become its job by now."""
-    from lmeval_trio.harness.fastrun import _fork, _warm
+    from lmeval_trio.harness.fastrun import _fork, _patch, _warm
 
     if opts.listen_fd is None:
         _warm.preload(log)  # only build the task index (the server does, after an upgrade)
@@ -190,6 +190,9 @@ def _forked(opts: Options, digest: str, log: logging.Logger) -> bool:
         return False
     reaper.become_subreaper()  # not inherited across fork
     reaper.reap_on_sigterm()
+    patcher = _patch.active()
+    if job.vouched and patcher is not None:
+        patcher.vouch()
     _warm.become(job.spec, log)
     log.info(
         "warm start: forked by a fork server that started %.1f s before this job",

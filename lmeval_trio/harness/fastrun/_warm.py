@@ -17,6 +17,10 @@ import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmeval_trio.harness.fastrun._patch import Patcher
 
 from lmeval_trio.runners.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
@@ -117,16 +121,22 @@ def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, Stamp]]:
 
 def preload(log: logging.Logger) -> None:
     """Import what every job needs and load the built-in task index."""
+    patcher = import_modules(log)
+    if patcher is not None:
+        patcher.preload()
+
+
+def import_modules(log: logging.Logger) -> Patcher | None:
+    """Import what every job needs; the task index's patcher, once lm_eval's tasks are
+    imported (None: fastrun is off, and the index is lm_eval's own)."""
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception as err:  # the job meets the same error in the same place, if at all
-            log.debug("warm runner: not preloading %s (%s: %s)", name, type(err).__name__, err)
+            log.debug("fork server: not preloading %s (%s: %s)", name, type(err).__name__, err)
     from lmeval_trio.harness.fastrun import _patch
 
-    patcher = _patch.active()
-    if patcher is not None:
-        patcher.preload()
+    return _patch.active()
 
 
 def become(spec: Spec, log: logging.Logger) -> None:
