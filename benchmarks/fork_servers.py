@@ -95,18 +95,23 @@ async def measure(
     stock_jobs: int = 20,
     sequence: int = 10,
     server_factory: ServerFactory = hypercorn_server,
+    cache_dir: Path | None = None,
 ) -> Report:
     names = ("separate per job s", "sweep per job s", "stock per job s", "first request s")
     separate, sweep, stock, first = (Metric(name, "s") for name in names)
     pss_ready, pss_after = Metric("idle PSS ready MB", "MB"), Metric("idle PSS after MB", "MB")
     details: dict[str, Any] = {"jobs": jobs, "stock_jobs": stock_jobs, "sequence": sequence}
+    # A fresh cache dir: the server compiles site-packages and rebuilds the task index in
+    # the background while the first jobs run (as after an install); an existing one: not.
+    settings = {"LMEVAL_CACHE_DIR": str(cache_dir)} if cache_dir else {}
+    details["cache_dir"] = str(cache_dir) if cache_dir else "fresh"
     with (
         tempfile.TemporaryDirectory(prefix="lmeval-bench-") as tmp,
         timed_stub() as stub,
     ):
         async with (
             server_factory(
-                Path(tmp) / "data", MAX_CONCURRENCY="2", LMEVAL_FORK_SERVERS="2"
+                Path(tmp) / "data", MAX_CONCURRENCY="2", LMEVAL_FORK_SERVERS="2", **settings
             ) as server,
             httpx.AsyncClient(base_url=server.url, timeout=600) as client,
         ):
@@ -154,8 +159,9 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--stock-jobs", type=int, default=20)
     parser.add_argument("--sequence", type=int, default=10)
+    parser.add_argument("--cache-dir", type=Path, help="an existing LMEVAL_CACHE_DIR")
     args = parser.parse_args(argv)
-    return run(measure, args.jobs, args.stock_jobs, args.sequence)
+    return run(measure, args.jobs, args.stock_jobs, args.sequence, hypercorn_server, args.cache_dir)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class ForkServer:
         self.snapshot = ImportSnapshot()
         self.jobs: dict[int, socket.socket | None] = {}  # pid -> its launcher's connection
         self.draining = False
+        self.drain_asked = False
         self.kill_at: float | None = None
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
@@ -122,18 +123,25 @@ class ForkServer:
         return None
 
     def _control(self) -> None:
+        """``drain``: finish the running jobs, take no more. EOF without it first: the server
+        died, and nobody else will stop the jobs. EOF after it: the server closed the pipe
+        it had said all on."""
         try:
             data = os.read(0, 4096)
         except OSError:
             data = b""
-        if data and b"drain" not in data:
+        if data:
+            if b"drain" in data:
+                self.drain_asked = True
+                self._drain("asked to drain")
             return
-        self._drain("asked to drain" if data else "the server is gone")
-        if not data:  # the server died: nobody else will stop the jobs
-            self.selector.unregister(0)
-            for pid in self.jobs:
-                _signal_group(pid, signal.SIGTERM)
-            self.kill_at = time.monotonic() + self.grace_s
+        self.selector.unregister(0)
+        if self.drain_asked:
+            return
+        self._drain("the server is gone")
+        for pid in self.jobs:
+            _signal_group(pid, signal.SIGTERM)
+        self.kill_at = time.monotonic() + self.grace_s
 
     def _drain(self, why: str) -> None:
         if self.draining:
