@@ -464,7 +464,7 @@ SHIPPED_EXAMPLE_TASKS = Path(__file__).resolve().parent.parent / "examples" / "t
 
 def _absolute_path(path: Path) -> Path:
     """``path`` made absolute against the start-up folder, once: jobs run in their own
-    folders and spares elsewhere, so a relative path would mean something else there."""
+    folders and fork servers elsewhere, so a relative path would mean something else there."""
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 

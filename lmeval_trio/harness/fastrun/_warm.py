@@ -104,7 +104,7 @@ def _watched_paths() -> Iterator[str]:
 def _stamp(path: str) -> Stamp:
     """A file's (mtime, size, inode); a directory's entries, but for ``__pycache__``: the
     server's bytecode compile adds those (and so changes the folder's mtime) without changing
-    what any import finds, so a spare primed before the compile stays good."""
+    what any import finds, so a fork server primed before the compile stays good."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
