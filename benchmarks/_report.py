@@ -36,6 +36,7 @@ class Metric:
         return {
             "n": len(values),
             "median": statistics.median(values),
+            "p90": _nearest_rank(ordered, 0.90),
             "p99": _nearest_rank(ordered, 0.99),
             "best": ordered[0],
             "worst": ordered[-1],

@@ -35,9 +35,9 @@ START_TIMEOUT_S = 120.0
 
 
 class LogWatch:
-    """Counts the server's "warm runner ... ready" log lines as its stderr is drained."""
+    """Counts the server's "fork server ... ready" log lines as its stderr is drained."""
 
-    _READY = re.compile(rb"warm runner \d+ ready in ")
+    _READY = re.compile(rb"fork server \d+ ready in ")
 
     def __init__(self) -> None:
         self.warm_ready = 0
@@ -54,7 +54,7 @@ class LogWatch:
             self._changed = trio.Event()
 
     async def wait_warm_ready(self, count: int) -> None:
-        """Return once ``count`` warm runners have reported ready since the server started."""
+        """Return once ``count`` fork servers have reported ready since the server started."""
         while self.warm_ready < count:
             await self._changed.wait()
 
@@ -80,7 +80,7 @@ class ServerFactory(Protocol):
 def server_environment(data_dir: Path, **settings: str) -> dict[str, str]:
     """This environment without LMEVAL_* settings, plus the benchmark's ``settings``.
 
-    Warm runners are off unless a benchmark turns them on: they are separate processes that
+    Fork servers are off unless a benchmark turns them on: they are separate processes that
     spend ~3 CPU-seconds importing lm_eval when the server starts, which would only disturb
     benchmarks 1-5 (which measure the server itself); benchmark 6 measures them.
     """
@@ -91,7 +91,7 @@ def server_environment(data_dir: Path, **settings: str) -> dict[str, str]:
         # inside it stays off limits: the server never lets a request name its own files).
         LMEVAL_ALLOWED_PATH_ROOTS=f"{SUPPORT},{data_dir.parent}",
         LMEVAL_KILL_GRACE_S="2",
-        LMEVAL_WARM_RUNNERS="0",
+        LMEVAL_FORK_SERVERS="0",
     )
     env.update(settings)
     return env

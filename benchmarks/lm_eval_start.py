@@ -8,12 +8,12 @@ the benchmark reads just before ``POST /job``). Four modes, interleaved in each 
 * ``stock``: ``LMEVAL_FAST_START=false``, the server runs ``python -m lm_eval`` (after one
   stock job left out of the statistics, so its bytecode cache is as warm as it is in service;
   that first job's figures are in the context, as the stock counterpart of ``cold``);
-* ``cold``: fast start without warm runners (``LMEVAL_WARM_RUNNERS=0``), the server's cache
+* ``cold``: fast start without warm runners (``LMEVAL_FORK_SERVERS=0``), the server's cache
   dir (``LMEVAL_CACHE_DIR``: the task index and the jobs' compiled bytecode) emptied just
   before the job, as after an install or upgrade;
 * ``index``: the same server again, the caches now built: a fresh Python per job that reads
   the task index from its cache;
-* ``warm``: the default server (fast start, ``LMEVAL_WARM_RUNNERS=2``), with its own cache
+* ``warm``: the default server (fast start, ``LMEVAL_FORK_SERVERS=2``), with its own cache
   dir, measured once its warm runner has reported ready (the server's log line), as for any
   job that does not follow the previous one within ~3 s: lm_eval already imported, the index
   already loaded; the job's arguments reach a waiting process;
@@ -227,26 +227,22 @@ async def measure(
 
 @dataclass
 class ModeServer:
-    """A mode's server and client; ``ready_seen`` counts the warm runners' "ready" log lines
-    seen when this server's last job was submitted."""
+    """A mode's server and client."""
 
     server: Server
     client: httpx.AsyncClient
-    ready_seen: int = 0
 
     async def before_run(self, mode: str) -> None:
-        """``warm``: wait for a warm runner's "ready" log line newer than the last job's
-        submission (a runner taken before it was ready never logs one); ``warm_next``: none,
-        the job takes the runner started when the previous job started."""
+        """``warm`` and ``warm_next``: wait for the fork server's "ready" log line (once: it
+        serves every later job; ``warm_next`` then differs from ``warm`` only in following
+        another job at once)."""
         if mode not in ("warm", "warm_next"):
             return
         log = self.server.log
         if log is None:
             raise RuntimeError("warm modes need a subprocess server (its log tells readiness)")
-        if mode == "warm":
-            with trio.fail_after(600):  # the first runner builds the task index
-                await log.wait_warm_ready(self.ready_seen + 1)
-        self.ready_seen = log.warm_ready
+        with trio.fail_after(600):  # the first fork server may build the task index
+            await log.wait_warm_ready(1)
 
 
 async def open_servers(
@@ -258,14 +254,14 @@ async def open_servers(
         "fast": {
             "LMEVAL_FAST_START": "true",
             "LMEVAL_CACHE_DIR": str(cache),
-            "LMEVAL_WARM_RUNNERS": "0",
+            "LMEVAL_FORK_SERVERS": "0",
         },
         "warm": {"LMEVAL_CACHE_DIR": str(cache.with_name(cache.name + "-warm"))},
     }
     targets: dict[str, ModeServer] = {}
     for kind, env in settings.items():
         if any(SERVER_OF[m] == kind for m in modes):
-            env = {**env, "LMEVAL_WARM_RUNNERS": env.get("LMEVAL_WARM_RUNNERS", "2")}
+            env = {**env, "LMEVAL_FORK_SERVERS": env.get("LMEVAL_FORK_SERVERS", "2")}
             server = await stack.enter_async_context(factory(folder / kind, **env))
             client = httpx.AsyncClient(base_url=server.url, timeout=600)
             targets[kind] = ModeServer(server, await stack.enter_async_context(client))

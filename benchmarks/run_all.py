@@ -28,6 +28,7 @@ NAMES = (
     "sweep_overhead",
     "submit_throughput",
     "samples_page",
+    "fork_servers",
 )
 QUICK = {
     "dispatch": ["--runs", "50"],
@@ -41,6 +42,7 @@ QUICK = {
     "sweep_overhead": ["--jobs", "6", "--stock-jobs", "2"],
     "submit_throughput": ["--submissions", "1000", "--warmup", "20"],
     "samples_page": ["--runs", "10", "--samples", "10000"],
+    "fork_servers": ["--jobs", "6", "--stock-jobs", "2", "--sequence", "5"],
 }
 
 

@@ -78,7 +78,7 @@ async def measure(
     with tempfile.TemporaryDirectory(prefix="lmeval-bench-") as tmp:
         async with (
             server_factory(
-                Path(tmp) / "data", MAX_CONCURRENCY="2", LMEVAL_WARM_RUNNERS="2"
+                Path(tmp) / "data", MAX_CONCURRENCY="2", LMEVAL_FORK_SERVERS="2"
             ) as server,
             httpx.AsyncClient(base_url=server.url, timeout=600) as client,
         ):

@@ -37,6 +37,8 @@ _LEGACY_NAMES = {
     "max_concurrency": "MAX_CONCURRENCY",
     "queue_process_interval_s": "QUEUE_PROCESS_INTERVAL",
 }
+# Variables renamed since: read when the new name is unset.
+_FORMER_NAMES = {"fork_servers": "LMEVAL_WARM_RUNNERS"}
 _LIST_FIELDS = frozenset(
     {
         "api_keys",
@@ -106,13 +108,14 @@ class Settings(BaseModel):
     fast_start: bool = Field(
         default=True, description="Run the server's lm-eval through the cached task index."
     )
-    warm_runners: int = Field(
+    fork_servers: int = Field(
         default=2,
         ge=0,
         le=32,
-        description="Idle pre-started lm-eval processes (lm-eval imported, task index loaded) "
-        "kept ready with fast start: one for jobs without env_vars and one per env_vars set "
-        "that recurs, up to this many. 0 turns warm starts off.",
+        description="Fork servers (warm runners: lm-eval imported and the task index loaded "
+        "once, every job forked from them) kept with fast start: one for jobs without "
+        "env_vars and one per env_vars set that recurs, up to this many. 0 turns warm starts "
+        "off. LMEVAL_WARM_RUNNERS, its former name, is read when this one is unset.",
     )
     cache_dir: Path | None = Field(
         default=None,
@@ -498,7 +501,7 @@ class Settings(BaseModel):
         env = os.environ if environ is None else environ
         values: dict[str, Any] = _config_file_values(env.get(CONFIG_FILE_VARIABLE))
         for name in cls.model_fields:
-            raw = env.get(env_name(name))
+            raw = env.get(env_name(name), env.get(_FORMER_NAMES.get(name, "")))
             if raw is not None and (raw.strip() != "" or name in _FAIL_CLOSED_FIELDS):
                 values[name] = _parse_raw(name, raw)
         values.update(overrides)
@@ -578,7 +581,7 @@ def _origin(url: str) -> str:
 
 def _absolute_path(path: Path) -> Path:
     """``path`` made absolute against the start-up folder, once: jobs run in their own
-    folders and spares elsewhere, so a relative path would mean something else there."""
+    folders and fork servers elsewhere, so a relative path would mean something else there."""
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 

@@ -56,7 +56,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "allowed_path_roots": (SUPPORT, tmp_path, job_files(tmp_path)),
         "progress_flush_s": 0.05,
         "cache_dir": CACHE_DIR,  # task index and bytecode: built once per machine
-        "warm_runners": 0,  # pre-started lm-eval processes only where a test asks for them
+        "fork_servers": 0,  # pre-imported lm-eval processes only where a test asks for them
         # Submission-time task checks (test_task_checks.py) build the full task catalog: only
         # where a test asks for them, so tests of other concerns may name tasks freely.
         "check_tasks": False,

@@ -12,6 +12,7 @@ from benchmarks import (
     catalog,
     dispatch,
     flood,
+    fork_servers,
     handoff,
     lm_eval_start,
     samples_page,
@@ -61,7 +62,7 @@ async def test_startup_smoke() -> None:
 
 async def test_lm_eval_start_smoke() -> None:
     """Fast start from the index cache only (the tests' shared caches), one job: the cheapest
-    real run (warm runners are covered by tests/test_warm.py)."""
+    real run (fork servers are covered by tests/test_fork_server.py)."""
     report = await lm_eval_start.measure(
         reps=1,
         modes=("index",),
@@ -75,7 +76,14 @@ async def test_lm_eval_start_smoke() -> None:
 
 def test_report_statistics() -> None:
     latency = Metric("x", "ms", [5.0, 1.0, 3.0])
-    assert latency.stats() == {"n": 3, "median": 3.0, "p99": 5.0, "best": 1.0, "worst": 5.0}
+    assert latency.stats() == {
+        "n": 3,
+        "median": 3.0,
+        "p90": 5.0,
+        "p99": 5.0,
+        "best": 1.0,
+        "worst": 5.0,
+    }
     rate = Metric("y", "MB/s", [5.0, 1.0, 3.0], higher_is_better=True)
     assert rate.stats()["worst"] == 1.0
     assert Target("y", "median", 2).check(rate)["met"]
@@ -124,3 +132,14 @@ async def test_samples_page_smoke() -> None:
         "correct=false page ms": 2,
         "q= search page ms": 2,
     }
+
+
+async def test_fork_servers_smoke() -> None:
+    """One forked dummy job each way and one API job, no stock run; in process, so the
+    fork server is whatever the first job finds (it may run cold: no timing is asserted)."""
+    report = await fork_servers.measure(
+        jobs=1, stock_jobs=0, sequence=1, server_factory=inprocess_server
+    )
+    samples = _samples(report)
+    assert samples["separate per job s"] == samples["sweep per job s"] == 1
+    assert samples["first request s"] == samples["idle PSS ready MB"] == 1

@@ -226,7 +226,7 @@ async def test_launched_server_runs_real_jobs_through_fastrun(
     tmp_path: Path, stub: StubHandle
 ) -> None:
     async with (
-        hypercorn_server(tmp_path / "data", LMEVAL_WARM_RUNNERS="1") as server,
+        hypercorn_server(tmp_path / "data", LMEVAL_FORK_SERVERS="1") as server,
         httpx.AsyncClient(base_url=server.url, timeout=60) as client,
     ):
         dummy = await _run_to_end(client, DUMMY_JOB)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sysconfig
 from collections.abc import AsyncIterator
@@ -25,11 +26,12 @@ import trio
 
 from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.harness.fastrun._warm import Spec
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
+from lmeval_trio.runners import process
 from lmeval_trio.runners.confinement import Walls, abi_version
 from lmeval_trio.runners.environment import local_environment
+from lmeval_trio.runners.fork_server import ForkServers
 from lmeval_trio.runners.job_command import Launcher
 from lmeval_trio.runners.job_walls import JobWalls
 from tests.conftest import (
@@ -166,7 +168,7 @@ def escape_task(settings: Settings, other_dir: Path, other_log: Path) -> Path:
     ("start", "overrides"),
     [
         ("cold fastrun", {}),
-        ("warm runner", {"warm_runners": 1}),
+        ("fork server", {"fork_servers": 1}),
         ("stock lm_eval", {"fast_start": False}),
     ],
 )
@@ -178,16 +180,16 @@ async def test_task_code_reaches_only_its_own_places(
         supervisor = supervisor_of(server)
         other = await finished(server, fake_job("env"))
         folder = escape_task(settings, other.job_dir, other.stdout_path)
-        if supervisor.warm is not None:
+        if supervisor.forks is not None:
             with trio.fail_after(300):
-                await supervisor.warm.wait_ready(
+                await supervisor.forks.wait_ready(
                     local_environment(settings, supervisor.job_environment({}))
                 )
         body = {"model": "dummy", "tasks": "escape", "include_path": str(folder)}
         record = await finished(server, body)
         assert_walled_in(json.loads((record.job_dir / "escape.json").read_text()), record.job_dir)
         warm_start = "[fastrun] warm start" in record.stderr_path.read_text()
-        assert warm_start is (start == "warm runner")
+        assert warm_start is (start == "fork server")
 
 
 async def test_unconfined_jobs_reach_the_store(tmp_path: Path) -> None:
@@ -269,13 +271,18 @@ def test_walls_travel_intact() -> None:
         Walls.from_args(["--write="])
 
 
-async def test_a_warm_runner_with_foreign_threads_restarts_its_job_confined(
+async def test_a_fork_server_with_foreign_threads_lets_its_job_start_cold_and_confined(
     tmp_path: Path,
 ) -> None:
-    """OpenBLAS started a thread while the runner preloaded (a request may set its thread
-    count): that thread would stay outside the wall, so the job restarts afresh, confined."""
+    """OpenBLAS started a thread while the fork server preloaded (a request may set its thread
+    count): forking then is unsafe, so the fork server refuses and the launcher starts the job
+    cold, behind the same wall."""
     settings = confined_settings(tmp_path)
-    walls = JobWalls(settings, None)
+    launcher = Launcher.default(
+        fast_start=True, index_cache=settings.effective_cache_dir / "task-index"
+    )
+    assert launcher.fork_server is not None
+    walls = JobWalls(settings, launcher.executable)
     await walls.check()
     other_dir = settings.data_dir / "jobs" / "1"
     other_dir.mkdir(parents=True)
@@ -287,24 +294,46 @@ async def test_a_warm_runner_with_foreign_threads_restarts_its_job_confined(
     env = local_environment(settings, {"PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "2"})
     job_walls = await trio.to_thread.run_sync(walls.walls, job_dir, {}, env, [])
     args = ["run", "--model", "dummy", "--tasks", "escape", "--include_path", str(folder)]
-    spec = Spec(args=args, cwd=str(job_dir), walls=job_walls).encode()
-    warm = Launcher.default(
-        fast_start=True, index_cache=settings.effective_cache_dir / "task-index"
+    argv = [*launcher.executable, *args]
+    forks = ForkServers(
+        launcher.executable,
+        launcher.fork_server,
+        cwd=settings.data_dir,
+        max_servers=1,
+        grace_s=2,
     )
-    assert warm.warm is not None
-    with trio.fail_after(300):
-        done = await trio.run_process(
-            list(warm.warm),
-            stdin=spec,
-            capture_stdout=True,
-            capture_stderr=True,
-            env=env,
-            cwd=settings.data_dir,
-            check=False,
-        )
-    stderr = done.stderr.decode()
-    assert done.returncode == 0, stderr[-2000:]
-    assert "started before the wall; starting lm_eval afresh" in stderr
+    forks.use_safe_path()
+    output = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        output.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        forks.prime(env)
+        await nursery.start(forks.run)
+        with trio.fail_after(300):
+            await forks.wait_ready(env)
+        route = forks.route(argv, env, job_dir, job_walls, walls.command(argv, job_walls))
+        assert route is not None
+        info_r, info_w = os.pipe()
+        with trio.fail_after(300):
+            code = await process.run_process_group(
+                route.argv(info_w),
+                env=env,
+                cwd=job_dir,
+                on_stdout=sink,
+                on_stderr=sink,
+                grace_s=2,
+                pass_fds=(info_w,),
+            )
+        with os.fdopen(info_r, "rb") as info:
+            said = info.read().decode()
+        nursery.cancel_scope.cancel()
+    assert code == 0, output[-2000:].decode(errors="replace")
+    assert re.fullmatch(
+        r"cold fork server refused: \d+ other thread\(s\) run in the fork server\n", said
+    )
+    assert b"[fastrun] warm start" not in output
     assert_walled_in(json.loads((job_dir / "escape.json").read_text()), job_dir)
 
 

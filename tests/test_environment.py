@@ -1,10 +1,9 @@
 """A job's environment: the one builder's output pinned for each backend, then compared with
-what real children see, a fresh local process and a spare (pre-imported process) alike."""
+what real children see, a fresh local process and a fork server (pre-imported process) alike."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners.environment import inherited, job_environment, local_environment
-from lmeval_trio.runners.job_command import Launcher
-from tests.conftest import FAKE_LM_EVAL, SUPPORT, make_settings
+from tests.conftest import FAKE_LM_EVAL, make_settings
 from tests.test_ray import _record as ray_record
 
 GUARD_S = 60
@@ -73,9 +71,9 @@ def test_what_a_job_inherits_is_the_servers_environment_when_settings_were_read(
 
 
 def test_the_builder_output_is_pinned_for_every_backend(server_settings: Settings) -> None:
-    own = job_environment(server_settings, ENV_VARS, ("0", "2"), confined=False)
+    own = job_environment(server_settings, ENV_VARS, ("0", "2"), thread_free=False)
     assert list(own.items()) == PINNED_OWN
-    confined = job_environment(server_settings, ENV_VARS, ("0", "2"), confined=True)
+    confined = job_environment(server_settings, ENV_VARS, ("0", "2"), thread_free=True)
     assert list(confined.items()) == PINNED_CONFINED_OWN
     local = local_environment(server_settings, own)
     assert list(local.items()) == [*inherited(server_settings).items(), *PINNED_OWN]
@@ -115,28 +113,26 @@ async def test_a_local_child_sees_exactly_the_built_environment(
         record = await _finished(supervisor, request)
         seen = json.loads(record.stdout_path.read_text())["env"]
         assert record.gpus == ["0", "1"]
-        own = job_environment(server_settings, ENV_VARS, ("0", "1"), confined=False)
+        own = job_environment(server_settings, ENV_VARS, ("0", "1"), thread_free=False)
         assert list(seen.items()) == list(local_environment(server_settings, own).items())
         assert seen["OPERATOR_VARIABLE"] == "from the server" and "SET_LATER" not in seen
 
 
-async def test_a_spare_has_exactly_the_built_environment_of_its_job(
+async def test_a_fork_server_has_exactly_the_built_environment_of_its_jobs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPERATOR_VARIABLE", "from the server")
-    settings = make_settings(tmp_path, warm_runners=1, job_confinement="off")
-    launcher = Launcher(
-        (sys.executable, str(FAKE_LM_EVAL)), warm=(sys.executable, str(SUPPORT / "fake_warm.py"))
-    )
-    async with Supervisor(settings, launcher=launcher) as supervisor:
-        assert supervisor.warm is not None
-        expected = local_environment(settings, job_environment(settings, {}, confined=False))
-        with trio.fail_after(GUARD_S):
-            await supervisor.warm.wait_ready(expected)  # the spare was started with it
-        record = await _finished(supervisor, {"model": "dummy", "tasks": "fake"})
-        echo = json.loads(record.stdout_path.read_text())
-        assert echo["spec"]["args"][0] == "run"  # the spare ran the job, not a fresh process
-        assert echo["env"] == [list(item) for item in expected.items()]
+    settings = make_settings(tmp_path, fork_servers=1, job_confinement="off")
+    async with Supervisor(settings) as supervisor:
+        assert supervisor.forks is not None
+        expected = local_environment(settings, job_environment(settings, {}, thread_free=True))
+        with trio.fail_after(300):  # the first one of a test session may build the task index
+            await supervisor.forks.wait_ready(expected)  # it was started with it
+        server = supervisor.forks.server_for(expected)
+        assert server is not None and server.proc is not None
+        raw = await trio.Path(f"/proc/{server.proc.pid}/environ").read_bytes()
+        seen = dict(item.split("=", 1) for item in raw.decode().split("\0") if item)
+        assert seen == expected and seen["OPERATOR_VARIABLE"] == "from the server"
 
 
 async def _finished(supervisor: Supervisor, request: dict[str, Any]) -> JobRecord:

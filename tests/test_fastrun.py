@@ -23,6 +23,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +37,8 @@ import pytest
 
 from lmeval_trio.harness import fastrun
 from lmeval_trio.harness.fastrun import _cache, _main, _patch, _warm
+from lmeval_trio.runners.fork_server import LAUNCHER
+from lmeval_trio.runners.job_walls import SINGLE_THREADED_IMPORTS
 
 FASTRUN_TASKS = Path(__file__).parent / "support" / "fastrun_tasks"
 PYTHON = sys.executable
@@ -791,102 +794,158 @@ def test_bad_cache_content_rebuilds_with_warning(
     assert cache.read() is not None
 
 
-# ------------------------------------------------------------ warm runner
+# ------------------------------------------------------------ fork server
 
 
-def start_warm_runner(
+@dataclass
+class ForkServerProcess:
+    proc: subprocess.Popen[bytes]
+    name: str  # its socket's
+    preloading: str  # what it printed before it was ready (the server's log, not a job's)
+
+
+def start_fork_server(
     e2e: Env, cache_dir: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """``fastrun --warm``, returned once it has said it finished preloading."""
-    return start_warm_runner_with_preload_output(e2e, cache_dir, env)[0]
+) -> ForkServerProcess:
+    """``fastrun --fork-server`` on a socket made here (as the server makes it), once ready."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    name = f"lmeval-trio-test-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**(env or e2e.env), **SINGLE_THREADED_IMPORTS}  # as the server sets them
+    listener.bind("\0" + name)
+    listener.listen(8)
+    argv = [PYTHON, "-m", fastrun.MODULE, "--index-cache", str(cache_dir), "--fork-server"]
+    with listener:
+        proc = subprocess.Popen(
+            [*argv, f"--listen-fd={listener.fileno()}", "--grace-s=2"],
+            cwd=e2e.root,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
+            start_new_session=True,
+        )
+    assert proc.stdout is not None
+    said = b""
+    while (line := proc.stdout.readline()) != _warm.READY:
+        assert line, said.decode()
+        said += line
+    return ForkServerProcess(proc, name, said.decode())
 
 
-def start_warm_runner_with_preload_output(
-    e2e: Env, cache_dir: Path, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    """``fastrun --warm`` once ready, and what it printed while preloading (on the ready
-    pipe, which the server logs as its own)."""
-    ready_r, ready_w = os.pipe()
-    argv = [PYTHON, "-m", fastrun.MODULE, "--index-cache", str(cache_dir), "--warm"]
+def launch(
+    e2e: Env,
+    server: ForkServerProcess,
+    name: str,
+    args: list[str],
+    *,
+    spec: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[Run, str]:
+    """A job through the launcher, as the server starts it: its run, and what the launcher
+    said on its info pipe (``pid N`` or ``cold REASON``)."""
+    out = e2e.root / "out" / name
+    full = [*args, "--output_path", str(out)]
+    text = spec or _warm.Spec(args=full, cwd=str(e2e.root)).encode().decode().strip()
+    info_r, info_w = os.pipe()
+    options = [f"--socket={server.name}", f"--info-fd={info_w}", f"--spec={text}"]
+    cold = fastrun_argv(e2e.root / "unused-cache", *full)
     proc = subprocess.Popen(
-        [*argv, f"--ready-fd={ready_w}"],
+        [*LAUNCHER, *options, "--", *cold],
         cwd=e2e.root,
-        env=env or e2e.env,
-        stdin=subprocess.PIPE,
+        env={**(env or e2e.env), **SINGLE_THREADED_IMPORTS},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        pass_fds=(ready_w,),
+        pass_fds=(info_w,),
+        start_new_session=True,
     )
-    os.close(ready_w)
-    with os.fdopen(ready_r, "rb") as ready:
-        said = ready.read()  # blocks until the runner writes and closes it
-    assert said.endswith(b"\n" + _warm.READY), said
-    return proc, said.decode()
+    os.close(info_w)
+    run = e2e.finish((proc, out, time.monotonic()))
+    with os.fdopen(info_r, "rb") as info:
+        return run, info.read().decode()
 
 
-def give_job(e2e: Env, proc: subprocess.Popen[str], name: str, args: list[str]) -> Run:
-    """Send the job spec the server sends, then collect the run."""
-    out = e2e.root / "out" / name
-    spec = _warm.Spec(args=[*args, "--output_path", str(out)], cwd=str(e2e.root))
-    assert proc.stdin is not None
-    proc.stdin.write(spec.encode().decode())
-    proc.stdin.close()
-    proc.stdin = None  # communicate() must not flush the closed pipe
-    return e2e.finish((proc, out, time.monotonic()))
+def end_fork_server(server: ForkServerProcess) -> None:
+    """Drain it: it exits quietly (its own log says so, nothing else)."""
+    rest, _ = server.proc.communicate(b"drain\n", timeout=RUN_TIMEOUT)
+    lines = rest.decode().splitlines()
+    assert server.proc.returncode == 0, lines
+    assert len(lines) == 1 and "asked to drain; exiting once 0 job(s) end" in lines[0], lines
 
 
-def test_warm_runner_matches_stock(e2e: Env, slow_runs: SlowRuns, warm_run: Run) -> None:
-    proc, preloading = start_warm_runner_with_preload_output(e2e, slow_runs.cache_dir)
-    run = give_job(e2e, proc, "warm-runner", LM_EVAL_ARGS)
-    assert run.returncode == 0, run.stderr[-4000:]
-    # What it printed before its job existed is the server's, not the job's: the job's log
-    # starts at handover.
-    assert "[fastrun] task index: cache hit" in preloading
-    assert "task index: cache hit" not in run.stderr
-    first_line = run.stderr.splitlines()[0]
-    assert "[fastrun] warm start: this runner started " in first_line, run.stderr[:2000]
-    assert "[fastrun] task index: preloaded by the warm runner" in run.stderr
-    assert "WARNING  [fastrun]" not in run.stderr
-    assert_same_results(slow_runs.stock, run)
-    assert lm_eval_log_lines(run) == lm_eval_log_lines(slow_runs.stock)
+def test_forked_job_matches_stock(e2e: Env, slow_runs: SlowRuns, warm_run: Run) -> None:
+    """Results, samples, stdout and lm-eval's log lines of a forked job are stock's."""
+    server = start_fork_server(e2e, slow_runs.cache_dir)
+    runs = [launch(e2e, server, f"forked-{n}", LM_EVAL_ARGS) for n in range(2)]
+    assert "[fastrun] task index: cache hit" in server.preloading
+    for run, said in runs:
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert re.fullmatch(r"pid \d+\n", said), said
+        # The job's log starts when it is forked: the fork server's preload is not in it.
+        assert "task index: cache hit" not in run.stderr
+        first_line = run.stderr.splitlines()[0]
+        assert "[fastrun] warm start: forked by a fork server" in first_line, run.stderr[:2000]
+        assert "[fastrun] task index: preloaded by the fork server" in run.stderr
+        assert "WARNING  [fastrun]" not in run.stderr
+        assert_same_results(slow_runs.stock, run)
+        assert lm_eval_log_lines(run) == lm_eval_log_lines(slow_runs.stock)
+    end_fork_server(server)
 
 
-def test_stale_warm_runner_restarts_as_a_fresh_run(
+def test_stale_fork_server_retires_and_the_job_starts_cold(
     e2e: Env, slow_runs: SlowRuns, warm_run: Run
 ) -> None:
-    """A file the runner imported changes while it waits (an upgrade): it re-executes."""
+    """A file the fork server imported changes (an upgrade): it refuses the job, which the
+    launcher starts cold (never stale, never failed), and it retires."""
     site = e2e.root / "stale-site"
-    site.mkdir()
+    site.mkdir(exist_ok=True)
     module = site / "sitecustomize.py"
     module.write_text("VERSION = 1\n")
-    proc = start_warm_runner(e2e, slow_runs.cache_dir, {**e2e.env, "PYTHONPATH": str(site)})
+    env = {**e2e.env, "PYTHONPATH": str(site)}
+    server = start_fork_server(e2e, slow_runs.cache_dir, env)
     module.write_text("VERSION = 22\n")
-    run = give_job(e2e, proc, "stale-runner", LM_EVAL_ARGS)
+    run, said = launch(e2e, server, "stale-fork-server", LM_EVAL_ARGS, env=env)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert re.search(
-        r"WARNING .*\[fastrun\] warm runner: .*sitecustomize\.py changed since it was imported; "
-        r"starting lm_eval afresh",
-        run.stderr,
-    )
+    assert re.fullmatch(
+        r"cold fork server refused: .*sitecustomize\.py changed since the fork server imported "
+        r"it\n",
+        said,
+    ), said
     assert "[fastrun] warm start" not in run.stderr
-    assert "[fastrun] task index: cache hit" in run.stderr  # the fresh run's own lookup
     assert_same_results(slow_runs.stock, run)
     assert lm_eval_log_lines(run) == lm_eval_log_lines(slow_runs.stock)
+    rest, _ = server.proc.communicate(timeout=RUN_TIMEOUT)  # it retired by itself
+    assert server.proc.returncode == 0
+    assert "sitecustomize.py changed since it was imported; exiting once 0 job(s) end" in (
+        rest.decode()
+    )
 
 
-def test_warm_runner_without_a_job_exits_quietly(e2e: Env, slow_runs: SlowRuns) -> None:
-    proc = start_warm_runner(e2e, slow_runs.cache_dir)
-    stdout, stderr = proc.communicate("", timeout=RUN_TIMEOUT)
-    assert (proc.returncode, stdout) == (0, "")
-    assert "Traceback" not in stderr
+@pytest.mark.parametrize(
+    ("spec", "env", "refusal"),
+    [
+        ('{"args": "run", "cwd": "/"}', None, "invalid job spec: 'args' must be a list of strings"),
+        (None, {"ANOTHER_VARIABLE": "1"}, "the job's environment differs from the fork server's"),
+    ],
+)
+def test_fork_server_refuses_what_it_cannot_serve(
+    e2e: Env,
+    slow_runs: SlowRuns,
+    spec: str | None,
+    env: dict[str, str] | None,
+    refusal: str,
+) -> None:
+    server = start_fork_server(e2e, slow_runs.cache_dir)
+    job_env = {**e2e.env, **env} if env else None
+    run, said = launch(e2e, server, "refused", ["--help"], spec=spec, env=job_env)
+    assert said == f"cold fork server refused: {refusal}\n"
+    assert run.returncode == 0 and "usage:" in run.stdout  # the cold start ran the job
+    end_fork_server(server)
 
 
-def test_warm_runner_rejects_a_bad_spec(e2e: Env, slow_runs: SlowRuns) -> None:
-    proc = start_warm_runner(e2e, slow_runs.cache_dir)
-    _, stderr = proc.communicate('{"args": "run"}\n', timeout=RUN_TIMEOUT)
-    assert proc.returncode == _warm.EXIT_BAD_SPEC
-    assert "warm runner: invalid job spec: 'args' must be a list of strings" in stderr
+def test_fork_server_without_jobs_exits_quietly(e2e: Env, slow_runs: SlowRuns) -> None:
+    end_fork_server(start_fork_server(e2e, slow_runs.cache_dir))
 
 
 def test_import_snapshot_sees_changed_and_new_files(tmp_path: Path) -> None:
@@ -915,22 +974,56 @@ def test_import_snapshot_sees_changed_and_new_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "warm", "ready_fd"),
+    ("argv", "fork_server", "listen_fd", "grace_s"),
     [
-        (["--warm"], True, None),
-        (["--index-cache", "/c", "--warm", "--ready-fd", "7"], True, 7),
-        (["--ready-fd=9", "--warm"], True, 9),
-        (["run", "--warm"], False, None),
+        (["--fork-server"], True, None, 5.0),
+        (["--index-cache", "/c", "--fork-server", "--listen-fd", "7"], True, 7, 5.0),
+        (["--listen-fd=9", "--grace-s=1.5", "--fork-server"], True, 9, 1.5),
+        (["run", "--fork-server"], False, None, 5.0),
     ],
 )
-def test_warm_options(argv: list[str], warm: bool, ready_fd: int | None) -> None:
+def test_fork_server_options(
+    argv: list[str], fork_server: bool, listen_fd: int | None, grace_s: float
+) -> None:
     opts = _main.parse_options(argv)
-    assert (opts.warm, opts.ready_fd) == (warm, ready_fd)
+    assert (opts.fork_server, opts.listen_fd, opts.grace_s) == (fork_server, listen_fd, grace_s)
 
 
 @pytest.mark.parametrize(
-    "argv", [["--warm", "run"], ["--ready-fd", "x"], ["--ready-fd="], ["--warm", "--", "run"]]
+    "argv",
+    [
+        ["--fork-server", "run"],
+        ["--listen-fd", "x"],
+        ["--listen-fd="],
+        ["--grace-s=soon"],
+        ["--fork-server", "--", "run"],
+    ],
 )
-def test_warm_option_errors(argv: list[str]) -> None:
+def test_fork_server_option_errors(argv: list[str]) -> None:
     with pytest.raises(_main.UsageError):
         _main.parse_options(argv)
+
+
+def test_tree_watch_vouches_only_for_an_unchanged_tree(tmp_path: Path) -> None:
+    """The fork server's watch over the built-in tasks: any change below the root (a file
+    edited, added, renamed, a folder added) ends its vouching for good; the bytecode compile's
+    ``__pycache__`` does not count, as the index's fingerprint skips it too."""
+    from lmeval_trio.harness.fastrun._watch import TreeWatch
+
+    (tmp_path / "group" / "deep").mkdir(parents=True)
+    task = tmp_path / "group" / "deep" / "task.yaml"
+    task.write_text("task: a\n")
+    for change in (
+        lambda: task.write_text("task: b\n"),
+        lambda: (tmp_path / "group" / "new.yaml").write_text("task: c\n"),
+        lambda: task.rename(tmp_path / "group" / "moved.yaml"),
+        lambda: (tmp_path / "group" / "folder").mkdir(),
+    ):
+        watch = TreeWatch(str(tmp_path))
+        (tmp_path / "group" / "__pycache__").mkdir(exist_ok=True)
+        task.read_text() if task.exists() else None
+        assert watch.unchanged()
+        change()
+        assert not watch.unchanged()
+        assert not watch.unchanged()  # for good
+        watch.close_in_child()

@@ -186,7 +186,7 @@ def test_json_log_lines_carry_the_job_id() -> None:
 def test_every_path_setting_is_absolute_whatever_its_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Jobs and warm runners run in other folders: a path left relative would double there."""
+    """Jobs and fork servers run in other folders: a path left relative would double there."""
     start = tmp_path / "start"
     start.mkdir()
     monkeypatch.chdir(start)
@@ -356,7 +356,7 @@ async def test_the_operators_log_tells_the_story(
     ) in messages
     requeued = f"job {blocking.id}: Running -> Queued: interrupted: the server shut down"
     assert any(m.startswith(requeued) and m.endswith("; requeued") for _, m in messages)
-    assert messages[-1] == (logging.INFO, "shutdown: done; no job or warm runner process left")
+    assert messages[-1] == (logging.INFO, "shutdown: done; no job or fork server process left")
     caplog.clear()
     async with Supervisor(settings.model_copy(update={"max_concurrency": 0})):
         pass

@@ -401,14 +401,14 @@ async def test_no_retry_for_a_bad_task_or_a_bad_endpoint_path(
         assert job["attempts"] == 1 and len(job["attempt_history"]) == 1
 
 
-@pytest.mark.parametrize("warm_runners", [0, 1])
-async def test_a_real_job_on_a_hung_endpoint_times_out(tmp_path: Path, warm_runners: int) -> None:
-    """The endpoint never answers: the job is stopped at its time limit, cold or warm."""
-    settings = make_settings(tmp_path, warm_runners=warm_runners, kill_grace_s=1.0)
+@pytest.mark.parametrize("fork_servers", [0, 1])
+async def test_a_real_job_on_a_hung_endpoint_times_out(tmp_path: Path, fork_servers: int) -> None:
+    """The endpoint never answers: the job is stopped at its time limit, cold or forked."""
+    settings = make_settings(tmp_path, fork_servers=fork_servers, kill_grace_s=1.0)
     with start_stub(delay_s=3600) as stub:
         async with Supervisor(settings) as supervisor:
-            if warm_runners:
-                await _spare_ready(supervisor)
+            if fork_servers:
+                await _fork_server_ready(supervisor)
             body = {**completions_job(stub), "timeout_s": 10, "max_attempts": 2}
             record = await supervisor.submit(body)
             final = await supervisor.wait(record.id)
@@ -417,14 +417,14 @@ async def test_a_real_job_on_a_hung_endpoint_times_out(tmp_path: Path, warm_runn
     assert final.attempts == 1 and final.pid is not None and not pid_alive(final.pid)
     ran = retries.seconds_since(final.started_at) - retries.seconds_since(final.finished_at)
     assert ran >= 10  # not before its limit
-    assert warm_starts == warm_runners
+    assert warm_starts == fork_servers
 
 
-async def _spare_ready(supervisor: Supervisor) -> None:
-    assert supervisor.warm is not None
+async def _fork_server_ready(supervisor: Supervisor) -> None:
+    assert supervisor.forks is not None
     full = local_environment(supervisor.settings, supervisor.job_environment({}))
-    with trio.fail_after(300):  # the first runner of a test session may build the task index
-        await supervisor.warm.wait_ready(full)
+    with trio.fail_after(300):  # the first one of a test session may build the task index
+        await supervisor.forks.wait_ready(full)
 
 
 def completions_job_for(url: str) -> dict[str, Any]:

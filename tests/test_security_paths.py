@@ -92,7 +92,7 @@ async def server_in(cwd: Path, data_dir: Path) -> AsyncIterator[str]:
                 trio.run_process,
                 argv,
                 cwd=cwd,
-                env=_environment(data_dir, LMEVAL_WARM_RUNNERS="0"),
+                env=_environment(data_dir, LMEVAL_FORK_SERVERS="0"),
                 stderr=-1,
                 stdout=-3,
                 check=False,

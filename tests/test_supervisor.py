@@ -61,7 +61,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path / "data",
         "install_signal_handlers": False,
         "job_confinement": "off",
-        "warm_runners": 0,
+        "fork_servers": 0,
         "fast_start": False,
         "kill_grace_s": 5.0,
         "progress_flush_s": 0.05,

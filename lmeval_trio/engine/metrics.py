@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from lmeval_trio.jobs.status import JobStatus
+from lmeval_trio.runners.fork_server import ForkServerInfo
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS_S = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600)
@@ -44,14 +47,27 @@ class Metrics:
         self.running = Gauge("lmeval_running_jobs", "Jobs running now.", registry=r)
         self.slots_free = Gauge("lmeval_free_slots", "Execution slots free now.", registry=r)
         self.slots_total = Gauge("lmeval_slots", "Execution slots in total.", registry=r)
-        self.warm_idle = Gauge(
-            "lmeval_warm_runners_idle", "Warm runners waiting for a job.", registry=r
+        labels = ["pid", "environment"]
+        self.fork_servers = Gauge(
+            "lmeval_fork_servers", "Fork servers (warm runners) running now.", registry=r
         )
-        self.warm_ready = Gauge(
-            "lmeval_warm_runners_ready", "Idle warm runners done importing lm-eval.", registry=r
+        self.fork_server_ready = Gauge(
+            "lmeval_fork_server_ready",
+            "1 once a fork server has imported lm-eval and loaded the task index.",
+            labels,
+            registry=r,
+        )
+        self.fork_server_jobs = Gauge(
+            "lmeval_fork_server_jobs_forked", "Jobs a fork server has forked.", labels, registry=r
+        )
+        self.fork_server_age = Gauge(
+            "lmeval_fork_server_age_seconds",
+            "Time since a fork server started.",
+            labels,
+            registry=r,
         )
         self.warm_starts = Gauge(
-            "lmeval_warm_starts", "Jobs started in a warm runner since start.", registry=r
+            "lmeval_warm_starts", "Jobs forked by a fork server since start.", registry=r
         )
         self.jobs_confined = Gauge(
             "lmeval_jobs_confined",
@@ -60,7 +76,7 @@ class Metrics:
         )
         self.warm_misses = Gauge(
             "lmeval_warm_misses",
-            "Fast-start jobs that no warm runner matched, since start.",
+            "Fast-start jobs that ran cold (no fork server matched or could serve), since start.",
             registry=r,
         )
 
@@ -72,16 +88,16 @@ class Metrics:
         running: int,
         free: int,
         total: int,
-        warm: tuple[int, int, int, int] = (0, 0, 0, 0),
+        warm: tuple[int, int] = (0, 0),
+        fork_servers: Sequence[ForkServerInfo] = (),
         confined: bool = False,
     ) -> bytes:
         """The exposition text, with the gauges set from a fresh snapshot; ``warm`` is
-        (idle, ready, starts, misses) of the warm runners."""
+        (starts, misses): jobs forked, and fast-start jobs that ran cold."""
         self.jobs_confined.set(1 if confined else 0)
-        for gauge, value in zip(
-            (self.warm_idle, self.warm_ready, self.warm_starts, self.warm_misses), warm, strict=True
-        ):
-            gauge.set(value)
+        self.warm_starts.set(warm[0])
+        self.warm_misses.set(warm[1])
+        self._fork_servers(fork_servers)
         for status, count in counts.items():
             self.jobs.labels(status.value).set(count)
         self.queue_depth.set(queued)
@@ -89,3 +105,14 @@ class Metrics:
         self.slots_free.set(free)
         self.slots_total.set(total)
         return generate_latest(self.registry)
+
+    def _fork_servers(self, servers: Sequence[ForkServerInfo]) -> None:
+        """One series per live fork server: those of ended ones are dropped."""
+        self.fork_servers.set(len(servers))
+        for gauge in (self.fork_server_ready, self.fork_server_jobs, self.fork_server_age):
+            gauge.clear()
+        for server in servers:
+            labels = (str(server.pid), server.environment)
+            self.fork_server_ready.labels(*labels).set(1 if server.ready else 0)
+            self.fork_server_jobs.labels(*labels).set(server.jobs_forked)
+            self.fork_server_age.labels(*labels).set(server.age_s)

@@ -1,7 +1,7 @@
 """The supervisor: the engine's public face, owning every job's lifetime through its parts.
 
 It keeps the public operations (submit, stop, delete, resume, get/list, wait, statistics,
-shutdown) and the lifetime of the whole (start-up, warm runners, shutdown), and delegates:
+shutdown) and the lifetime of the whole (start-up, fork servers, shutdown), and delegates:
 admission (checks, done once, and storing), dispatch (queue, slots, GPUs), execution (one
 job from Running to its end), recovery (start-up, store faults) and retention. Sweeps
 (``self.sweeps``, engine/sweeps.py) are many jobs submitted and followed as one. Usable
@@ -58,9 +58,9 @@ from lmeval_trio.runners import bytecode
 from lmeval_trio.runners import job_command as command
 from lmeval_trio.runners.base import Runner
 from lmeval_trio.runners.environment import job_environment, local_environment
+from lmeval_trio.runners.fork_server import ForkServerInfo, ForkServers
 from lmeval_trio.runners.job_walls import JobWalls
 from lmeval_trio.runners.local import LocalRunner
-from lmeval_trio.runners.warm_pool import WarmPool
 from lmeval_trio.store.sqlite import JobStore
 
 
@@ -79,10 +79,9 @@ class SupervisorStatistics:
     running: int
     slots_total: int
     slots_free: int
-    warm_runners_idle: int = 0  # pre-started lm-eval processes waiting for a job
-    warm_runners_ready: int = 0  # … of which have finished importing
-    warm_starts: int = 0  # jobs started in a warm runner
-    warm_misses: int = 0  # fast-start jobs no warm runner matched (started afresh)
+    fork_servers: tuple[ForkServerInfo, ...] = ()  # warm runners: pid, environment, jobs, age
+    warm_starts: int = 0  # jobs forked by a fork server
+    warm_misses: int = 0  # fast-start jobs that ran cold (no fork server matched or could serve)
     jobs_confined: bool = False  # local jobs run behind a Landlock wall (README "Security")
     job_confinement: str = "off"  # the setting: auto, landlock or off
 
@@ -102,9 +101,10 @@ class Supervisor:
             fast_start=settings.fast_start,
             index_cache=settings.effective_cache_dir / "task-index",
         )
-        self.warm = None if runner is not None else warm_pool(settings, self.launcher)
-        self.walls = JobWalls(settings, self.launcher.executable if self.launcher.warm else None)
-        self.runner = runner or default_runner(settings, self.warm, self.walls)
+        self.forks = None if runner is not None else fork_servers(settings, self.launcher)
+        fastrun = self.launcher.executable if self.launcher.fork_server else None
+        self.walls = JobWalls(settings, fastrun)
+        self.runner = runner or default_runner(settings, self.forks, self.walls)
         self.store = JobStore(settings.data_dir / "jobs.db")
         self.store.planner = DeliveryPlanner(settings)  # what a status change owes
         self.outbox = Outbox(settings, self.store, self.output_secrets)  # delivers it
@@ -125,7 +125,7 @@ class Supervisor:
         self.comparisons = Comparisons(self)  # comparisons of jobs (engine/comparisons.py)
         self.samples = SamplesExplorer(settings.effective_cache_dir / "samples-index")
         self._nursery: trio.Nursery | None = None
-        self._warm_scope = trio.CancelScope()
+        self._forks_scope = trio.CancelScope()
         self._compile_scope = trio.CancelScope()
         self.caches_prepared = trio.Event()  # bytecode compiled, task index built (or failed)
         self._accepting = False
@@ -186,9 +186,11 @@ class Supervisor:
             raise
         self.catalogs.attach(self._nursery, preload_after=self.caches_prepared)
         await self._nursery.start(self.outbox.run)
-        if self.warm is not None:
-            self.warm.prime(local_environment(self.settings, self.job_environment({})))
-            await self._nursery.start(self._run_warm_pool, self.warm)
+        if self.forks is not None:
+            if self.walls.confined:
+                self.forks.use_safe_path()
+            self.forks.prime(local_environment(self.settings, self.job_environment({})))
+            await self._nursery.start(self._run_fork_servers, self.forks)
         if isinstance(self.runner, LocalRunner):
             self._nursery.start_soon(self._compile_bytecode)
         self._nursery.start_soon(self.dispatcher.run, self._nursery, self.execution.run, self._gate)
@@ -198,20 +200,21 @@ class Supervisor:
 
     async def _compile_bytecode(self) -> None:
         """Compiled bytecode for jobs (see ``bytecode.py``); a failure costs speed only.
-        After a change of the environment the task index is rebuilt too, by a warm runner
-        that gets no job: confined jobs cannot write it, and warm runners may be off."""
+        After a change of the environment the task index is rebuilt too, by a fork server
+        run only to preload: confined jobs cannot write it, and fork servers may be off."""
         with self._compile_scope:
             try:
                 changed = await bytecode.compile_environment(self.settings)
-                if changed and self.launcher.warm is not None and self._accepting:
-                    await self._build_task_index(self.launcher.warm)  # never once shutting down
+                preload = self.launcher.fork_server
+                if changed and preload is not None and self._accepting:
+                    await self._build_task_index(preload)  # never once shutting down
             except OSError as error:
                 log.warning("could not prepare the caches for jobs: %s", error)
         self.caches_prepared.set()
 
-    async def _build_task_index(self, warm_argv: Sequence[str]) -> None:
+    async def _build_task_index(self, preload_argv: Sequence[str]) -> None:
         done = await trio.run_process(
-            list(warm_argv),
+            list(preload_argv),
             env=local_environment(self.settings, self.job_environment({})),
             cwd=self.settings.data_dir,
             stdin=subprocess.DEVNULL,
@@ -222,11 +225,11 @@ class Supervisor:
         if done.returncode != 0:
             log.warning("could not build the task index (exit code %s)", done.returncode)
 
-    async def _run_warm_pool(
-        self, pool: WarmPool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def _run_fork_servers(
+        self, forks: ForkServers, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        with self._warm_scope:
-            await pool.run(task_status=task_status)
+        with self._forks_scope:
+            await forks.run(task_status=task_status)
 
     async def __aexit__(
         self,
@@ -245,7 +248,7 @@ class Supervisor:
                 with trio.CancelScope(shield=True):
                     await self.store.close()
                 self.closed.set()
-        log.info("shutdown: done; no job or warm runner process left")
+        log.info("shutdown: done; no job or fork server process left")
         return result
 
     async def run(
@@ -285,15 +288,14 @@ class Supervisor:
             job_confinement=self.settings.job_confinement,
         )
 
-    def _warm_statistics(self) -> dict[str, int]:
-        if self.warm is None:
+    def _warm_statistics(self) -> dict[str, Any]:
+        if self.forks is None:
             return {}
-        stats = self.warm.statistics()
+        stats = self.forks.statistics()
         return {
-            "warm_runners_idle": stats.idle,
-            "warm_runners_ready": stats.ready,
-            "warm_starts": stats.taken,
-            "warm_misses": stats.missed,
+            "fork_servers": stats.servers,
+            "warm_starts": stats.forked,
+            "warm_misses": stats.cold,
         }
 
     async def _stop_everything(self) -> None:
@@ -301,7 +303,7 @@ class Supervisor:
         or, with a runner that detaches, leave them running for the next start to follow."""
         self._accepting = False
         self.dispatcher.stop()
-        self._warm_scope.cancel()
+        self._forks_scope.cancel()
         self._compile_scope.cancel()
         self.catalogs.close()  # a task catalog build in progress (catalog_builds.py)
         self.execution.detached = self.runner.detach()
@@ -545,7 +547,8 @@ class Supervisor:
     ) -> dict[str, str]:
         """The variables the server sets for a job (``runners/environment.py``); the runner
         adds what the job inherits where it runs (PATH, HOME, ...)."""
-        return job_environment(self.settings, env_vars, gpus, confined=self.walls.confined)
+        thread_free = self.walls.confined or self.forks is not None
+        return job_environment(self.settings, env_vars, gpus, thread_free=thread_free)
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -593,25 +596,25 @@ def _log_shutdown(started: list[LiveJob], waiting: int, detached: bool) -> None:
         log.info("shutdown: stopping %d running jobs %s; %d stay queued", len(ids), ids, waiting)
 
 
-def warm_pool(settings: Settings, launcher: command.Launcher) -> WarmPool | None:
-    """Warm runners for local fast-start jobs, unless the settings turn them off."""
-    if settings.backend != "local" or launcher.warm is None or settings.warm_runners == 0:
+def fork_servers(settings: Settings, launcher: command.Launcher) -> ForkServers | None:
+    """Fork servers for local fast-start jobs, unless the settings turn them off."""
+    if settings.backend != "local" or launcher.fork_server is None or settings.fork_servers == 0:
         return None
-    return WarmPool(
+    return ForkServers(
         launcher.executable,
-        launcher.warm,
+        launcher.fork_server,
         cwd=settings.data_dir,
-        max_idle=settings.warm_runners,
+        max_servers=settings.fork_servers,
         grace_s=settings.kill_grace_s,
     )
 
 
 def default_runner(
-    settings: Settings, warm: WarmPool | None = None, walls: JobWalls | None = None
+    settings: Settings, forks: ForkServers | None = None, walls: JobWalls | None = None
 ) -> Runner:
     """The runner the settings select (local processes unless configured otherwise)."""
     if settings.backend == "ray":
         from lmeval_trio.runners.ray import RayRunner  # only servers that use Ray load it
 
         return RayRunner(settings)
-    return LocalRunner(settings, warm, walls)
+    return LocalRunner(settings, forks, walls)

@@ -83,13 +83,13 @@ API models re-raise the HTTP client's error once their own retries give up
     use: fastrun serves the built-in task index from a cache (~20 s saved per job)
     breaks: "fastrun disabled: <why>; falling back to stock lm_eval task indexing"
 ``lm_eval.__main__.cli_evaluate``                                 [logged fallback to stock]
-    use: run lm-eval's CLI in fastrun and warm runners (fastrun/_main.run_lm_eval)
+    use: run lm-eval's CLI in fastrun and forked jobs (fastrun/_main.run_lm_eval)
     breaks: "cli_evaluate is missing; running lm_eval's __main__ the stock way"
 ``lm_eval.tasks._index.TaskIndex.build``, ``Entry.name/kind/yaml_path/cfg/tags``,
 ``Kind.TASK/PY_TASK/GROUP/TAG`` (task_catalog)                                    [degrades]
     use: the task catalog (GET /tasks, the task checks at submission)
     breaks: a renamed field gives nulls; a failed build leaves submissions unchecked (saying so)
-modules warm runners import ahead of the job (fastrun/_warm.PRELOAD)     [debug log; stock]
+modules fork servers import ahead of the jobs (fastrun/_warm.PRELOAD)   [debug log; stock]
     breaks: a renamed module is imported by the job itself, as stock does
 ``LMEVAL_LOG_LEVEL`` and lm-eval's log line layout (fastrun/_log)                  [cosmetic]
     use: fastrun's own lines look like lm-eval's and obey the same level

@@ -61,12 +61,8 @@ def blueprint() -> Blueprint:
             running=stats.running,
             free=stats.slots_free,
             total=stats.slots_total,
-            warm=(
-                stats.warm_runners_idle,
-                stats.warm_runners_ready,
-                stats.warm_starts,
-                stats.warm_misses,
-            ),
+            warm=(stats.warm_starts, stats.warm_misses),
+            fork_servers=stats.fork_servers,
             confined=stats.jobs_confined,
         )
         return Response(body, mimetype=CONTENT_TYPE_LATEST)

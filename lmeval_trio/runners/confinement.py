@@ -2,8 +2,9 @@
 its ``Walls`` name, whatever code it runs next (the wall survives ``execve`` and is inherited by
 every child).
 
-Runs inside a job's process, at the moment it becomes the job: fastrun's ``--walls``, a spare's
-handover (``warm_pool.py``), or this file run as a script, an exec wrapper for any other program::
+Runs inside a job's process, at the moment it becomes the job: fastrun's ``--walls``, a child a
+fork server forked (``harness/fastrun/_fork.py``), or this file run as a script, an exec wrapper
+for any other program::
 
     python -I -S .../confinement.py --read=PATH... --write=PATH... [--tmpdir=PATH] -- COMMAND...
     python -I -S .../confinement.py --probe
@@ -95,7 +96,7 @@ class Walls:
         return cls(tuple(read), tuple(write), tmpdir, landlock)
 
     def encode(self) -> str:
-        """One string (JSON), for fastrun's ``--walls`` and a spare's job spec."""
+        """One string (JSON), for fastrun's ``--walls`` and a forked job's spec."""
         import json
 
         return json.dumps(self.to_args())

@@ -1,15 +1,15 @@
-"""A job's environment, built in one place for every backend: local processes, the spares
-(pre-imported lm-eval processes, ``warm_pool.py``) and Ray.
+"""A job's environment, built in one place for every backend: local processes, the fork
+servers that fork them (pre-imported lm-eval processes, ``fork_server.py``) and Ray.
 
 It has two layers. What a job *inherits* is the server's environment as it was when the
 settings were read, minus the server's own settings (they may hold secrets); only local
-processes and spares get it, on Ray the worker's environment takes its place. What the server
+processes and fork servers get it, on Ray the worker's environment takes its place. What the server
 *sets* for the job goes on top, later entries winning: no bytecode writes (jobs read what the
 server compiles, ``bytecode.py``, and nothing a job compiles lands where another job imports
-it), the confinement's thread-free imports, the request's ``env_vars``, then what a request
-may not lift (unbuffered output, offline, no code execution) and the job's GPUs. A spare is
-started with exactly what its job would get, so a job and its spare are judged equal by
-comparing these two layers' sum.
+it), thread-free imports (for a confined or forked job), the request's ``env_vars``, then
+what a request may not lift (unbuffered output, offline, no code execution) and the job's
+GPUs. A fork server is started with exactly what its jobs get, so a job and a fork server are
+judged equal by comparing these two layers' sum.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ def job_environment(
     env_vars: Mapping[str, str],
     gpus: tuple[str, ...] = (),
     *,
-    confined: bool,
+    thread_free: bool,
 ) -> dict[str, str]:
     """The variables the server sets for one job (every backend passes exactly these);
-    ``confined``: local jobs run behind a wall (``job_walls.py``)."""
+    ``thread_free``: local jobs run behind a wall (``job_walls.py``) or are forked from a
+    fork server, whose imports must start no thread (a request's own values still win)."""
     env = {"PYTHONDONTWRITEBYTECODE": "1"}
-    if confined:
+    if thread_free:
         env.update(SINGLE_THREADED_IMPORTS)
     env.update(env_vars)
     env["PYTHONUNBUFFERED"] = "1"

@@ -1,7 +1,7 @@
 """A job's command: which program starts it, its words, and the folders it runs in.
 
 The words come from ``harness/argv.py`` (lm-eval's flags, judged by its own parser); this
-module adds the program (stock lm-eval, fastrun, or a spare) and the job's folders. Its
+module adds the program (stock lm-eval or fastrun, also as a fork server) and the job's folders. Its
 environment comes from ``environment.py``.
 """
 
@@ -20,14 +20,15 @@ class Launcher:
     """How the server starts its own lm-eval."""
 
     executable: tuple[str, ...]
-    #: The same command as a spare (``fastrun --warm``, see ``warm_pool.py``), if it has one.
-    warm: tuple[str, ...] | None = None
+    #: The same command as a fork server (``fastrun --fork-server``, see ``fork_server.py``),
+    #: if it has one.
+    fork_server: tuple[str, ...] | None = None
 
     @classmethod
     def default(cls, *, fast_start: bool, index_cache: Path) -> Launcher:
         if fast_start:
             fastrun = argv.fastrun_prefix(index_cache)
-            return cls(fastrun, warm=(*fastrun, "--warm"))
+            return cls(fastrun, fork_server=(*fastrun, "--fork-server"))
         return cls(argv.stock_prefix())
 
 

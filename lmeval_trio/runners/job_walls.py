@@ -39,10 +39,9 @@ SYSTEM_READ = (
 DEVICES = "/dev"
 TEMP_VARIABLES = ("TMPDIR", "TMP", "TEMP")
 #: Native threads that importing lm-eval starts (OpenBLAS's pool with numpy, jemalloc's purger
-#: with pyarrow) would stay outside a spare's wall, which confines only the thread that puts
-#: it up; so a spare with such threads restarts afresh. These keep the defaults thread-free
-#: (numpy's BLAS runs single-threaded; torch has its own pool); ``runners/environment.py``
-#: sets them for confined jobs.
+#: with pyarrow) make forking unsafe, so a fork server that has any lets its jobs start cold.
+#: These keep the defaults thread-free (numpy's BLAS runs single-threaded; torch has its own
+#: pool); ``runners/environment.py`` sets them for confined and forked jobs.
 SINGLE_THREADED_IMPORTS = {
     "OPENBLAS_NUM_THREADS": "1",
     "JE_ARROW_MALLOC_CONF": "background_thread:false",

@@ -1,5 +1,5 @@
-"""The local runner: each job a child process group on this machine, or a spare that
-becomes the job (see ``base.py`` for the interface every runner keeps)."""
+"""The local runner: each job a child process group on this machine, forked by a fork server
+where one matches it (see ``base.py`` for the interface every runner keeps)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from lmeval_trio.runners import process
 from lmeval_trio.runners.base import Started
 from lmeval_trio.runners.confinement import Walls
 from lmeval_trio.runners.environment import local_environment
+from lmeval_trio.runners.fork_server import ForkServers, Route
 from lmeval_trio.runners.job_walls import JobWalls
 from lmeval_trio.runners.process import Sink
-from lmeval_trio.runners.warm_pool import WarmPool
 
 log = logging.getLogger("lmeval_trio.runner")
+#: A launcher says one short line; its pipe is read to EOF, up to this much.
+_INFO_MAX_BYTES = 4096
+#: Once the launcher has exited its info pipe is at EOF; this only bounds a pathological wait.
+_INFO_WAIT_S = 5.0
 
 
 def _check_executable(path: str) -> None:
@@ -39,11 +43,14 @@ class LocalRunner:
     name = "local"
 
     def __init__(
-        self, settings: Settings, warm: WarmPool | None = None, walls: JobWalls | None = None
+        self,
+        settings: Settings,
+        forks: ForkServers | None = None,
+        walls: JobWalls | None = None,
     ) -> None:
         self.settings = settings
         self.grace_s = settings.kill_grace_s
-        self.warm = warm
+        self.forks = forks
         self.walls = walls
 
     async def run(
@@ -88,25 +95,17 @@ class LocalRunner:
         on_stderr: Sink,
         task_status: trio.TaskStatus[process.ProcessInfo],
     ) -> int:
-        """Run the job in a spare if one matches it (see ``warm_pool.py``), else afresh;
+        """Run the job from a fork server if one matches it (``fork_server.py``), else cold;
         either way behind its walls, put up the moment the process becomes the job."""
-        handover = self.warm.take(record.argv, env, record.job_dir, walls) if self.warm else None
-        if handover is not None:
-            try:
-                return await process.adopt_process_group(
-                    handover.proc,
-                    handover.spec,
-                    on_stdout=on_stdout,
-                    on_stderr=on_stderr,
-                    grace_s=self.grace_s,
-                    task_status=task_status,
-                )
-            except process.SpareLost as err:
-                log.warning("job %s: %s; starting it afresh", record.id, err)
         argv = record.argv
         if self.walls is not None and walls is not None:
             await trio.to_thread.run_sync(_check_executable, argv[0] if argv else "")
             argv = self.walls.command(argv, walls)
+        route = (
+            self.forks.route(record.argv, env, record.job_dir, walls, argv) if self.forks else None
+        )
+        if route is not None:
+            return await self._start_forked(route, record, env, on_stdout, on_stderr, task_status)
         return await process.run_process_group(
             argv,
             env=env,
@@ -116,6 +115,34 @@ class LocalRunner:
             grace_s=self.grace_s,
             task_status=task_status,
         )
+
+    async def _start_forked(
+        self,
+        route: Route,
+        record: JobRecord,
+        env: dict[str, str],
+        on_stdout: Sink,
+        on_stderr: Sink,
+        task_status: trio.TaskStatus[process.ProcessInfo],
+    ) -> int:
+        """The job's child is its launcher (``fork_launcher.py``); what it says on the info
+        pipe names the forked job's process group, which is reaped with the launcher's."""
+        assert self.forks is not None
+        info_r, info_w = os.pipe()
+        said = _LauncherReport(self.forks, route, record.id)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(said.read, info_r)
+            return await process.run_process_group(
+                route.argv(info_w),
+                env=env,
+                cwd=record.job_dir,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                grace_s=self.grace_s,
+                task_status=task_status,
+                pass_fds=(info_w,),
+                also_reap=said.job_groups,
+            )
 
     async def reattach(
         self,
@@ -145,3 +172,39 @@ class LocalRunner:
     def detach(self) -> bool:
         """A child's pipes die with the server, so a shutdown always stops local jobs."""
         return False
+
+
+class _LauncherReport:
+    """What a launcher says on its info pipe: the forked job's pid, or why it started cold."""
+
+    def __init__(self, forks: ForkServers, route: Route, job_id: int) -> None:
+        self.forks = forks
+        self.route = route
+        self.job_id = job_id
+        self.job_pid: int | None = None
+        self.done = trio.Event()
+
+    async def read(self, fd: int) -> None:
+        data = b""
+        try:
+            async with trio.lowlevel.FdStream(fd) as stream:
+                while len(data) < _INFO_MAX_BYTES and (chunk := await stream.receive_some()):
+                    data += chunk
+        finally:
+            self.done.set()
+        word, _, rest = data.decode(errors="replace").strip().partition(" ")
+        if word == "pid" and rest.isdigit():
+            self.job_pid = int(rest)
+            self.forks.forked(self.route, self.job_pid)
+        elif word == "cold":
+            self.forks.ran_cold(self.route, self.job_id, rest)
+
+    async def job_groups(self) -> list[int]:
+        """The forked job's group (its pid: it leads its own session), once the launcher
+        has exited and so said all it will."""
+        with trio.move_on_after(_INFO_WAIT_S):
+            await self.done.wait()
+        if self.job_pid is None:
+            return []
+        self.forks.ended(self.route, self.job_pid)
+        return [self.job_pid]

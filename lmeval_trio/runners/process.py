@@ -26,9 +26,7 @@ from lmeval_trio.errors import JobStartFailed
 __all__ = [
     "ProcessInfo",
     "Sink",
-    "SpareLost",
     "SpawnError",
-    "adopt_process_group",
     "group_alive",
     "kill_group",
     "process_start_ticks",
@@ -67,17 +65,26 @@ async def run_process_group(
     on_stderr: Sink,
     grace_s: float,
     task_status: trio.TaskStatus[ProcessInfo] = trio.TASK_STATUS_IGNORED,
+    pass_fds: tuple[int, ...] = (),
+    also_reap: Callable[[], Awaitable[Sequence[int]]] | None = None,
 ) -> int:
     """Runs argv to completion and returns its returncode (negative = killed by that signal).
 
     Cancelling the caller's scope stops the job: SIGTERM to the group, SIGKILL grace_s later.
     Whatever ends the run, no member of the group is alive when this returns or raises.
     Raises SpawnError (never wrapped in a group) if the command cannot be started.
+
+    ``pass_fds`` are inherited by the child and closed here once it has them (or failed to
+    start). ``also_reap``, asked once the child has exited, names further process groups that
+    belong to the job (a forked job's, ``fork_launcher.py``): each is gone too on return, within
+    the same grace period.
     """
     if not argv:
+        _close_all(pass_fds)
         raise SpawnError("empty command")
+    extra = _Extra(pass_fds, also_reap)
     try:
-        return await _run(argv, env, cwd, on_stdout, on_stderr, grace_s, task_status)
+        return await _run(argv, env, cwd, on_stdout, on_stderr, grace_s, task_status, extra)
     except BaseExceptionGroup as group:
         spawn_error = _sole_spawn_error(group)
         if spawn_error is None:
@@ -93,13 +100,17 @@ async def _run(
     on_stderr: Sink,
     grace_s: float,
     task_status: trio.TaskStatus[ProcessInfo],
+    extra: _Extra,
 ) -> int:
     """The clean-up follows the leader's exit, not the pumps' EOF: a leftover member still
     holds the pipes, so EOF would never come while it lives."""
     terminator = _Terminator(grace_s)
     drain = _Drain()
     async with trio.open_nursery() as nursery:
-        proc = await _spawn(nursery, argv, env, cwd, terminator)
+        try:
+            proc = await _spawn(nursery, argv, env, cwd, terminator, extra.pass_fds)
+        finally:
+            _close_all(extra.pass_fds)
         try:
             _follow(nursery, proc, on_stdout, on_stderr, drain, task_status)
             await proc.wait()
@@ -109,9 +120,31 @@ async def _run(
         finally:
             with trio.CancelScope(shield=True):
                 await _reap_group(proc, terminator)
+                await extra.reap(terminator)
             drain.start(_DRAIN_IDLE_S)
     assert proc.returncode is not None
     return proc.returncode
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a launched job adds to a plain one (see ``run_process_group``)."""
+
+    pass_fds: tuple[int, ...] = ()
+    also_reap: Callable[[], Awaitable[Sequence[int]]] | None = None
+
+    async def reap(self, terminator: _Terminator) -> None:
+        if self.also_reap is None:
+            return
+        for pgid in await self.also_reap():
+            if pgid > 1 and pgid != os.getpgrp() and group_alive(pgid):
+                await terminator.stop_group(pgid)
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with suppress(OSError):
+            os.close(fd)
 
 
 async def _spawn(
@@ -120,6 +153,7 @@ async def _spawn(
     env: Mapping[str, str],
     cwd: Path,
     terminator: _Terminator,
+    pass_fds: tuple[int, ...] = (),
 ) -> trio.Process:
     """Starts the leader; anything nursery.start raises happened before the child ran."""
     run = partial(
@@ -133,6 +167,7 @@ async def _spawn(
         start_new_session=True,
         check=False,
         deliver_cancel=terminator.deliver_cancel,
+        pass_fds=pass_fds,
     )
     try:
         proc: trio.Process = await nursery.start(run)
@@ -168,63 +203,6 @@ def _spawn_reason(err: OSError | ValueError, argv0: str, cwd: Path) -> str:
     if err.errno == errno.ENOTDIR:
         return f"not a directory: {path}"
     return f"cannot start {argv0}: {err.strerror or err}"
-
-
-class SpareLost(Exception):
-    """A pre-started process exited before it could be given its job."""
-
-
-async def hand_over(proc: trio.Process, spec: bytes) -> None:
-    """Tell a pre-started process (a spare, ``warm_pool.py``) its job: ``spec`` on stdin, then EOF.
-
-    ``spec`` must fit an empty pipe, since nothing reads the process's output yet.
-    Raises SpareLost if the process already exited.
-    """
-    assert proc.stdin is not None
-    try:
-        await proc.stdin.send_all(spec)
-        await proc.stdin.aclose()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-        raise SpareLost(f"warm runner {proc.pid} exited before its job started") from err
-
-
-async def adopt_process_group(
-    proc: trio.Process,
-    spec: bytes,
-    *,
-    on_stdout: Sink,
-    on_stderr: Sink,
-    grace_s: float,
-    task_status: trio.TaskStatus[ProcessInfo] = trio.TASK_STATUS_IGNORED,
-) -> int:
-    """Like run_process_group, for a process started earlier in its own session with
-    stdin, stdout and stderr pipes (a spare): hands it its job (``hand_over``), then
-    follows it, stops it on cancellation and reaps its whole group as run_process_group does.
-
-    Raises SpareLost, before task_status.started, if the process exited before its job
-    reached it; whatever happens, the process's group is gone if this raises.
-    """
-    assert proc.stdout is not None and proc.stderr is not None
-    terminator = _Terminator(grace_s)
-    try:
-        await hand_over(proc, spec)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _reap_group(proc, terminator, stop=True)
-            for stream in (proc.stdout, proc.stderr):
-                await stream.aclose()
-        raise
-    drain = _Drain()
-    async with trio.open_nursery() as nursery:
-        _follow(nursery, proc, on_stdout, on_stderr, drain, task_status)
-        try:
-            await proc.wait()
-        finally:
-            with trio.CancelScope(shield=True):
-                await _reap_group(proc, terminator, stop=proc.returncode is None)
-            drain.start(_DRAIN_IDLE_S)
-    assert proc.returncode is not None
-    return proc.returncode
 
 
 def _follow(

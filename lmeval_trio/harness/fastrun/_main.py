@@ -14,17 +14,20 @@ import os
 import runpy
 import sys
 import sysconfig
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmeval_trio.harness.fastrun import ENV_DISABLE, default_cache_dir
 from lmeval_trio.runners import reaper
+from lmeval_trio.runners.fork_launcher import environment_key
 
 USAGE = (
     "usage: python -m lmeval_trio.harness.fastrun [--walls JSON] [--index-cache DIR] [--] "
     "<lm_eval arguments>\n"
-    "       python -m lmeval_trio.harness.fastrun --warm [--ready-fd FD] [--index-cache DIR]"
+    "       python -m lmeval_trio.harness.fastrun --fork-server [--listen-fd FD] [--grace-s S] "
+    "[--index-cache DIR]"
 )
 
 
@@ -37,8 +40,9 @@ class Options:
     """fastrun's own options; ``lm_eval_args`` is everything after them."""
 
     cache_dir: str | None = None
-    warm: bool = False
-    ready_fd: int | None = None
+    fork_server: bool = False  # preload, then fork a child per job (_fork.py)
+    listen_fd: int | None = None  # the fork server's listening socket; none: preload and exit
+    grace_s: float = 5.0  # the fork server's TERM-to-KILL grace when the server is gone
     walls: str | None = None  # the job's confinement (see confinement.Walls), put up first
     lm_eval_args: list[str] = field(default_factory=list)
 
@@ -67,22 +71,28 @@ def parse_options(args: Sequence[str]) -> Options:
         if arg == "--":
             i += 1
             break
-        if arg == "--warm":
-            opts.warm, i = True, i + 1
+        if arg == "--fork-server":
+            opts.fork_server, i = True, i + 1
         elif name == "--index-cache":
             opts.cache_dir, i = _value(args, i, name, "a directory")
         elif name == "--walls":
             opts.walls, i = _value(args, i, name, "a JSON object")
-        elif name == "--ready-fd":
+        elif name == "--listen-fd":
             raw, i = _value(args, i, name, "a file descriptor number")
             if not raw.isdigit():
-                raise UsageError("--ready-fd needs a file descriptor number")
-            opts.ready_fd = int(raw)
+                raise UsageError("--listen-fd needs a file descriptor number")
+            opts.listen_fd = int(raw)
+        elif name == "--grace-s":
+            raw, i = _value(args, i, name, "a number of seconds")
+            try:
+                opts.grace_s = float(raw)
+            except ValueError:
+                raise UsageError("--grace-s needs a number of seconds") from None
         else:
             break
     opts.lm_eval_args = list(args[i:])
-    if opts.warm and opts.lm_eval_args:
-        raise UsageError("--warm takes its lm_eval arguments on stdin")
+    if opts.fork_server and opts.lm_eval_args:
+        raise UsageError("--fork-server takes its jobs' arguments from its socket")
     return opts
 
 
@@ -137,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{USAGE}\nfastrun: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    digest = environment_key(os.environ)  # before anything could change it (fork server)
     if opts.walls is not None:
         _confine(opts.walls)
     _match_console_script_sys_path()
@@ -156,12 +167,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     reaper.become_subreaper()  # a daemon the job starts is handed to us, not to init
     reaper.reap_on_sigterm()
     try:
-        if opts.warm:
-            from lmeval_trio.harness.fastrun import _warm
+        if opts.fork_server:
+            if not _forked(opts, digest, get_logger()):
+                return  # the fork server itself, at its end
+            from lmeval_trio.harness.fastrun._fork import run_and_exit
 
-            _warm.run(cache_dir, opts.ready_fd, get_logger())
-            return
-
+            run_and_exit(lambda: run_lm_eval(get_logger()), reaper.kill_descendants)
         run_lm_eval(get_logger())
     finally:
         reaper.kill_descendants()  # the job is over: nothing it started outlives it
+
+
+def _forked(opts: Options, digest: str, log: logging.Logger) -> bool:
+    """Run a fork server; True in a forked child, which has become its job by now."""
+    from lmeval_trio.harness.fastrun import _fork, _patch, _warm
+
+    if opts.listen_fd is None:
+        _warm.preload(log)  # only build the task index (the server does, after an upgrade)
+        return False
+    job = _fork.serve(opts.listen_fd, digest, opts.grace_s, log)
+    if job is None:
+        return False
+    reaper.become_subreaper()  # not inherited across fork
+    reaper.reap_on_sigterm()
+    patcher = _patch.active()
+    if job.vouched and patcher is not None:
+        patcher.vouch()
+    _warm.become(job.spec, log)
+    log.info(
+        "warm start: forked by a fork server that started %.1f s before this job",
+        time.monotonic() - job.server_started,
+    )
+    return True

@@ -302,6 +302,7 @@ class Patcher:
         self._payload: bytes | None = None
         self._records: list[LogRecordTuple] = []
         self._preloaded: tuple[CacheKey, dict[str, Any], list[LogRecordTuple]] | None = None
+        self._vouched = False  # set in a forked child whose fork server watched the task files
 
     def install(self) -> None:
         t = self._t
@@ -342,9 +343,9 @@ class Patcher:
             return None
         return self._t.orig_process(cfg, path, index_)  # type: ignore[no-any-return]
 
-    # ---------------------------------------------------------- warm runner
+    # ---------------------------------------------------------- fork server
     def preload(self) -> None:
-        """Load (or build) the built-in index now, ahead of the job (warm runner).
+        """Load (or build) the built-in index now, ahead of the jobs (fork server).
 
         The first index build then takes these entries, after checking that the
         key, which fingerprints every task file, is still the one they were loaded under.
@@ -358,18 +359,34 @@ class Patcher:
             return
         self._preloaded = (key, entries, records)
 
+    def vouch(self) -> None:
+        """The fork server watched the task files since before it fingerprinted them, and
+        nothing changed: this child takes the preloaded entries without checking again."""
+        self._vouched = True
+
+    @property
+    def default_root(self) -> Path:
+        return Path(self._t.default_root)
+
     def _take_preloaded(self, root: Path) -> tuple[dict[str, Any], list[LogRecordTuple]] | None:
         """The preloaded entries, if the task files are unchanged since they were loaded."""
         if self._preloaded is None:
             return None
         key, entries, records = self._preloaded
         self._preloaded = None
+        if self._vouched:
+            self._log.info(
+                "task index: preloaded by the fork server (%d entries; files unchanged, "
+                "watched by the fork server)",
+                len(entries),
+            )
+            return entries, records
         started = time.perf_counter()
         if self._key(root) != key:
-            self._log.warning("task index: task files changed since the warm runner loaded them")
+            self._log.warning("task index: task files changed since the fork server loaded them")
             return None
         self._log.info(
-            "task index: preloaded by the warm runner (%d entries; files unchanged, checked in "
+            "task index: preloaded by the fork server (%d entries; files unchanged, checked in "
             "%.2f s)",
             len(entries),
             time.perf_counter() - started,

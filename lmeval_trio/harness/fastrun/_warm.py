@@ -1,16 +1,10 @@
-"""A spare (users' "warm runner"; never a *runner*, which is where jobs run): a fastrun
-process that imports lm_eval and loads the task index before its job exists, then becomes
-that job.
+"""What a fork server (``_fork.py``, users' "warm runners") does before and after a job exists:
+import lm_eval and load the task index ahead of every job (``preload``), notice when anything
+it imported has changed since (``ImportSnapshot``), and turn a forked child into its job
+(``become``: the job's wall, working directory and argv; ``Spec`` says which job).
 
-The server starts it with exactly the environment its job will have, so everything lm_eval
-and its dependencies read from the environment at import time is the job's own. It then
-waits for one JSON line on stdin, ``{"args": [...], "cwd": "..."}``: the job's lm_eval
-arguments and working directory. Nothing job-specific happens before that line; after it the
-process is an ordinary fastrun run of the job (same argv, logging, outputs, exit code).
-
-If a file it imported has changed since (an upgrade while it waited), it re-executes itself as
-a fresh fastrun in place (same pid, process group and pipes), so a job never runs stale code.
-EOF on stdin (the server stopped or dropped it) ends it quietly.
+Nothing job-specific happens before ``become``; after it the child is an ordinary fastrun run
+of the job (same argv, logging, outputs, exit code).
 """
 
 from __future__ import annotations
@@ -21,11 +15,12 @@ import logging
 import os
 import stat
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmeval_trio.harness.fastrun._patch import Patcher
 
 from lmeval_trio.runners.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
@@ -43,12 +38,8 @@ PRELOAD = (
     "lm_eval.models.api_models",
     "lm_eval.models.openai_completions",
 )
-#: A job spec is a few KB; anything longer is not one.
-MAX_SPEC_BYTES = 1 << 20
-#: The line on the ready pipe that ends the preload's output: the spare is ready.
+#: The line a fork server prints once it has preloaded: it is ready.
 READY = b"ready\n"
-#: Exit code for a malformed spec (the server's bug, never a job's).
-EXIT_BAD_SPEC = 2
 
 FileStamp = tuple[int, int, int]
 #: A file's stamp, a directory's entries, or None if it is gone.
@@ -57,7 +48,7 @@ Stamp = FileStamp | frozenset[str] | None
 
 @dataclass(frozen=True)
 class Spec:
-    """The job a spare becomes."""
+    """The job a forked child becomes."""
 
     args: list[str]
     cwd: str
@@ -113,7 +104,7 @@ def _watched_paths() -> Iterator[str]:
 def _stamp(path: str) -> Stamp:
     """A file's (mtime, size, inode); a directory's entries, but for ``__pycache__``: the
     server's bytecode compile adds those (and so changes the folder's mtime) without changing
-    what any import finds, so a spare primed before the compile stays good."""
+    what any import finds, so a fork server primed before the compile stays good."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -130,71 +121,27 @@ def _stamps(paths: Iterator[str]) -> Iterator[tuple[str, Stamp]]:
 
 def preload(log: logging.Logger) -> None:
     """Import what every job needs and load the built-in task index."""
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception as err:  # the job meets the same error in the same place, if at all
-            log.debug("warm runner: not preloading %s (%s: %s)", name, type(err).__name__, err)
-    from lmeval_trio.harness.fastrun import _patch
-
-    patcher = _patch.active()
+    patcher = import_modules(log)
     if patcher is not None:
         patcher.preload()
 
 
-@contextmanager
-def output_to(fd: int | None) -> Iterator[None]:
-    """Send stdout and stderr to ``fd`` (the ready pipe: the server logs it as the operator's)
-    while preloading, so the job's own logs start at handover and hold none of it."""
-    if fd is None:
-        yield
-        return
-    saved = (os.dup(1), os.dup(2))
-    _flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        yield
-    finally:
-        _flush()
-        for target, original in enumerate(saved, start=1):
-            os.dup2(original, target)
-            os.close(original)
+def import_modules(log: logging.Logger) -> Patcher | None:
+    """Import what every job needs; the task index's patcher, once lm_eval's tasks are
+    imported (None: fastrun is off, and the index is lm_eval's own)."""
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # the job meets the same error in the same place, if at all
+            log.debug("fork server: not preloading %s (%s: %s)", name, type(err).__name__, err)
+    from lmeval_trio.harness.fastrun import _patch
 
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-
-
-def signal_ready(fd: int | None) -> None:
-    """Tell the server this spare has finished preloading (it may be gone: ignore). READY
-    starts a line of its own, whatever the preload's last output line ended with."""
-    if fd is None:
-        return
-    try:
-        os.write(fd, b"\n" + READY)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def read_spec(log: logging.Logger) -> Spec | None:
-    """The job, or None on EOF (not needed after all)."""
-    line = sys.stdin.buffer.readline(MAX_SPEC_BYTES)
-    if not line:
-        return None
-    try:
-        return Spec.parse(line)
-    except ValueError as err:  # JSONDecodeError is a ValueError
-        log.error("warm runner: invalid job spec: %s", err)
-        raise SystemExit(EXIT_BAD_SPEC) from None
+    return _patch.active()
 
 
 def become(spec: Spec, log: logging.Logger) -> None:
-    """Detach from the server's stdin, put up the job's wall, take on its working directory."""
+    """Detach from any stdin, put up the job's wall (a forked child has a single thread, so the
+    wall holds for all of it), take on its working directory and argv."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -206,64 +153,3 @@ def become(spec: Spec, log: logging.Logger) -> None:
             raise SystemExit(EXIT_NO_WALL) from None
     os.chdir(spec.cwd)
     sys.argv = [sys.argv[0], *spec.args]
-
-
-def other_threads() -> str | None:
-    """Landlock confines the thread that puts the wall up, never threads already running
-    (a library's pool started while preloading): name them, so the job restarts afresh
-    (``execve`` ends them and keeps the wall)."""
-    count = len(os.listdir("/proc/self/task"))
-    return f"{count - 1} thread(s) started before the wall" if count > 1 else None
-
-
-def restart_fresh(spec: Spec, cache_dir: Path, why: str, log: logging.Logger) -> None:
-    """Replace this process with a fresh fastrun of the same job (never returns)."""
-    log.warning("warm runner: %s; starting lm_eval afresh", why)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    import lmeval_trio
-
-    # -P: the job's folder (now the working directory) stays off sys.path; _BOOT: see there.
-    argv = [sys.executable, "-P", "-c", _BOOT, lmeval_trio.__file__ or ""]
-    argv += ["--index-cache", os.fspath(cache_dir), "--", *spec.args]
-    os.execv(sys.executable, argv)
-
-
-#: Runs fastrun with lmeval_trio loaded from its own folder: behind the job's wall the folder
-#: around it (an editable install's project folder, which may hold the data directory) cannot
-#: be listed, so ``python -m lmeval_trio.harness.fastrun`` would not find the package.
-_BOOT = """\
-import importlib.util, os, sys
-init = sys.argv.pop(1)
-spec = importlib.util.spec_from_file_location(
-    "lmeval_trio", init, submodule_search_locations=[os.path.dirname(init)]
-)
-package = importlib.util.module_from_spec(spec)
-sys.modules["lmeval_trio"] = package
-spec.loader.exec_module(package)
-from lmeval_trio.harness.fastrun._main import main
-main()
-"""
-
-
-def run(cache_dir: Path, ready_fd: int | None, log: logging.Logger) -> None:
-    """Preload, wait for the job, then run it with lm_eval's own CLI."""
-    started = time.monotonic()
-    with output_to(ready_fd):
-        preload(log)
-        snapshot = ImportSnapshot()
-    signal_ready(ready_fd)
-    spec = read_spec(log)
-    if spec is None:
-        return
-    become(spec, log)
-    changed = snapshot.changed()
-    stale = f"{changed} changed since it was imported" if changed is not None else None
-    if stale is None and spec.walls is not None:
-        stale = other_threads()
-    if stale is not None:
-        restart_fresh(spec, cache_dir, stale, log)
-    log.info("warm start: this runner started %.1f s before its job", time.monotonic() - started)
-    from lmeval_trio.harness.fastrun._main import run_lm_eval
-
-    run_lm_eval(log)
