@@ -66,18 +66,25 @@ async def _run_of(request: dict[str, Any], admitted: Admitted) -> EffectiveRun:
     return await trio.to_thread.run_sync(_effective, request, admitted)
 
 
+async def _run_judged(request: dict[str, Any], admitted: Admitted) -> EffectiveRun:
+    """The run the policy judged (parsed again only if it kept none)."""
+    return admitted.run if admitted.run is not None else await _run_of(request, admitted)
+
+
 @dataclass(frozen=True)
 class Gates:
     """The supervisor's own checks: the policy's verdict (bounded), the GPU count, and the
     queue bound (a context that holds a place while it is open). The rest default to one
     job's: lm-eval's parser and the run it makes each in a worker thread, no task checks
-    shared (a sweep's cells bring what the policy's batch worked out, see ``admit_cells``)."""
+    shared (a sweep's cells bring what the policy's batch worked out, see ``admit_cells``).
+    A policy verdict that kept the run lm-eval's parser made (``Admitted.run``) stands for
+    both: the flags are not parsed again in two more thread hops."""
 
     admit: Callable[[dict[str, Any]], Awaitable[Admitted]]
     gpus: Callable[[int | None], None]
     queue_place: Callable[[], AbstractContextManager[None]]
     parse: Callable[[dict[str, Any]], Awaitable[None]] = _parse
-    effective: Callable[[dict[str, Any], Admitted], Awaitable[EffectiveRun]] = _run_of
+    effective: Callable[[dict[str, Any], Admitted], Awaitable[EffectiveRun]] = _run_judged
     task_verdicts: dict[str, str | Exception] | None = None
 
 
@@ -153,11 +160,6 @@ async def _parsed_by_policy(request: dict[str, Any]) -> None:
     the run the parser makes), and a cell the policy refused stops before this step."""
 
 
-async def _run_judged(request: dict[str, Any], admitted: Admitted) -> EffectiveRun:
-    """The run the policy judged (parsed again only if it kept none)."""
-    return admitted.run if admitted.run is not None else await _run_of(request, admitted)
-
-
 async def dry_run(supervisor: Supervisor, request: dict[str, Any], gates: Gates) -> Report:
     """Run every check that can run, queuing nothing; the report says what would happen."""
     run = _Run(keep_going=True)
@@ -176,7 +178,8 @@ async def _checks(
     supervisor: Supervisor, request: dict[str, Any], gates: Gates, run: _Run
 ) -> Admitted | None:
     async def parser() -> str:
-        await gates.parse(request)
+        if not (admitted and admitted[0].run is not None):  # else its verdict ran the parser
+            await gates.parse(request)
         return "lm-eval's parser accepts the flags"
 
     admitted: list[Admitted] = []

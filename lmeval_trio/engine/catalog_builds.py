@@ -144,12 +144,16 @@ class Catalogs:
         while len(self._by_folder) > MAX_HELD_FOLDERS:  # the oldest first
             del self._by_folder[next(iter(self._by_folder))]
 
-    async def for_request(self, folders: Sequence[Path]) -> Catalog:
-        """What a job with these ``include_path`` folders can name: lm-eval's, then theirs."""
+    async def for_request(self, find_folders: Callable[[], Sequence[Path]] | None) -> Catalog:
+        """What a job can name: lm-eval's, then its ``include_path`` folders' (``find_folders``
+        lists them, resolving paths: it runs in the worker thread that stats them, one hop,
+        never on the event loop; None: the job names no folder)."""
         builtin = await self.builtin()
+        if find_folders is None:
+            return builtin
+        folders, prints = await trio.to_thread.run_sync(_found_fingerprints, find_folders)
         if not folders:
             return builtin
-        prints = await trio.to_thread.run_sync(_fingerprints, folders)
         key = (builtin, tuple(zip(folders, prints, strict=True)))
         found = self._merged.pop(key, None)  # popped and put back: most recent last
         if found is None:  # merging sorts ~15,000 entries: once per folder state, not per job
@@ -188,6 +192,14 @@ class Catalogs:
                 "(LMEVAL_TASK_CATALOG_TIMEOUT_S)"
             )
         return _child_files(done, len(roots))
+
+
+def _found_fingerprints(
+    find_folders: Callable[[], Sequence[Path]],
+) -> tuple[Sequence[Path], list[tuple[str, int]]]:
+    """The folders ``find_folders`` lists and their stat fingerprints (a worker thread)."""
+    folders = find_folders()
+    return folders, _fingerprints(folders)
 
 
 def _fingerprints(folders: Sequence[Path]) -> list[tuple[str, int]]:

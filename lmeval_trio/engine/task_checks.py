@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,7 @@ async def _check_tasks(
     names = [n for n in task_names(run.values.get("tasks")) if not is_path_entry(n)]
     if not names:
         return "no task names to check (files and folders are judged as paths)"
-    folders = _include_folders(supervisor, run)
+    folders = partial(_include_folders, supervisor, run) if run.values.get("include_path") else None
     wait_s = supervisor.settings.task_check_wait_s
     try:
         with trio.move_on_after(wait_s):  # the build goes on, owned by the supervisor
@@ -215,7 +216,8 @@ def _check_output_types(catalog: Catalog, run: EffectiveRun, names: list[str]) -
 
 
 def _include_folders(supervisor: Supervisor, run: EffectiveRun) -> list[Path]:
-    """The job's include_path folders as the policy resolved them (it judged them already)."""
+    """The job's include_path folders as the policy resolved them (it judged them already);
+    run in a worker thread (it resolves paths)."""
     value = run.values.get("include_path")
     items = value if isinstance(value, list) else [value] if value else []
     folders = []
