@@ -19,18 +19,16 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
+from benchmarks import sweep_overhead
 from benchmarks._report import Metric, Report, Target, run
-from benchmarks._server import SUPPORT, ServerFactory, hypercorn_server, submit, wait_idle
+from benchmarks._server import SUPPORT, ServerFactory, hypercorn_server
 from benchmarks.lm_eval_start import one_run, timed_stub
 
 TASKS = "tiny_mc,tiny_gen"
@@ -39,39 +37,15 @@ MB = 1024 * 1024
 
 
 async def timed_separate(client: httpx.AsyncClient, jobs: int) -> float:
-    before = time.monotonic()
-    for _ in range(jobs):
-        await submit(client, JOB)
-    await wait_idle(client)
-    return time.monotonic() - before
+    return await sweep_overhead.timed_separate(client, jobs, JOB)
 
 
 async def timed_sweep(client: httpx.AsyncClient, jobs: int) -> float:
-    body = {"name": "forked", "base": JOB, "cells": [{"key": f"run{i}"} for i in range(jobs)]}
-    before = time.monotonic()
-    response = await client.post("/sweeps", json=body)
-    response.raise_for_status()
-    await wait_idle(client)
-    return time.monotonic() - before
+    return await sweep_overhead.timed_sweep(client, jobs, JOB)
 
 
 async def timed_stock(jobs: int, folder: Path) -> float:
-    """``python -m lm_eval`` with the jobs' arguments, two at a time, offline."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    limiter = trio.CapacityLimiter(2)
-
-    async def one(index: int) -> None:
-        async with limiter:
-            argv = [sys.executable, "-m", "lm_eval", "--model", "dummy", "--tasks", TASKS]
-            argv += ["--include_path", JOB["include_path"]]
-            argv += ["--output_path", str(folder / f"stock-{index}")]
-            await trio.run_process(argv, env=env, stdout=-3, stderr=-3, cwd=folder)
-
-    before = time.monotonic()
-    async with trio.open_nursery() as nursery:
-        for index in range(jobs):
-            nursery.start_soon(one, index)
-    return time.monotonic() - before
+    return await sweep_overhead.timed_stock(jobs, folder, JOB)
 
 
 def pss_bytes(pid: int) -> int:

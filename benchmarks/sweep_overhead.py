@@ -31,16 +31,18 @@ JOB: dict[str, Any] = {
 }
 
 
-async def timed_separate(client: httpx.AsyncClient, jobs: int) -> float:
+async def timed_separate(client: httpx.AsyncClient, jobs: int, job: dict[str, Any] = JOB) -> float:
+    """``jobs`` separate ``POST /job`` of ``job``, from the first to the server idle."""
     before = time.monotonic()
     for _ in range(jobs):
-        await submit(client, JOB)
+        await submit(client, job)
     await wait_idle(client)
     return time.monotonic() - before
 
 
-async def timed_sweep(client: httpx.AsyncClient, jobs: int) -> float:
-    body = {"name": "overhead", "base": JOB, "cells": [{"key": f"run{i}"} for i in range(jobs)]}
+async def timed_sweep(client: httpx.AsyncClient, jobs: int, job: dict[str, Any] = JOB) -> float:
+    """The same as one sweep of ``jobs`` identical cells."""
+    body = {"name": "overhead", "base": job, "cells": [{"key": f"run{i}"} for i in range(jobs)]}
     before = time.monotonic()
     response = await client.post("/sweeps", json=body)
     response.raise_for_status()
@@ -48,15 +50,15 @@ async def timed_sweep(client: httpx.AsyncClient, jobs: int) -> float:
     return time.monotonic() - before
 
 
-async def timed_stock(jobs: int, folder: Path) -> float:
+async def timed_stock(jobs: int, folder: Path, job: dict[str, Any] = JOB) -> float:
     """``python -m lm_eval`` with the jobs' arguments, two at a time, offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     limiter = trio.CapacityLimiter(2)
 
     async def one(index: int) -> None:
         async with limiter:
-            argv = [sys.executable, "-m", "lm_eval", "--model", "dummy", "--tasks", "tiny_mc"]
-            argv += ["--include_path", JOB["include_path"]]
+            argv = [sys.executable, "-m", "lm_eval", "--model", "dummy", "--tasks", job["tasks"]]
+            argv += ["--include_path", job["include_path"]]
             argv += ["--output_path", str(folder / f"stock-{index}")]
             await trio.run_process(argv, env=env, stdout=-3, stderr=-3, cwd=folder)
 
