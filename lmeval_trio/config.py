@@ -117,6 +117,12 @@ class Settings(BaseModel):
         "env_vars and one per env_vars set that recurs, up to this many. 0 turns warm starts "
         "off. LMEVAL_WARM_RUNNERS, its former name, is read when this one is unset.",
     )
+    fork_preload_hf: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Fork servers also import torch, transformers and lm-eval's Hugging Face "
+        "model module, so an hf job goes straight to loading its model: auto where torch is "
+        "importable in the job environment, on always, off never.",
+    )
     cache_dir: Path | None = Field(
         default=None,
         description="Caches shared by all jobs: lm-eval's task index and compiled bytecode "

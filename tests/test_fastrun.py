@@ -805,7 +805,7 @@ class ForkServerProcess:
 
 
 def start_fork_server(
-    e2e: Env, cache_dir: Path, env: dict[str, str] | None = None
+    e2e: Env, cache_dir: Path, env: dict[str, str] | None = None, *, preload_hf: str = "off"
 ) -> ForkServerProcess:
     """``fastrun --fork-server`` on a socket made here (as the server makes it), once ready."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -816,7 +816,12 @@ def start_fork_server(
     argv = [PYTHON, "-m", fastrun.MODULE, "--index-cache", str(cache_dir), "--fork-server"]
     with listener:
         proc = subprocess.Popen(
-            [*argv, f"--listen-fd={listener.fileno()}", "--grace-s=2"],
+            [
+                *argv,
+                f"--listen-fd={listener.fileno()}",
+                "--grace-s=2",
+                f"--preload-hf={preload_hf}",
+            ],
             cwd=e2e.root,
             env=env,
             stdin=subprocess.PIPE,
@@ -1027,3 +1032,127 @@ def test_tree_watch_vouches_only_for_an_unchanged_tree(tmp_path: Path) -> None:
         assert not watch.unchanged()
         assert not watch.unchanged()  # for good
         watch.close_in_child()
+
+
+# ------------------------------------------------------------ fork servers that preload hf
+
+HF_TASKS = Path(__file__).parent / "support" / "tasks"
+HF_MODEL_ARGS = ["--model", "hf", "--tasks", "tiny_mc", "--include_path", str(HF_TASKS)]
+
+
+def build_tiny_hf_model(folder: Path) -> Path:
+    """A randomly initialised one-layer GPT-2 (fixed seed) with a byte-level BPE tokenizer
+    trained here on the task's own text: a real hf model, and nothing downloaded."""
+    torch = pytest.importorskip("torch")
+    tokenizers = pytest.importorskip("tokenizers")  # modules as values: mypy without them
+    transformers = pytest.importorskip("transformers")
+    models, pre_tokenizers = tokenizers.models, tokenizers.pre_tokenizers
+    decoders, trainers = tokenizers.decoders, tokenizers.trainers
+
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train([str(HF_TASKS / "tiny_mc.jsonl")], trainer)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    eos = bpe.token_to_id("<|endoftext|>")
+    config = transformers.GPT2Config(
+        vocab_size=bpe.get_vocab_size(),
+        n_positions=256,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def hf_results(run: Run) -> dict[str, Any]:
+    files = sorted(run.output_dir.rglob("results_*.json"))
+    assert len(files) == 1, (files, run.stderr[-3000:])
+    data: dict[str, Any] = json.loads(files[0].read_text())
+    return data
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def maps_torch(pid: int) -> bool:
+    """Whether the process has torch's shared library mapped (it imported torch)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_forked_hf_job_matches_stock(e2e: Env, tmp_path: Path) -> None:
+    """A fork server that preloaded torch, transformers and lm-eval's hf module has one
+    thread when it forks, and its forked hf job's results, samples and log are stock's."""
+    model = build_tiny_hf_model(tmp_path / "tiny-gpt2")
+    args = ["run", *HF_MODEL_ARGS, "--model_args", f"pretrained={model}", "--log_samples"]
+    # transformers 5 fetches hub kernels unless told not to (or the kernels package is in).
+    e2e = dataclasses.replace(e2e, env={**e2e.env, "USE_HUB_KERNELS": "0"})
+    stock = e2e.start("hf-stock", [LM_EVAL, *args])
+    server = start_fork_server(e2e, tmp_path / "cache", preload_hf="on")
+    assert maps_torch(server.proc.pid)
+    assert threads_of(server.proc.pid) == 1  # no OpenMP, MKL or tokenizers pool before forking
+    run, said = launch(e2e, server, "hf-forked", args)
+    assert threads_of(server.proc.pid) == 1
+    stock_run = e2e.finish(stock)
+    assert stock_run.returncode == 0, stock_run.stderr[-4000:]
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert re.fullmatch(r"pid \d+\n", said), said  # forked, not sent cold
+    assert "WARNING  [fastrun]" not in run.stderr
+    assert "TOKENIZERS_PARALLELISM" not in run.stderr + stock_run.stderr
+    want, got = hf_results(stock_run), hf_results(run)
+    for key in COMPARED_KEYS:
+        assert got.get(key) == want.get(key), key
+    assert got["results"]["tiny_mc"]["acc,none"] == want["results"]["tiny_mc"]["acc,none"]
+    stock_samples = [
+        json.loads(line)
+        for f in stock_run.output_dir.rglob("samples_*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    forked_samples = [
+        json.loads(line)
+        for f in run.output_dir.rglob("samples_*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert len(forked_samples) == 8
+    assert [s["resps"] for s in forked_samples] == [s["resps"] for s in stock_samples]
+    assert lm_eval_log_lines(run) == lm_eval_log_lines(stock_run)
+    end_fork_server(server)
+
+
+@pytest.mark.parametrize(("preload_hf", "hide_torch"), [("auto", True), ("off", False)])
+def test_fork_server_does_not_preload_hf(
+    e2e: Env, tmp_path: Path, preload_hf: str, hide_torch: bool
+) -> None:
+    """Auto in a job environment where torch is not importable, or off: no torch imported."""
+    env = dict(e2e.env)
+    if hide_torch:  # as in an environment without torch: find_spec and import find nothing
+        site = tmp_path / "no-torch"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+        env["PYTHONPATH"] = str(site)
+    server = start_fork_server(e2e, tmp_path / "cache", env, preload_hf=preload_hf)
+    assert not maps_torch(server.proc.pid)
+    assert "transformers" not in Path(f"/proc/{server.proc.pid}/maps").read_text()
+    end_fork_server(server)
+
+
+def test_auto_preloads_hf_where_torch_is_importable() -> None:
+    assert _warm.preloads_hf("auto") is (importlib.util.find_spec("torch") is not None)
+    assert _warm.preloads_hf("on") and not _warm.preloads_hf("off")
+    assert _main.parse_options(["--fork-server", "--preload-hf=off"]).preload_hf == "off"
+    with pytest.raises(_main.UsageError, match="auto, on or off"):
+        _main.parse_options(["--fork-server", "--preload-hf=sometimes"])

@@ -621,6 +621,7 @@ def fork_servers(settings: Settings, launcher: command.Launcher) -> ForkServers 
         cwd=settings.data_dir,
         max_servers=settings.fork_servers,
         grace_s=settings.kill_grace_s,
+        preload_hf=settings.fork_preload_hf,
     )
 
 

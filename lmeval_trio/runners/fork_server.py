@@ -125,14 +125,17 @@ class ForkServers:
         cwd: Path,
         max_servers: int,
         grace_s: float,
+        preload_hf: str = "auto",
     ) -> None:
         """``prefix`` is the server's fastrun command up to lm_eval's arguments, and
-        ``server_argv`` the same command as a fork server (``--fork-server``)."""
+        ``server_argv`` the same command as a fork server (``--fork-server``); ``preload_hf``
+        is LMEVAL_FORK_PRELOAD_HF (auto, on, off)."""
         self.prefix = tuple(prefix)
         self.server_argv = tuple(server_argv)
         self.cwd = cwd
         self.max_servers = max_servers
         self.grace_s = grace_s
+        self.preload_hf = preload_hf
         self._servers: OrderedDict[str, ForkServer] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._failed: dict[str, int] = {}
@@ -310,7 +313,12 @@ class ForkServers:
     async def _start(self, server: ForkServer) -> None:
         assert server.listener is not None
         fd = server.listener.fileno()
-        argv = [*self.server_argv, f"--listen-fd={fd}", f"--grace-s={self.grace_s}"]
+        argv = [
+            *self.server_argv,
+            f"--listen-fd={fd}",
+            f"--grace-s={self.grace_s}",
+            f"--preload-hf={self.preload_hf}",
+        ]
         try:
             server.proc = await trio.lowlevel.open_process(
                 argv,

@@ -292,13 +292,16 @@ class ForkServer:
             self.kill_at = None
 
 
-def serve(listen_fd: int, digest: str, grace_s: float, log: logging.Logger) -> Job | None:
-    """Preload, say so on stdout, then serve jobs; returns a job in each forked child.
+def serve(
+    listen_fd: int, digest: str, grace_s: float, log: logging.Logger, *, preload_hf: str = "off"
+) -> Job | None:
+    """Preload (for hf jobs too, as ``preload_hf`` says: ``_warm.HF_PRELOAD``), say so on
+    stdout, then serve jobs; returns a job in each forked child.
 
     What it imported is frozen out of the garbage collector: a child's collections never
     walk (and so never copy) the pages it shares with the fork server."""
     listen = socket.socket(fileno=listen_fd)
-    patcher = import_modules(log)
+    patcher = import_modules(log, hf=preload_hf)
     watch = None if patcher is None else TreeWatch(str(patcher.default_root))  # before loading
     if patcher is not None:
         patcher.preload()

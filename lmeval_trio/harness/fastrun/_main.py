@@ -27,7 +27,7 @@ USAGE = (
     "usage: python -m lmeval_trio.harness.fastrun [--walls JSON] [--index-cache DIR] [--] "
     "<lm_eval arguments>\n"
     "       python -m lmeval_trio.harness.fastrun --fork-server [--listen-fd FD] [--grace-s S] "
-    "[--index-cache DIR]"
+    "[--preload-hf auto|on|off] [--index-cache DIR]"
 )
 
 
@@ -43,6 +43,7 @@ class Options:
     fork_server: bool = False  # preload, then fork a child per job (_fork.py)
     listen_fd: int | None = None  # the fork server's listening socket; none: preload and exit
     grace_s: float = 5.0  # the fork server's TERM-to-KILL grace when the server is gone
+    preload_hf: str = "auto"  # the fork server also imports torch & co (_warm.HF_PRELOAD)
     walls: str | None = None  # the job's confinement (see confinement.Walls), put up first
     lm_eval_args: list[str] = field(default_factory=list)
 
@@ -88,6 +89,10 @@ def parse_options(args: Sequence[str]) -> Options:
                 opts.grace_s = float(raw)
             except ValueError:
                 raise UsageError("--grace-s needs a number of seconds") from None
+        elif name == "--preload-hf":
+            opts.preload_hf, i = _value(args, i, name, "auto, on or off")
+            if opts.preload_hf not in ("auto", "on", "off"):
+                raise UsageError("--preload-hf needs auto, on or off")
         else:
             break
     opts.lm_eval_args = list(args[i:])
@@ -185,7 +190,7 @@ def _forked(opts: Options, digest: str, log: logging.Logger) -> bool:
     if opts.listen_fd is None:
         _warm.preload(log)  # only build the task index (the server does, after an upgrade)
         return False
-    job = _fork.serve(opts.listen_fd, digest, opts.grace_s, log)
+    job = _fork.serve(opts.listen_fd, digest, opts.grace_s, log, preload_hf=opts.preload_hf)
     if job is None:
         return False
     reaper.become_subreaper()  # not inherited across fork

@@ -10,6 +10,7 @@ of the job (same argv, logging, outputs, exit code).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -38,6 +39,12 @@ PRELOAD = (
     "lm_eval.models.api_models",
     "lm_eval.models.openai_completions",
 )
+#: Imported ahead of the job too by a fork server that preloads for hf jobs
+#: (LMEVAL_FORK_PRELOAD_HF). Importing them starts no thread (no OpenMP or MKL pool: those
+#: start at the first parallel operation, which only the job runs; tokenizers' pool at the
+#: first batch encode, so a child never sees "process just got forked after parallelism"):
+#: the fork server still counts its threads before every fork, and sends a job cold if any.
+HF_PRELOAD = ("torch", "transformers", "lm_eval.models.huggingface")
 #: The line a fork server prints once it has preloaded: it is ready.
 READY = b"ready\n"
 
@@ -126,10 +133,12 @@ def preload(log: logging.Logger) -> None:
         patcher.preload()
 
 
-def import_modules(log: logging.Logger) -> Patcher | None:
-    """Import what every job needs; the task index's patcher, once lm_eval's tasks are
-    imported (None: fastrun is off, and the index is lm_eval's own)."""
-    for name in PRELOAD:
+def import_modules(log: logging.Logger, *, hf: str = "off") -> Patcher | None:
+    """Import what every job needs, and what hf jobs need as ``hf`` (auto, on, off) says; the
+    task index's patcher, once lm_eval's tasks are imported (None: fastrun is off, and the
+    index is lm_eval's own)."""
+    names = PRELOAD + HF_PRELOAD if preloads_hf(hf) else PRELOAD
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception as err:  # the job meets the same error in the same place, if at all
@@ -137,6 +146,14 @@ def import_modules(log: logging.Logger) -> Patcher | None:
     from lmeval_trio.harness.fastrun import _patch
 
     return _patch.active()
+
+
+def preloads_hf(mode: str) -> bool:
+    """Whether to import ``HF_PRELOAD``: auto means where torch is importable (found, not
+    imported: a job environment without torch must not pay for looking)."""
+    if mode == "auto":
+        return importlib.util.find_spec("torch") is not None
+    return mode == "on"
 
 
 def become(spec: Spec, log: logging.Logger) -> None:
