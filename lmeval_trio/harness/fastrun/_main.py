@@ -198,6 +198,9 @@ def _forked(opts: Options, digest: str, log: logging.Logger) -> bool:
     patcher = _patch.active()
     if job.vouched and patcher is not None:
         patcher.vouch()
+    disabled = _patch.disabled_message()
+    if disabled is not None:  # said in the fork server's log: the job's must say it too
+        log.warning("%s", disabled)
     _warm.become(job.spec, log)
     log.info(
         "warm start: forked by a fork server that started %.1f s before this job",

@@ -525,6 +525,12 @@ class Patcher:
 
 
 _installed: list[Patcher] = []
+_disabled: list[str] = []  # why fastrun fell back in this process (a fork server's jobs repeat it)
+
+
+def disabled_message() -> str | None:
+    """The "fastrun disabled: ..." line this process logged, if it fell back."""
+    return _disabled[-1] if _disabled else None
 
 
 def active() -> Patcher | None:
@@ -542,20 +548,24 @@ def on_index_module_loaded(module: ModuleType, cache_dir: Path, log: logging.Log
     except Unsupported as err:
         _warn_disabled(log, err)
     except Exception as err:
-        log.warning(
-            "fastrun disabled: unexpected %s while inspecting lm_eval (%s); "
-            "falling back to stock lm_eval task indexing",
-            type(err).__name__,
-            err,
+        _say_disabled(
+            log,
+            f"fastrun disabled: unexpected {type(err).__name__} while inspecting lm_eval "
+            f"({err}); falling back to stock lm_eval task indexing",
         )
 
 
 def _warn_disabled(log: logging.Logger, err: Unsupported) -> None:
-    log.warning(
-        "fastrun disabled: %s; falling back to stock lm_eval task indexing "
+    _say_disabled(
+        log,
+        f"fastrun disabled: {err}; falling back to stock lm_eval task indexing "
         "(slow start, identical results)",
-        err,
     )
+
+
+def _say_disabled(log: logging.Logger, message: str) -> None:
+    _disabled.append(message)
+    log.warning("%s", message)
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):
