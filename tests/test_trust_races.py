@@ -188,14 +188,16 @@ async def _one_operation(client: httpx.AsyncClient, roll: float, n: int) -> None
 
 
 async def _quiesce(supervisor: Supervisor) -> None:
-    """Until every surviving job that can have a slot runs (no dispatch in flight)."""
+    """Until every surviving job that can have a slot runs (no dispatch in flight): a job
+    holding a slot counts only once its Running record, with its pid, is stored."""
     with trio.fail_after(60):
         while True:
             version = supervisor.changed.version
             stats = supervisor.statistics()
             live = stats.queued + stats.running
             running = [r for r in await supervisor.store.select([JobStatus.RUNNING])]
-            if stats.running == min(live, stats.slots_total) and all(r.pid for r in running):
+            settled = len(running) == stats.running and all(r.pid for r in running)
+            if stats.running == min(live, stats.slots_total) and settled:
                 return
             await supervisor.changed.wait_past(version)
 

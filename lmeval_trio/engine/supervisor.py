@@ -120,6 +120,7 @@ class Supervisor:
         self.changed: Pulse = self.live.changed  # any job changed: for listings of all jobs
         self.faults = StoreFaults()
         self.creating: dict[int, trio.Event] = {}  # stored, not yet queued (resume copies)
+        self.submitting: set[trio.Event] = set()  # submissions storing or queuing a job
         self._wire_parts()
         self.sweeps = Sweeps(self)  # sweep operations (engine/sweeps.py)
         self.comparisons = Comparisons(self)  # comparisons of jobs (engine/comparisons.py)
@@ -388,20 +389,26 @@ class Supervisor:
         (``creating``), and a failure or cancellation on the way removes the record and
         folder again, so no Queued record is ever left without its place in the queue."""
         created = trio.Event()
+        self.submitting.add(created)  # before the row can exist: deletes wait for us
 
         def claim(stored: JobRecord) -> None:  # as it is stored: a delete waits for us
             self.creating[stored.id] = created
 
-        record = await self.admission.store_job(request, admitted, resumed_from, claim, in_sweep)
         try:
-            await self.admission.prepare_folder(record, admitted, resumed_from)
-            self.dispatcher.enqueue(record)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.discard(record)
-            raise
+            record = await self.admission.store_job(
+                request, admitted, resumed_from, claim, in_sweep
+            )
+            try:
+                await self.admission.prepare_folder(record, admitted, resumed_from)
+                self.dispatcher.enqueue(record)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.discard(record)
+                raise
+            finally:
+                del self.creating[record.id]
         finally:
-            del self.creating[record.id]
+            self.submitting.discard(created)
             created.set()
         return record
 
@@ -484,6 +491,7 @@ class Supervisor:
 
     async def delete(self, job_id: int) -> None:
         """Stop the job if it is active, then remove its record and files."""
+        await self._wait_submissions()
         await self.wait_created(job_id)
         record = await self.get(job_id)
         await self.delete_records([record])
@@ -491,11 +499,18 @@ class Supervisor:
     async def delete_all(self) -> int:
         """Delete the jobs that exist now (a snapshot): jobs submitted while these stop
         (each may take its grace) are not touched."""
-        for job_id in list(self.creating):
-            await self.wait_created(job_id)
-        records = await self.store.select()
+        boundary = await self.store.next_id()  # later submissions get later ids
+        await self._wait_submissions()
+        records = [r for r in await self.store.select() if r.id < boundary]
         await self.delete_records(records)
         return len(records)
+
+    async def _wait_submissions(self) -> None:
+        """Until the submissions under way now have queued their job (or undone it). A row
+        is stored (in a worker thread) before its submission can claim it, so a delete
+        that read it in between would race the submission's own folder and queue place."""
+        for created in list(self.submitting):
+            await created.wait()
 
     async def wait_created(self, job_id: int) -> None:
         """Until a submission that stored ``job_id`` has queued it (or undone it)."""
