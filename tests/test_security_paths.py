@@ -101,7 +101,7 @@ async def server_in(cwd: Path, data_dir: Path) -> AsyncIterator[str]:
         )
         assert proc.stderr is not None
         await wait_until_serving(proc.stderr)
-        nursery.start_soon(_drain, proc.stderr)
+        nursery.start_soon(_drain, proc.stderr, bytearray())
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

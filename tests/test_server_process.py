@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.conftest import CACHE_DIR, FAKE_LM_EVAL, SUPPORT, fake_job
 
 ROOT = Path(__file__).parent.parent
 HYPERCORN = Path(sys.executable).parent / "hypercorn"
+_LOG_KEEP_BYTES = 256 * 1024
 
 
 LAUNCH_FORMS = ("lmeval_trio.asgi:app", "lmeval_trio.asgi:create_app()")  # lazy, factory
@@ -54,6 +55,11 @@ class ServerProcess:
     proc: trio.Process
     url: str
     worker_pid: int
+    #: The server's stderr so far (its log, the last ``_LOG_KEEP_BYTES``): for failure messages.
+    log: bytearray = field(default_factory=bytearray)
+
+    def log_tail(self, max_chars: int = 6000) -> str:
+        return self.log.decode(errors="replace")[-max_chars:]
 
 
 def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -98,9 +104,10 @@ async def hypercorn_server(
         )
         assert proc.stderr is not None
         worker_pid = await _wait_until_serving(proc.stderr)
-        nursery.start_soon(_drain, proc.stderr)
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", worker_pid)
+        nursery.start_soon(_drain, proc.stderr, server.log)
         try:
-            yield ServerProcess(proc, f"http://127.0.0.1:{port}", worker_pid)
+            yield server
         finally:
             if proc.returncode is None:
                 with trio.CancelScope(shield=True):
@@ -120,9 +127,11 @@ async def _wait_until_serving(stderr: trio.abc.ReceiveStream) -> int:
     return int(found.group(1))
 
 
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
+async def _drain(stream: trio.abc.ReceiveStream, kept: bytearray) -> None:
+    """Read the server's log to its end (so it never blocks on a full pipe), keeping its tail."""
+    while chunk := await stream.receive_some():
+        kept += chunk
+        del kept[:-_LOG_KEEP_BYTES]
 
 
 async def _submit(client: httpx.AsyncClient, body: dict[str, Any]) -> int:
