@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,7 +21,17 @@ from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.app import create_app
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import TERMINAL, JobStatus
+from tests.browser.harness import (
+    BROWSER_MISSING,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    EXPECT_TIMEOUT_MS,
+    PageOpener,
+)
 from tests.support.stub_openai import StubHandle, start_stub
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 SUPPORT = Path(__file__).parent / "support"
 TASKS_DIR = SUPPORT / "tasks"
@@ -150,6 +160,31 @@ def stub() -> Iterator[StubHandle]:
         yield handle
     finally:
         handle.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """The system's Chromium, headless, one per test module (pages get contexts of their own);
+    where it is missing the test fails: only LMEVAL_TEST_REQUIRE_BROWSER=1 lets a browser test
+    run without it (see ``tests.browser.harness.needs_browser``)."""
+    if BROWSER_MISSING is not None:
+        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {BROWSER_MISSING}")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(chromium: Browser) -> Iterator[PageOpener]:
+    """``open_page(api_key=...)`` opens a page; the test fails on any uncaught page error."""
+    opener = PageOpener(chromium)
+    yield opener
+    opener.close()
+    assert not opener.errors, f"uncaught errors in the page: {opener.errors}"
 
 
 def pid_alive(pid: int) -> bool:
