@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -112,7 +113,7 @@ class Server:
     async def wait_status(self, job_id: int, *statuses: JobStatus) -> dict[str, Any]:
         """Wait (on the supervisor's change signal) until the job reaches a status."""
         wanted = set(statuses) or set(TERMINAL)
-        supervisor: Supervisor = self.app.extensions[SUPERVISOR_KEY]
+        supervisor = supervisor_of(self)
         with trio.fail_after(120):
             while True:
                 version = supervisor.changed.version
@@ -144,13 +145,26 @@ async def start_server(
     return urls[0], shutdown, app
 
 
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[Server]:
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Server]:
+    """The app for ``settings`` on a real hypercorn (127.0.0.1:0) and a client of it."""
     async with trio.open_nursery() as nursery:
         url, shutdown, app = await start_server(nursery, settings)
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             yield Server(url, client, app)
         shutdown.set()
+
+
+def supervisor_of(server: Server) -> Supervisor:
+    """The supervisor behind ``server`` (its state and change signal, for waits)."""
+    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    return supervisor
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    async with serving(settings) as served:
+        yield served
 
 
 @pytest.fixture
