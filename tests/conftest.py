@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,7 +22,17 @@ from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.app import create_app
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import TERMINAL, JobStatus
+from tests.browser.harness import (
+    BROWSER_MISSING,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    EXPECT_TIMEOUT_MS,
+    PageOpener,
+)
 from tests.support.stub_openai import StubHandle, start_stub
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 SUPPORT = Path(__file__).parent / "support"
 TASKS_DIR = SUPPORT / "tasks"
@@ -102,7 +113,7 @@ class Server:
     async def wait_status(self, job_id: int, *statuses: JobStatus) -> dict[str, Any]:
         """Wait (on the supervisor's change signal) until the job reaches a status."""
         wanted = set(statuses) or set(TERMINAL)
-        supervisor: Supervisor = self.app.extensions[SUPERVISOR_KEY]
+        supervisor = supervisor_of(self)
         with trio.fail_after(120):
             while True:
                 version = supervisor.changed.version
@@ -134,13 +145,26 @@ async def start_server(
     return urls[0], shutdown, app
 
 
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[Server]:
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Server]:
+    """The app for ``settings`` on a real hypercorn (127.0.0.1:0) and a client of it."""
     async with trio.open_nursery() as nursery:
         url, shutdown, app = await start_server(nursery, settings)
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             yield Server(url, client, app)
         shutdown.set()
+
+
+def supervisor_of(server: Server) -> Supervisor:
+    """The supervisor behind ``server`` (its state and change signal, for waits)."""
+    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    return supervisor
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    async with serving(settings) as served:
+        yield served
 
 
 @pytest.fixture
@@ -150,6 +174,31 @@ def stub() -> Iterator[StubHandle]:
         yield handle
     finally:
         handle.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """The system's Chromium, headless, one per test module (pages get contexts of their own);
+    where it is missing the test fails: only LMEVAL_TEST_REQUIRE_BROWSER=1 lets a browser test
+    run without it (see ``tests.browser.harness.needs_browser``)."""
+    if BROWSER_MISSING is not None:
+        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {BROWSER_MISSING}")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(chromium: Browser) -> Iterator[PageOpener]:
+    """``open_page(api_key=...)`` opens a page; the test fails on any uncaught page error."""
+    opener = PageOpener(chromium)
+    yield opener
+    opener.close()
+    assert not opener.errors, f"uncaught errors in the page: {opener.errors}"
 
 
 def pid_alive(pid: int) -> bool:

@@ -15,18 +15,13 @@ import os
 import re
 import shutil
 import sysconfig
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
 from lmeval_trio.config import Settings, SettingsError
-from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.runners import process
 from lmeval_trio.runners.confinement import Walls, abi_version
@@ -42,7 +37,8 @@ from tests.conftest import (
     Server,
     fake_job,
     make_settings,
-    start_server,
+    serving,
+    supervisor_of,
 )
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
@@ -79,20 +75,6 @@ def confined_settings(tmp_path: Path, **overrides: Any) -> Settings:
         **overrides,
     }
     return make_settings(tmp_path, **values)
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Server]:
-    async with trio.open_nursery() as nursery:
-        url, shutdown, app = await start_server(nursery, settings)
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            yield Server(url, client, app)
-        shutdown.set()
-
-
-def supervisor_of(server: Server) -> Supervisor:
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
-    return supervisor
 
 
 async def finished(server: Server, body: dict[str, Any]) -> JobRecord:

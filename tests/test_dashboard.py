@@ -23,10 +23,10 @@ import trio
 
 from lmeval_trio.http.dashboard import CONTENT_SECURITY_POLICY
 from tests.browser.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ServerThread,
-    chromium_missing,
+    BROWSER_MISSING,
+    PageOpener,
+    needs_browser,
+    served_app,
     wait_finished,
     wait_idle,
 )
@@ -42,7 +42,6 @@ from tests.conftest import (
 
 STATIC = Path(__file__).parents[1] / "lmeval_trio" / "http" / "static" / "dashboard"
 KEY = "dashboard-test-key"
-LAPTOP: ViewportSize = {"width": 1366, "height": 900}
 DASH = "\N{EN DASH}"  # the pager reads "1<en dash>25 of 40"
 REAL_RUN_TIMEOUT_MS = 120_000
 
@@ -84,13 +83,8 @@ def test_dashboard_files_reference_nothing_outside_the_server() -> None:
 
 # ---- browser tests ---------------------------------------------------------------------------
 
-_missing = chromium_missing()
-# CI sets this so that a missing browser fails the browser tests instead of skipping them.
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-browser_test = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-
-if _missing is None:
-    from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Page, expect
 
 
 @dataclass
@@ -122,56 +116,27 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     shots = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or root / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     settings = make_settings(root, api_keys=(KEY,), max_concurrency=4)
-    with (
-        ServerThread(settings) as server,
-        httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-        ) as client,
-    ):
+    with served_app(settings, api_key=KEY) as (url, client):
         response = client.post("/job", json={**DUMMY_JOB, "seed": "7"})
         assert response.status_code == 200, response.text
-        yield Dash(server.url, client, shots, root, seeded_job=response.json()["job_id"])
-        client.post("/jobs/stop")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        expect.set_options(timeout=15_000)
-        yield chromium
-        chromium.close()
-
-
-def _open(browser: Browser, dash: Dash, *, with_key: bool = True) -> Iterator[Page]:
-    context = browser.new_context(viewport=LAPTOP, accept_downloads=True)
-    if with_key:  # as if typed into the key dialog earlier in this tab
-        context.add_init_script(f"sessionStorage.setItem('lmeval-trio.api-key', {KEY!r})")
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+        yield Dash(url, client, shots, root, seeded_job=response.json()["job_id"])
 
 
 @pytest.fixture
-def page(browser: Browser, dash: Dash) -> Iterator[Page]:
-    yield from _open(browser, dash)
+def page(open_page: PageOpener, dash: Dash) -> Page:
+    return open_page(api_key=KEY)
 
 
 @pytest.fixture
-def keyless_page(browser: Browser, dash: Dash) -> Iterator[Page]:
-    yield from _open(browser, dash, with_key=False)
+def keyless_page(open_page: PageOpener, dash: Dash) -> Page:
+    return open_page()
 
 
 def _field_error(page: Page, name: str) -> Any:
     return page.locator(f'[data-error-for="{name}"]')
 
 
-@browser_test
+@needs_browser
 def test_key_prompt_then_errors_beside_their_fields(keyless_page: Page, dash: Dash) -> None:
     page = keyless_page
     page.goto(dash.url + "/")
@@ -206,7 +171,7 @@ def test_key_prompt_then_errors_beside_their_fields(keyless_page: Page, dash: Da
     assert dash.client.get("/jobs").json()["total"] == 1  # only the seeded job: nothing queued
 
 
-@browser_test
+@needs_browser
 def test_submit_real_job_from_form_and_watch_it_complete(page: Page, dash: Dash) -> None:
     page.goto(dash.url + "/#/new")
     page.fill("#f-model", "dummy")
@@ -264,7 +229,7 @@ def test_submit_real_job_from_form_and_watch_it_complete(page: Page, dash: Dash)
     dash.shot(page, "job-completed", full_page=True)
 
 
-@browser_test
+@needs_browser
 def test_progress_moves_live_in_the_table_and_on_the_job_page(page: Page, dash: Dash) -> None:
     gate = job_files(dash.fifo_dir) / "gate"
     os.mkfifo(gate)
@@ -299,7 +264,7 @@ def test_progress_moves_live_in_the_table_and_on_the_job_page(page: Page, dash: 
         os.close(writer)
 
 
-@browser_test
+@needs_browser
 def test_stop_resume_and_delete_from_the_job_page(page: Page, dash: Dash) -> None:
     page.goto(dash.url + "/#/new")
     expect(page.locator("#job-form[data-ready=true]")).to_be_visible()
@@ -340,7 +305,7 @@ def test_stop_resume_and_delete_from_the_job_page(page: Page, dash: Dash) -> Non
     assert dash.client.get(f"/job/{resumed}").status_code == 404
 
 
-@browser_test
+@needs_browser
 def test_compare_two_real_jobs_as_chart_table_and_csv(page: Page, dash: Dash) -> None:
     if dash.form_job is None:  # the form test did not run (-k): start the second run here
         dash.form_job = dash.submit({**DUMMY_JOB, "log_samples": True})
@@ -381,7 +346,7 @@ def test_compare_two_real_jobs_as_chart_table_and_csv(page: Page, dash: Dash) ->
     assert float(rows[0][f"job_{dash.seeded_job}_stderr"]) > 0
 
 
-@browser_test
+@needs_browser
 def test_filter_by_status_and_page_through_jobs(page: Page, dash: Dash) -> None:
     for _ in range(26):
         dash.submit(fake_job("env"))
@@ -407,6 +372,7 @@ def test_filter_by_status_and_page_through_jobs(page: Page, dash: Dash) -> None:
     expect(page.locator('.segmented [data-status="Completed"] .count')).to_have_text(str(total - 1))
 
 
+@needs_browser
 def test_swagger_ui_renders_offline(keyless_page: Page, dash: Dash) -> None:
     """/docs draws every route from local assets only (no CDN: this machine has no internet)."""
     requested: list[str] = []

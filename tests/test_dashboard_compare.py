@@ -4,18 +4,16 @@ mismatches, the paired comparison, the flipped documents side by side (paged), t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.browser.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ServerThread,
-    chromium_missing,
+    BROWSER_MISSING,
+    PageOpener,
+    needs_browser,
+    served_app,
     wait_finished,
 )
 from tests.conftest import make_settings
@@ -23,11 +21,9 @@ from tests.support.stub_openai import start_stub
 from tests.test_compare import COMPARE_TASKS, cmp_job
 
 KEY = "dashboard-compare-key"
-_missing = chromium_missing()
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-if _missing is None:
-    from playwright.sync_api import Page, expect, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Page, expect
 
 
 @pytest.fixture(scope="module")
@@ -42,38 +38,22 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, li
         cmp_job(stub, "stub-wrong-2-0"),
         cmp_job(stub, "stub-wrong-5-0", limit=20),
     ]
-    headers = {"Authorization": f"Bearer {KEY}"}
     try:
-        with (
-            ServerThread(settings) as server,
-            httpx.Client(base_url=server.url, headers=headers, timeout=60) as client,
-        ):
+        with served_app(settings, api_key=KEY) as (url, client):
             ids = [
                 client.post("/job", json=body).raise_for_status().json()["job_id"]
                 for body in bodies
             ]
             for job_id in ids:
                 assert wait_finished(client, job_id)["status"] == "Completed"
-            yield server.url, ids
+            yield url, ids
     finally:
         stub.close()
 
 
 @pytest.fixture
-def page(compared: tuple[str, list[int]]) -> Iterator[Page]:
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(accept_downloads=True)
-        context.add_init_script(f"sessionStorage.setItem('lmeval-trio.api-key', {KEY!r})")
-        expect.set_options(timeout=30_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
+def page(open_page: PageOpener, compared: tuple[str, list[int]]) -> Page:
+    return open_page(api_key=KEY)
 
 
 def test_compare_page_marks_significance_mismatches_and_flips(

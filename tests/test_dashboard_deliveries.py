@@ -11,19 +11,17 @@ import httpx
 import pytest
 
 from tests.browser.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ServerThread,
-    chromium_missing,
+    BROWSER_MISSING,
+    PageOpener,
+    needs_browser,
+    served_app,
     wait_finished,
 )
 from tests.conftest import fake_job, make_settings
 
-_missing = chromium_missing()
-pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
-
-if _missing is None:
-    from playwright.sync_api import expect, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import expect
 
 
 def settled_deliveries(client: httpx.Client, job_id: int) -> list[dict[str, Any]]:
@@ -41,12 +39,12 @@ def settled_deliveries(client: httpx.Client, job_id: int) -> list[dict[str, Any]
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, httpx.Client]]:
     settings = make_settings(tmp_path, webhook_allowed_hosts=("127.0.0.1",))
-    with ServerThread(settings) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        yield server.url, client
+    with served_app(settings) as served:
+        yield served
 
 
 def test_the_job_page_shows_each_delivery_and_its_last_attempt(
-    served: tuple[str, httpx.Client],
+    open_page: PageOpener, served: tuple[str, httpx.Client]
 ) -> None:
     url, client = served
     # The server's own /healthz takes no POST: a real attempt, answered 405, final.
@@ -55,19 +53,13 @@ def test_the_job_page_shows_each_delivery_and_its_last_attempt(
     wait_finished(client, job_id)
     (delivery,) = settled_deliveries(client, job_id)
     assert delivery["status"] == "failed"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{url}/#/job/{job_id}")
-        card = page.locator("#job-deliveries")
-        expect(card).to_be_visible(timeout=15_000)
-        row = page.locator("#deliveries-table tbody tr")
-        expect(row).to_have_count(1)
-        expect(row).to_contain_text("job.completed")
-        expect(row).to_contain_text("failed")
-        expect(row).to_contain_text("HTTP 405")
-        expect(row).not_to_contain_text("/healthz")  # origins only
-        browser.close()
-    assert not errors, errors
+    page = open_page()
+    page.goto(f"{url}/#/job/{job_id}")
+    card = page.locator("#job-deliveries")
+    expect(card).to_be_visible(timeout=15_000)
+    row = page.locator("#deliveries-table tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("job.completed")
+    expect(row).to_contain_text("failed")
+    expect(row).to_contain_text("HTTP 405")
+    expect(row).not_to_contain_text("/healthz")  # origins only

@@ -4,7 +4,6 @@ after a transient failure will try again; the card follows the job live."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, ServerThread, chromium_missing, events
+from tests.browser.harness import BROWSER_MISSING, PageOpener, events, needs_browser, served_app
 from tests.conftest import fake_job, job_files, make_settings
 
 KEY = "dashboard-retries-key"
 REFUSED = "requests.exceptions.ConnectionError: Connection refused"
-_missing = chromium_missing()
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-if _missing is None:
-    from playwright.sync_api import Page, expect, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Page, expect
 
 
 @pytest.fixture
@@ -30,31 +27,13 @@ def served(tmp_path: Path) -> Iterator[tuple[str, httpx.Client, Path]]:
     settings = make_settings(tmp_path, api_keys=(KEY,), retry_base_delay_s=600)
     error = job_files(tmp_path) / "error.txt"
     error.write_text(REFUSED + "\n")
-    with (
-        ServerThread(settings) as server,
-        httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-        ) as client,
-    ):
-        yield server.url, client, error
-        client.post("/jobs/stop")
+    with served_app(settings, api_key=KEY) as (url, client):
+        yield url, client, error
 
 
 @pytest.fixture
-def page() -> Iterator[Page]:
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context()
-        context.add_init_script(f"sessionStorage.setItem('lmeval-trio.api-key', {KEY!r})")
-        expect.set_options(timeout=30_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
+def page(open_page: PageOpener) -> Page:
+    return open_page(api_key=KEY)
 
 
 def _waiting(client: httpx.Client, job_id: int) -> dict[str, Any]:

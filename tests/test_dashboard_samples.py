@@ -6,30 +6,26 @@ the samples file read here; a job without samples says how to get them."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.browser.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ServerThread,
-    chromium_missing,
+    BROWSER_MISSING,
+    PageOpener,
+    needs_browser,
+    served_app,
     wait_finished,
 )
 from tests.conftest import DUMMY_JOB, job_files, make_settings
 from tests.support.stub_openai import start_stub
 from tests.test_samples import write_task
 
-_missing = chromium_missing()
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-if _missing is None:
-    from playwright.sync_api import Page, expect, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Page, expect
 
 
 class Served:
@@ -57,10 +53,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "include_path": str(write_task(job_files(root) / "tasks")),
         "log_samples": True,
     }
-    with (
-        ServerThread(make_settings(root)) as server,
-        httpx.Client(base_url=server.url, timeout=60) as client,
-    ):
+    with served_app(make_settings(root)) as (url, client):
         ids = []
         for body in (logged, DUMMY_JOB):
             response = client.post("/job", json=body)
@@ -68,23 +61,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             ids.append(response.json()["job_id"])
         for job_id in ids:
             assert wait_finished(client, job_id)["status"] == "Completed"
-        yield Served(server.url, root / "data", *ids)
+        yield Served(url, root / "data", *ids)
     stub.close()
 
 
 @pytest.fixture
-def page(served: Served) -> Iterator[Page]:
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        expect.set_options(timeout=30_000)
-        page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
+def page(open_page: PageOpener, served: Served) -> Page:
+    return open_page()
 
 
 DASH = "\N{EN DASH}"  # between the first and last number of a range

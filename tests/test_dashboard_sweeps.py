@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,52 +10,26 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ServerThread,
-    chromium_missing,
-    wait_idle,
-)
+from tests.browser.harness import BROWSER_MISSING, PageOpener, needs_browser, served_app, wait_idle
 from tests.conftest import DUMMY_JOB, fake_job, make_settings
 
 KEY = "dashboard-sweeps-key"
-_missing = chromium_missing()
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-if _missing is None:
-    from playwright.sync_api import Page, expect, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Page, expect
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, httpx.Client]]:
     root = tmp_path_factory.mktemp("dashboard-sweeps")
     settings = make_settings(root, api_keys=(KEY,), max_concurrency=2)
-    with (
-        ServerThread(settings) as server,
-        httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-        ) as client,
-    ):
-        yield server.url, client
-        client.post("/jobs/stop")
+    with served_app(settings, api_key=KEY) as served:
+        yield served
 
 
 @pytest.fixture
-def page(served: tuple[str, httpx.Client]) -> Iterator[Page]:
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(accept_downloads=True)
-        context.add_init_script(f"sessionStorage.setItem('lmeval-trio.api-key', {KEY!r})")
-        expect.set_options(timeout=30_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
+def page(open_page: PageOpener, served: tuple[str, httpx.Client]) -> Page:
+    return open_page(api_key=KEY)
 
 
 def _sweep(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:

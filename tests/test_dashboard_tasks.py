@@ -4,21 +4,17 @@ real server on a thread; see tests/browser/harness.py)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, ServerThread, chromium_missing
+from tests.browser.harness import BROWSER_MISSING, PageOpener, ServerThread, needs_browser
 from tests.conftest import TASKS_DIR, make_settings
 
-_missing = chromium_missing()
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-
-if _missing is None:
-    from playwright.sync_api import Page, expect, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Page, expect
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +25,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(url: str) -> Iterator[Page]:
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        expect.set_options(timeout=30_000)
-        context = browser.new_context(viewport={"width": 1366, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
+def page(open_page: PageOpener, url: str) -> Page:
+    return open_page()
 
 
 def test_tasks_page_searches_and_shows_a_config(page: Page, url: str) -> None:

@@ -24,7 +24,6 @@ import pytest
 import trio
 
 from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.runners import process
 from lmeval_trio.runners.environment import local_environment
@@ -38,7 +37,8 @@ from tests.conftest import (
     fake_job,
     job_files,
     make_settings,
-    start_server,
+    serving,
+    supervisor_of,
 )
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
@@ -51,17 +51,8 @@ LOOK_AGAIN_S = 0.05
 
 @pytest.fixture
 async def forking(tmp_path: Path) -> AsyncIterator[Server]:
-    settings = make_settings(tmp_path, fork_servers=2)
-    async with trio.open_nursery() as nursery:
-        url, shutdown, app = await start_server(nursery, settings)
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            yield Server(url, client, app)
-        shutdown.set()
-
-
-def supervisor_of(server: Server) -> Supervisor:
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
-    return supervisor
+    async with serving(make_settings(tmp_path, fork_servers=2)) as server:
+        yield server
 
 
 async def fork_server_ready(supervisor: Supervisor, env_vars: dict[str, str] | None = None) -> int:

@@ -4,29 +4,25 @@ and no request leaves the page (the report is self-contained)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.browser.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ServerThread,
-    chromium_missing,
+    BROWSER_MISSING,
+    PageOpener,
+    needs_browser,
+    served_app,
     wait_finished,
 )
 from tests.conftest import TASKS_DIR, job_files, make_settings
 
-_missing = chromium_missing()
-_required = os.environ.get("LMEVAL_TEST_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(_missing is not None and not _required, reason=_missing or "")
-if _missing is None:
-    from playwright.sync_api import Dialog, sync_playwright
+pytestmark = needs_browser
+if BROWSER_MISSING is None:
+    from playwright.sync_api import Dialog
 
 EVIL_TASK = "evil<img src=x onerror=alert(1)>"
 EVIL_ARG = "</style><script>alert(2)</script>"
@@ -54,7 +50,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
         "include_path": str(evil_tasks(root)),
         "log_samples": True,
     }
-    with ServerThread(settings) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    with served_app(settings) as (url, client):
         ids = []
         for shots in (0, 1):
             response = client.post("/job", json={**body, "num_fewshot": shots})
@@ -63,54 +59,52 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
         for job_id in ids:
             job = wait_finished(client, job_id)
             assert job["status"] == "Completed", job["reason"]
-        yield server.url, ids
+        yield url, ids
 
 
-def render(url: str) -> dict[str, Any]:
+def render(open_page: PageOpener, url: str) -> dict[str, Any]:
     """Open ``url`` in Chromium; every request the page made, dialogs, and what it shows."""
-    if _missing is not None:
-        pytest.fail(f"LMEVAL_TEST_REQUIRE_BROWSER=1 but {_missing}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        requests: list[str] = []
-        dialogs: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
+    page = open_page()
+    requests: list[str] = []
+    dialogs: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
 
-        def on_dialog(dialog: Dialog) -> None:
-            dialogs.append(dialog.message)
-            dialog.dismiss()
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
 
-        page.on("dialog", on_dialog)
-        response = page.goto(url)
-        assert response is not None and response.status == 200
-        page.wait_for_load_state("networkidle")
-        seen = {
-            "requests": requests,
-            "dialogs": dialogs,
-            "text": page.inner_text("body"),
-            "scripts": page.locator("script").count(),
-            "images": page.locator("img").count(),
-            "bars": page.locator("svg rect").count(),
-            "policy": response.headers.get("content-security-policy", ""),
-        }
-        browser.close()
-    return seen
+    page.on("dialog", on_dialog)
+    response = page.goto(url)
+    assert response is not None and response.status == 200
+    page.wait_for_load_state("networkidle")
+    return {
+        "requests": requests,
+        "dialogs": dialogs,
+        "text": page.inner_text("body"),
+        "scripts": page.locator("script").count(),
+        "images": page.locator("img").count(),
+        "bars": page.locator("svg rect").count(),
+        "policy": response.headers.get("content-security-policy", ""),
+    }
 
 
-def test_job_report_is_self_contained_and_escaped(reports: tuple[str, list[int]]) -> None:
+def test_job_report_is_self_contained_and_escaped(
+    open_page: PageOpener, reports: tuple[str, list[int]]
+) -> None:
     url, (first, _second) = reports
-    seen = render(f"{url}/job/{first}/report")
+    seen = render(open_page, f"{url}/job/{first}/report")
     assert seen["requests"] == [f"{url}/job/{first}/report"]  # nothing but the page itself
     assert seen["dialogs"] == [] and seen["scripts"] == 0 and seen["images"] == 0
     assert EVIL_TASK in seen["text"] and EVIL_ARG in seen["text"]  # shown as text
     assert seen["bars"] >= 1 and "default-src 'none'" in seen["policy"]
 
 
-def test_compare_report_is_self_contained_and_escaped(reports: tuple[str, list[int]]) -> None:
+def test_compare_report_is_self_contained_and_escaped(
+    open_page: PageOpener, reports: tuple[str, list[int]]
+) -> None:
     url, (first, second) = reports
     page_url = f"{url}/compare/report?jobs={first},{second}"
-    seen = render(page_url)
+    seen = render(open_page, page_url)
     assert seen["requests"] == [page_url]
     assert seen["dialogs"] == [] and seen["scripts"] == 0 and seen["images"] == 0
     assert EVIL_TASK in seen["text"] and EVIL_ARG in seen["text"]

@@ -99,6 +99,23 @@ async def test_a_job_killed_by_sigkill_it_was_not_sent_is_retried(tmp_path: Path
     assert [a["retried"] for a in final.attempt_history] == [True, False]
 
 
+async def test_a_stop_during_a_later_attempt_stops_the_job(tmp_path: Path) -> None:
+    """The first attempt's own exit is no end of the second: the stopped second attempt
+    leaves the job Stopped, not Failed with the first attempt's exit code."""
+    settings = make_settings(tmp_path, retry_base_delay_s=0.01)
+    body = _failing(tmp_path, REFUSED, max_attempts=2)
+    marker = job_files(tmp_path) / "failed-once"
+    body["env_vars"].update(FAKE_MODE="exit_once", FAKE_MARKER=str(marker))
+    async with Supervisor(settings) as supervisor:
+        record = await supervisor.submit(body)
+        await _until(supervisor, record.id, lambda r: r.attempts == 2 and r.pid is not None)
+        await supervisor.stop(record.id)
+        final = await supervisor.wait(record.id)
+    assert final.status is JobStatus.STOPPED and final.reason == "stopped by request"
+    assert final.attempts == 2 and final.exit_code != 1
+    assert [a["retried"] for a in final.attempt_history] == [True, False]
+
+
 @pytest.mark.parametrize("how", ["stop", "delete"])
 async def test_stop_or_delete_during_the_back_off_ends_the_wait_at_once(
     tmp_path: Path, how: str

@@ -21,7 +21,6 @@ import httpx
 import pytest
 import trio
 
-from lmeval_trio.config import Settings
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners import process
 from tests.conftest import (
@@ -29,24 +28,14 @@ from tests.conftest import (
     FAKE_LM_EVAL,
     SUPPORT,
     TASKS_DIR,
-    Server,
     fake_job,
     make_settings,
-    start_server,
+    serving,
 )
 from tests.test_server_process import HYPERCORN, ROOT, _drain, _environment, _free_port
 from tests.test_server_process import _wait_until_serving as wait_until_serving
 
 DATA_DIR_RULE = "server's own files"
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Server]:
-    async with trio.open_nursery() as nursery:
-        url, shutdown, app = await start_server(nursery, settings)
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            yield Server(url, client, app)
-        shutdown.set()
 
 
 async def refused(client: httpx.AsyncClient, body: dict[str, Any], field: str) -> str:

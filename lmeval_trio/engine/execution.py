@@ -26,7 +26,14 @@ import trio
 from lmeval_trio.config import Settings
 from lmeval_trio.engine import retries
 from lmeval_trio.engine.dispatch import Dispatcher
-from lmeval_trio.engine.live import LiveJob, LiveJobs, StopReason, StoreFaults, log
+from lmeval_trio.engine.live import (
+    LiveJob,
+    LiveJobs,
+    NaturalEnd,
+    StopReason,
+    StoreFaults,
+    log,
+)
 from lmeval_trio.engine.metrics import Metrics
 from lmeval_trio.engine.retention import Retention
 from lmeval_trio.engine.slots import Slots
@@ -162,7 +169,7 @@ class Execution:
         live.scope = trio.CancelScope()
         live.progress = ProgressTracker()
         live.timed_out = live.transient = False
-        live.ended_clock = None
+        live.natural_end = None  # the last attempt's exit is no end of the next one
         self.live.fire(live)
 
     async def _end_waiting(self, live: LiveJob) -> None:
@@ -224,10 +231,11 @@ class Execution:
                     returncode = await self._run_with_logs(live, env)
                 # A limit reached after the process ended on its own (while its logs
                 # closed) is no timeout: the job's own exit stands.
-                ended_in_time = live.ended_clock is not None and live.ended_clock < limit.deadline
-                live.timed_out = limit.cancelled_caught and not ended_in_time
-                if returncode is None and ended_in_time:
-                    returncode = live.exited_with
+                ended = live.natural_end
+                in_time = ended if ended is not None and ended.before(limit.deadline) else None
+                live.timed_out = limit.cancelled_caught and in_time is None
+                if returncode is None and in_time is not None:
+                    returncode = in_time.exit_code
             except process.SpawnError as error:
                 return JobStatus.FAILED, {
                     "reason": f"could not start: {error}",
@@ -305,9 +313,8 @@ class Execution:
                         live.record, env, stdout, stderr, task_status=task_status
                     )
                 result.append(code)
-                live.ended_clock = trio.current_time()
                 if live.stop_reason is None:  # its own end: a later stop must not hide it
-                    live.exited_with = code
+                    live.natural_end = NaturalEnd(code, trio.current_time())
                 nursery.cancel_scope.cancel()  # the job is over: stop the flusher
 
             started: Started = await nursery.start(child)
@@ -341,8 +348,8 @@ class Execution:
     async def _outcome(
         self, live: LiveJob, returncode: int | None
     ) -> tuple[JobStatus, dict[str, Any]]:
-        if live.exited_with is not None:  # ended on its own before any stop or shutdown
-            returncode, stop_reason = live.exited_with, None
+        if live.natural_end is not None:  # ended on its own before any stop or shutdown
+            returncode, stop_reason = live.natural_end.exit_code, None
         else:
             stop_reason = live.stop_reason
         fields: dict[str, Any] = {"exit_code": returncode, "finished_at": utc_now()}

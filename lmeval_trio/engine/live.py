@@ -29,6 +29,21 @@ class StopReason(enum.Enum):
     SHUTDOWN = "interrupted: the server shut down while this job ran"
 
 
+@dataclass(frozen=True)
+class NaturalEnd:
+    """An attempt's process that exited on its own, before any stop or shutdown asked it to:
+    its exit code and when, one record so that the two cannot disagree. The time decides
+    whether a time limit reached meanwhile (while its logs closed) was a timeout: it was not
+    if the process had already ended."""
+
+    exit_code: int
+    clock: float  # trio time the process ended
+
+    def before(self, deadline: float) -> bool:
+        """Whether the process had ended before ``deadline`` (trio time)."""
+        return self.clock < deadline
+
+
 @dataclass(eq=False)
 class LiveJob:
     """In-memory state of a queued or running job."""
@@ -41,8 +56,7 @@ class LiveJob:
     stop_reason: StopReason | None = None
     reattach: bool = False  # still running elsewhere from before a restart: follow it
     slot_granted_at: float = 0.0  # trio clock, for the dispatch latency metric
-    exited_with: int | None = None  # exit code of a process that ended before any stop
-    ended_clock: float | None = None  # trio time this attempt's process ended, if it did
+    natural_end: NaturalEnd | None = None  # this attempt's process exited on its own
     timed_out: bool = False  # this attempt ran past its time limit (and was stopped)
     transient: bool = False  # this attempt failed in a way another attempt may not
     _dispatched: bool = field(default=False, init=False, repr=False)

@@ -63,6 +63,19 @@ def ascii_int(raw: str) -> int | None:
     return int(raw) if _ASCII_INT.fullmatch(raw) else None
 
 
+def text_arg(name: str, max_chars: int) -> str | None:
+    """A text parameter, or None when absent or empty; at most ``max_chars``, and no NUL
+    (no task, filter, metric or searched text holds one)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > max_chars:
+        raise InvalidParameter("query", name, f"longer than {max_chars} characters")
+    if "\0" in raw:
+        raise InvalidParameter("query", name, "holds a NUL character")
+    return raw
+
+
 def choice_arg(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = request.args.get(name, default)
     if raw not in choices:

@@ -11,7 +11,7 @@ from quart_schema import document_querystring, document_response, tag
 from lmeval_trio.engine.samples import MAX_LIMIT, SamplesQuery
 from lmeval_trio.errors import InvalidParameter
 from lmeval_trio.http import schemas
-from lmeval_trio.http.params import bool_arg, int_arg, supervisor
+from lmeval_trio.http.params import bool_arg, int_arg, supervisor, text_arg
 
 MAX_TEXT_CHARS = 200
 MAX_CURSOR_CHARS = 40
@@ -61,30 +61,18 @@ def blueprint() -> Blueprint:
 
 
 def _query() -> SamplesQuery:
-    cursor = _text("cursor", MAX_CURSOR_CHARS)
+    cursor = text_arg("cursor", MAX_CURSOR_CHARS)
     offset = int_arg("offset", None, minimum=0, maximum=2**62)
     if cursor is not None and offset is not None:
         raise InvalidParameter("query", "cursor", "give a cursor or an offset, not both")
     correct = bool_arg("correct", False) if request.args.get("correct") else None
     return SamplesQuery(
-        task=_text("task", MAX_TEXT_CHARS),
+        task=text_arg("task", MAX_TEXT_CHARS),
         limit=int_arg("limit", 20, minimum=1, maximum=MAX_LIMIT) or 20,
         cursor=cursor,
         offset=offset,
         correct=correct,
-        q=_text("q", MAX_TEXT_CHARS),
-        filter=_text("filter", MAX_TEXT_CHARS),
-        metric=_text("metric", MAX_TEXT_CHARS),
+        q=text_arg("q", MAX_TEXT_CHARS),
+        filter=text_arg("filter", MAX_TEXT_CHARS),
+        metric=text_arg("metric", MAX_TEXT_CHARS),
     )
-
-
-def _text(name: str, max_chars: int) -> str | None:
-    """A text parameter; empty means absent."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    if len(raw) > max_chars:
-        raise InvalidParameter("query", name, f"longer than {max_chars} characters")
-    if "\0" in raw:
-        raise InvalidParameter("query", name, "holds a NUL character")
-    return raw

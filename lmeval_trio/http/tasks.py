@@ -12,7 +12,7 @@ from lmeval_trio.engine import task_checks
 from lmeval_trio.errors import InvalidParameter
 from lmeval_trio.http import schemas
 from lmeval_trio.http.errors import error_response
-from lmeval_trio.http.params import int_arg, supervisor
+from lmeval_trio.http.params import int_arg, supervisor, text_arg
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -46,11 +46,11 @@ def blueprint() -> Blueprint:
     async def list_tasks() -> Response:
         """Search the catalog: lm-eval's own tasks, groups and tags, or (include_path) only
         those of the given task folders, judged by the same path policy as a job."""
-        query = _text_arg("q", MAX_QUERY_CHARS)
-        kind = _text_arg("kind", 10)
+        query = text_arg("q", MAX_QUERY_CHARS)
+        kind = text_arg("kind", 10)
         if kind is not None and kind not in ("task", "group", "tag"):
             raise InvalidParameter("query", "kind", "expected one of task, group, tag")
-        output_type = _text_arg("output_type", MAX_QUERY_CHARS)
+        output_type = text_arg("output_type", MAX_QUERY_CHARS)
         limit = int_arg("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE) or DEFAULT_PAGE
         offset = int_arg("offset", 0, minimum=0, maximum=2**62) or 0
         catalog = await task_checks.listing_catalog(supervisor(), _folders())
@@ -92,17 +92,6 @@ def _not_found(name: str, close: list[str]) -> Response:
 
 def _quoted(name: str) -> str:
     return repr(name if len(name) <= 100 else name[:100] + "...")
-
-
-def _text_arg(name: str, max_chars: int) -> str | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    if len(raw) > max_chars:
-        raise InvalidParameter("query", name, f"longer than {max_chars} characters")
-    if "\0" in raw:
-        raise InvalidParameter("query", name, "holds a NUL character")
-    return raw
 
 
 def _folders() -> list[str]:

@@ -13,10 +13,10 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 
@@ -318,11 +318,7 @@ class JobStore:
         return await self._run(self._sweep_jobs, list(sweep_ids))
 
     def _sweep_jobs(self, sweep_ids: list[int]) -> list[JobRecord]:
-        found: list[JobRecord] = []
-        for start in range(0, len(sweep_ids), _ID_CHUNK):
-            chunk = sweep_ids[start : start + _ID_CHUNK]
-            sql = f"SELECT * FROM jobs WHERE sweep_id IN ({','.join('?' * len(chunk))}) ORDER BY id"
-            found.extend(_record(row) for row in self.conn.execute(sql, chunk))
+        found = [_record(row) for row in _jobs_where_in(self.conn, "sweep_id", sweep_ids)]
         return sorted(found, key=lambda r: r.id)
 
     async def sweep_limits(self) -> dict[int, int]:
@@ -526,14 +522,8 @@ class JobStore:
         return await self._run(self._get_many, list(job_ids))
 
     def _get_many(self, job_ids: list[int]) -> list[Versioned]:
-        found: list[Versioned] = []
-        for start in range(0, len(job_ids), _ID_CHUNK):
-            chunk = job_ids[start : start + _ID_CHUNK]
-            sql = f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(chunk))})"
-            found.extend(
-                Versioned(row["version"], _record(row)) for row in self.conn.execute(sql, chunk)
-            )
-        return found
+        rows = _jobs_where_in(self.conn, "id", job_ids)
+        return [Versioned(row["version"], _record(row)) for row in rows]
 
     async def stamp(self) -> tuple[int, int]:
         """A value that changes whenever any row changes: our own writes (trigger work
@@ -597,6 +587,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
         # executescript commits first, so the whole step is one script: all or nothing.
         conn.executescript(
             f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; PRAGMA user_version={number + 1}; COMMIT;"
+        )
+
+
+def _jobs_where_in(
+    conn: sqlite3.Connection, column: Literal["id", "sweep_id"], values: list[int]
+) -> Iterator[sqlite3.Row]:
+    """The job rows whose ``column`` is one of ``values`` (in no set order), asked
+    ``_ID_CHUNK`` values at a time: SQLite bounds the variables of one statement."""
+    for start in range(0, len(values), _ID_CHUNK):
+        chunk = values[start : start + _ID_CHUNK]
+        yield from conn.execute(
+            f"SELECT * FROM jobs WHERE {column} IN ({','.join('?' * len(chunk))})", chunk
         )
 
 

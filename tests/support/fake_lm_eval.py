@@ -6,6 +6,7 @@ The request's ``env_vars`` choose the behaviour (FAKE_MODE):
   env_block  print them too, then wait until killed
   exit     print argv, write the line in the file FAKE_ERROR_FILE (default: a ValueError
            line) to stderr, exit with FAKE_CODE
+  exit_once  like exit when FAKE_MARKER does not exist yet (and create it), else like block
   oom      kill itself with SIGKILL, as the OOM killer would
   flood    write FAKE_MB megabytes of tqdm-style redraws to stderr (some stdout), exit 0
   block    print "ready", then wait for stdin-less eternity (killed by SIGTERM)
@@ -31,6 +32,10 @@ import time
 
 def main() -> None:
     mode = os.environ.get("FAKE_MODE", "env")
+    if mode == "exit_once":  # fail the first time, block when run again
+        marker = os.environ["FAKE_MARKER"]
+        mode = "block" if os.path.exists(marker) else "exit"
+        open(marker, "a").close()
     if mode in ("env", "env_block"):
         print(json.dumps({"env": dict(os.environ), "argv": sys.argv, "cwd": os.getcwd()}))
         sys.stdout.flush()
