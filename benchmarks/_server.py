@@ -35,12 +35,15 @@ START_TIMEOUT_S = 120.0
 
 
 class LogWatch:
-    """Counts the server's "fork server ... ready" log lines as its stderr is drained."""
+    """Counts the server's "fork server ... ready" log lines as its stderr is drained, and
+    notes its "ready for jobs" line (caches prepared, task catalog loaded)."""
 
     _READY = re.compile(rb"fork server \d+ ready in ")
+    _JOBS_READY = b"ready for jobs: "
 
     def __init__(self) -> None:
         self.warm_ready = 0
+        self.jobs_ready = trio.Event()
         self._tail = b""
         self._changed = trio.Event()
 
@@ -48,6 +51,8 @@ class LogWatch:
         lines = (self._tail + chunk).split(b"\n")
         self._tail = lines.pop()
         found = sum(1 for line in lines if self._READY.search(line))
+        if any(self._JOBS_READY in line for line in lines):
+            self.jobs_ready.set()
         if found:
             self.warm_ready += found
             self._changed.set()

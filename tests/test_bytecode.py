@@ -48,3 +48,26 @@ async def test_the_server_prepares_the_caches_jobs_only_read(
         with trio.fail_after(PREPARE_GUARD_S):
             await again.caches_prepared.wait()
     assert "compiling the environment's bytecode" not in caplog.text  # nothing changed
+
+
+async def test_ready_for_jobs_once_the_fork_server_preloaded_the_index_it_built(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a fresh cache the default fork server builds and caches the task index as it
+    preloads: the server reuses it rather than building it again beside it, and says it is
+    ready for jobs only once that fork server is ready and the task catalog is loaded."""
+    cache = tmp_path / "server-cache"
+    settings = make_settings(tmp_path, cache_dir=cache, fork_servers=1, check_tasks=True)
+    caplog.set_level(logging.INFO, logger="lmeval_trio")
+    async with Supervisor(settings) as supervisor:
+        with trio.fail_after(PREPARE_GUARD_S):
+            await supervisor.ready_for_jobs.wait()
+        stats = supervisor.statistics()
+        assert stats.caches_ready
+        assert [server.ready for server in stats.fork_servers] == [True]
+        catalog = await supervisor.catalogs.builtin()
+        assert catalog.get("arc_easy") is not None
+    check_prepared(cache)
+    assert "compiling the environment's bytecode" in caplog.text  # a fresh cache: changed
+    assert "building the task index for jobs" not in caplog.text
+    assert "ready for jobs: bytecode compiled, fork server preloaded" in caplog.text

@@ -1034,6 +1034,23 @@ def test_tree_watch_vouches_only_for_an_unchanged_tree(tmp_path: Path) -> None:
         watch.close_in_child()
 
 
+def test_folder_watch_covers_its_folders_not_below(tmp_path: Path) -> None:
+    """The import snapshot's watch: a change in a watched folder ends its vouching (then the
+    snapshot stats every file); one in a folder below it, or a ``__pycache__`` added, does not
+    (each imported file's own folder is watched, so nothing imported lives below)."""
+    from lmeval_trio.harness.fastrun._watch import FolderWatch
+
+    (tmp_path / "below").mkdir()
+    watch = FolderWatch([str(tmp_path)])
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "below" / "other.py").write_text("")
+    assert watch.unchanged()
+    (tmp_path / "module.py").write_text("X = 1\n")
+    assert not watch.unchanged()
+    watch.close_in_child()
+    assert not FolderWatch([str(tmp_path / "missing")]).unchanged()  # cannot vouch
+
+
 # ------------------------------------------------------------ fork servers that preload hf
 
 HF_TASKS = Path(__file__).parent / "support" / "tasks"

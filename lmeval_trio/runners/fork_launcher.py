@@ -18,20 +18,33 @@ ordinary command) in place. It says what happened on ``--info-fd`` (``pid PID`` 
 ``cold REASON``, one line) for the server's log, never on the job's own output.
 
 Standard library only, run with ``-I -S``: it starts in ~10 ms and imports nothing from the job's
-folder. The server imports ``environment_key`` from here, so both sides digest alike.
+folder, nor any module Python has not loaded at start-up anyway. The server imports
+``environment_key`` from here, so both sides digest alike.
 """
 
 from __future__ import annotations
 
-import array
-import contextlib
-import hashlib
+# Only modules Python has loaded at start-up, or built in: ``signal``, ``socket``, ``hashlib``,
+# ``array`` and ``typing`` would cost ~60 ms here (enum, OpenSSL's libcrypto), paid by every
+# job between its dispatch and its fork. ``_signal``, ``_socket`` and ``_sha256`` are what
+# those modules wrap (the type checker reads the public ones).
+import _socket as socket
 import os
-import signal
-import socket
 import sys
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Mapping, Sequence
+    from hashlib import sha256
+    from typing import NoReturn
+else:
+    import _signal as signal
+
+    if sys.version_info >= (3, 12):
+        from _sha2 import sha256
+    else:
+        from _sha256 import sha256
 
 #: Signals that ask the job to stop: passed on to its process group.
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -44,7 +57,7 @@ USAGE = "usage: fork_launcher.py --socket=NAME --info-fd=FD --spec=JSON -- COMMA
 
 def environment_key(env: Mapping[str, str]) -> str:
     """Identifies an environment exactly (values included), without keeping its secrets."""
-    digest = hashlib.sha256()
+    digest = sha256()
     for name, value in sorted(env.items()):
         digest.update(os.fsencode(name) + b"\0" + os.fsencode(value) + b"\0")
     return digest.hexdigest()
@@ -97,8 +110,10 @@ class Launcher:
 
 
 def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:  # noqa: SIM105 (contextlib is not loaded at start-up)
         os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _die_of(signum: int) -> NoReturn:
@@ -126,7 +141,7 @@ def connect(name: str, spec: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect("\0" + name)
-        fds = array.array("i", [0, 1, 2])
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # C ints
         sock.sendmsg([request(spec)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
     except BaseException:
         sock.close()

@@ -87,6 +87,7 @@ class ForkServer:
     proc: trio.Process | None = None
     ready: trio.Event = field(default_factory=trio.Event)
     retire: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)  # its process is gone (or never was)
     forked: int = 0
     running: set[int] = field(default_factory=set)  # pids of its jobs whose launcher runs
 
@@ -234,6 +235,17 @@ class ForkServers:
             raise LookupError("no fork server for this environment")
         await server.ready.wait()
 
+    async def default_ready(self) -> bool:
+        """Wait until the default environment's fork server has preloaded (True: lm-eval
+        imported, the task index built and cached), or ended first (False)."""
+        server = self._servers.get(self._pinned[0]) if self._pinned is not None else None
+        if server is None:
+            return False
+        async with trio.open_nursery() as nursery:
+            for event in (server.ready, server.ended):
+                nursery.start_soon(_first_of, event, nursery.cancel_scope)
+        return server.ready.is_set()
+
     # -- internals ----------------------------------------------------------------------
 
     def _eligible(self, argv: Sequence[str]) -> bool:
@@ -306,9 +318,12 @@ class ForkServers:
                 await self._follow(server, server.proc)
         finally:
             self._forget(server)
-            if server.proc is not None:
-                with trio.CancelScope(shield=True):
-                    await self._stop(server.proc)
+            try:
+                if server.proc is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._stop(server.proc)
+            finally:
+                server.ended.set()
 
     async def _start(self, server: ForkServer) -> None:
         assert server.listener is not None
@@ -369,6 +384,11 @@ class ForkServers:
         await proc.wait()
         if proc.stdout is not None:
             await proc.stdout.aclose()
+
+
+async def _first_of(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _drain(proc: trio.Process) -> None:

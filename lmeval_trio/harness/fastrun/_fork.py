@@ -250,6 +250,7 @@ class ForkServer:
         self.selector.close()
         if self.watch is not None:
             self.watch.close_in_child()
+        self.snapshot.close_in_child()
         sockets = (conn, self.listen, self.wake_r, self.wake_w, *self.jobs.values())
         for sock in filter(None, sockets):
             sock.close()

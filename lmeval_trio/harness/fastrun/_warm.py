@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lmeval_trio.harness.fastrun._patch import Patcher
 
+from lmeval_trio.harness.fastrun._watch import FolderWatch
 from lmeval_trio.runners.confinement import EXIT_NO_WALL, ConfinementError, Walls, enter
 
 #: Modules imported ahead of the job: lm_eval's CLI and evaluator, the task machinery, and the
@@ -89,13 +90,24 @@ class ImportSnapshot:
     """
 
     def __init__(self) -> None:
-        self._stamps = dict(_stamps(_watched_paths()))
+        paths = list(_watched_paths())
+        folders = (path if os.path.isdir(path) else os.path.dirname(path) for path in paths)
+        self._watch = FolderWatch(folders)  # before the stamps: it sees every later change
+        self._stamps = dict(_stamps(iter(paths)))
 
     def changed(self) -> str | None:
+        """The first path that changed; while the watch has seen no event in the folders,
+        none did, and the ~2,000 stats (10-30 ms before every fork) are skipped."""
+        if self._watch.unchanged():
+            return None
         for path, stamp in self._stamps.items():
             if _stamp(path) != stamp:
                 return path
         return None
+
+    def close_in_child(self) -> None:
+        """A forked child needs none of it."""
+        self._watch.close_in_child()
 
 
 def _watched_paths() -> Iterator[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from collections.abc import Iterable, Iterator
 
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
@@ -66,20 +67,37 @@ class TreeWatch:
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self._fd = fd
-        for folders, (folder, dirs, _files) in enumerate(os.walk(root), start=1):
-            if folders > MAX_FOLDERS:
+        for count, folder in enumerate(self._folders(root), start=1):
+            if count > MAX_FOLDERS:
                 raise OSError(0, "too many folders to watch")
-            if any(os.path.islink(os.path.join(folder, d)) for d in dirs):
-                raise OSError(0, "a linked folder (the index follows it; inotify would not)")
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
             if libc.inotify_add_watch(fd, os.fsencode(folder), _MASK) < 0:
                 raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
         return fd
+
+    def _folders(self, root: str) -> Iterator[str]:
+        for folder, dirs, _files in os.walk(root):
+            if any(os.path.islink(os.path.join(folder, d)) for d in dirs):
+                raise OSError(0, "a linked folder (the index follows it; inotify would not)")
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            yield folder
 
     def _close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class FolderWatch(TreeWatch):
+    """The same over the given folders themselves, not below them: the folders a fork server
+    imported modules from and its ``sys.path``, so that while no event came it need not stat
+    every imported file before each fork (``_warm.ImportSnapshot``)."""
+
+    def __init__(self, folders: Iterable[str]) -> None:
+        self._watched = sorted(set(folders))
+        super().__init__("")
+
+    def _folders(self, root: str) -> Iterator[str]:
+        return iter(self._watched)
 
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
