@@ -30,6 +30,8 @@ log = logging.getLogger("lmeval_trio.catalog")
 CHILD_MODULE = "lmeval_trio.harness.task_catalog"
 #: Task folders whose catalogs stay in memory (the least recently built go first).
 MAX_HELD_FOLDERS = 32
+#: A job's include_path folders and their stat fingerprints, as ``found_fingerprints`` lists them.
+FoundFolders = tuple[Sequence[Path], list[tuple[str, int]]]
 
 
 class Catalogs:
@@ -144,14 +146,22 @@ class Catalogs:
         while len(self._by_folder) > MAX_HELD_FOLDERS:  # the oldest first
             del self._by_folder[next(iter(self._by_folder))]
 
-    async def for_request(self, find_folders: Callable[[], Sequence[Path]] | None) -> Catalog:
+    async def for_request(
+        self,
+        find_folders: Callable[[], Sequence[Path]] | None,
+        listed: FoundFolders | None = None,
+    ) -> Catalog:
         """What a job can name: lm-eval's, then its ``include_path`` folders' (``find_folders``
         lists them, resolving paths: it runs in the worker thread that stats them, one hop,
-        never on the event loop; None: the job names no folder)."""
+        never on the event loop; None: the job names no folder). ``listed``: what
+        ``found_fingerprints`` answered for them already, in a worker thread the request
+        took anyway (the policy's), so no hop is needed here."""
         builtin = await self.builtin()
         if find_folders is None:
             return builtin
-        folders, prints = await trio.to_thread.run_sync(_found_fingerprints, find_folders)
+        if listed is None:
+            listed = await trio.to_thread.run_sync(found_fingerprints, find_folders)
+        folders, prints = listed
         if not folders:
             return builtin
         key = (builtin, tuple(zip(folders, prints, strict=True)))
@@ -194,9 +204,7 @@ class Catalogs:
         return _child_files(done, len(roots))
 
 
-def _found_fingerprints(
-    find_folders: Callable[[], Sequence[Path]],
-) -> tuple[Sequence[Path], list[tuple[str, int]]]:
+def found_fingerprints(find_folders: Callable[[], Sequence[Path]]) -> FoundFolders:
     """The folders ``find_folders`` lists and their stat fingerprints (a worker thread)."""
     folders = find_folders()
     return folders, _fingerprints(folders)
