@@ -19,6 +19,7 @@ from typing import Any
 
 from quart_trio import QuartTrio
 
+from lmeval_trio import gc_tuning
 from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.harness.versions import LmEvalUnsupported, require_internals
 from lmeval_trio.http import access_log
@@ -38,7 +39,9 @@ def create_app() -> QuartTrio:
         raise SystemExit(EXIT_CANNOT_START) from None
     configure_logging(settings)
     access_log.install()  # the worker's access log: the same lines, cheaper (access_log.py)
-    return http_app.create_app(settings)
+    app = http_app.create_app(settings)
+    gc_tuning.install(app)  # long-lived objects out of the collector's full passes
+    return app
 
 
 class LazyApp:

@@ -48,6 +48,8 @@ class Catalogs:
         self._walls = walls  # a user's task folder is read behind the jobs' walls
         self._nursery: trio.Nursery | None = None
         self._builtin: Catalog | None = None
+        #: Set once lm-eval's catalog is built (it is then kept for the server's life).
+        self.builtin_built = trio.Event()
         self._building: trio.Event | None = None
         self._error = "the task catalog was not built yet"
         self._by_folder: dict[Path, tuple[tuple[str, int], Catalog]] = {}
@@ -112,6 +114,7 @@ class Catalogs:
                 self._error = "the server is stopping"
                 return
             log.info("task catalog: %d tasks, groups and tags", len(self._builtin))
+            self.builtin_built.set()
         except (CatalogUnavailable, OSError, ValueError, KeyError) as error:
             self._error = f"the task catalog could not be built: {error}"
             log.warning("%s", self._error)
