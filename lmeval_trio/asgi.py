@@ -19,8 +19,10 @@ from typing import Any
 
 from quart_trio import QuartTrio
 
+from lmeval_trio import gc_tuning
 from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.harness.versions import LmEvalUnsupported, require_internals
+from lmeval_trio.http import access_log
 from lmeval_trio.http import app as http_app
 from lmeval_trio.logging_setup import configure_logging
 
@@ -36,7 +38,10 @@ def create_app() -> QuartTrio:
         print(f"lmeval-trio: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CANNOT_START) from None
     configure_logging(settings)
-    return http_app.create_app(settings)
+    access_log.install()  # the worker's access log: the same lines, cheaper (access_log.py)
+    app = http_app.create_app(settings)
+    gc_tuning.install(app)  # long-lived objects out of the collector's full passes
+    return app
 
 
 class LazyApp:

@@ -45,6 +45,7 @@ from lmeval_trio.errors import (
     QueueFull,
     SupervisorError,
 )
+from lmeval_trio.http.access_log import install as lazy_access_atoms
 from lmeval_trio.http.app import create_app
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
@@ -82,6 +83,7 @@ def hypercorn_config(
     config.bind = [bind] if isinstance(bind, str) else list(bind)
     config.graceful_timeout = graceful_timeout_s
     config.accesslog = "-" if access_log else None
+    lazy_access_atoms(config)
     return config
 
 

@@ -105,13 +105,22 @@ class Admission:
         finally:
             self._submitting -= count
 
-    async def admit(self, request: dict[str, Any]) -> Admitted:
+    async def admit(
+        self, request: dict[str, Any], then: Callable[[Admitted], None] | None = None
+    ) -> Admitted:
         """The policy's verdict, its work bounded (see admission) and cancelled with the
-        request; a bound passed is a refusal naming the field being checked."""
+        request; a bound passed is a refusal naming the field being checked. ``then`` is
+        called with the verdict in the same worker thread (a later check's file-system
+        work, done without a thread hop of its own)."""
+
+        def judge() -> Admitted:
+            verdict = self.policy.admit(request)
+            if then is not None:
+                then(verdict)
+            return verdict
+
         try:
-            return await budget.run_bounded(
-                lambda: self.policy.admit(request), self.settings.admission_timeout_s
-            )
+            return await budget.run_bounded(judge, self.settings.admission_timeout_s)
         except budget.AdmissionExceeded as error:
             raise PolicyViolation(error.field, error.message) from None
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from lmeval_trio.engine import preflight, task_checks
+from lmeval_trio.engine.catalog_builds import FoundFolders
 from lmeval_trio.engine.task_checks import TaskRefused
 from lmeval_trio.errors import QueueFull
 from lmeval_trio.harness import argv
@@ -80,7 +81,9 @@ class Gates:
     A policy verdict that kept the run lm-eval's parser made (``Admitted.run``) stands for
     both: the flags are not parsed again in two more thread hops."""
 
-    admit: Callable[[dict[str, Any]], Awaitable[Admitted]]
+    #: The policy's verdict; its second argument runs with the verdict in the policy's
+    #: worker thread (the task check's folder fingerprints: one thread hop fewer).
+    admit: Callable[[dict[str, Any], Callable[[Admitted], None] | None], Awaitable[Admitted]]
     gpus: Callable[[int | None], None]
     queue_place: Callable[[], AbstractContextManager[None]]
     parse: Callable[[dict[str, Any]], Awaitable[None]] = _parse
@@ -144,10 +147,11 @@ async def admit_cells(
 
 def _given(
     verdict: Admitted | PolicyViolation | MissingPath | RequestRejected,
-) -> Callable[[dict[str, Any]], Awaitable[Admitted]]:
-    """The policy step of a cell the batch judged already."""
+) -> Callable[[dict[str, Any], Callable[[Admitted], None] | None], Awaitable[Admitted]]:
+    """The policy step of a cell the batch judged already (its cells share task verdicts,
+    so nothing is fetched for the task check here)."""
 
-    async def judged(request: dict[str, Any]) -> Admitted:
+    async def judged(request: dict[str, Any], then: Callable[[Admitted], None] | None) -> Admitted:
         if isinstance(verdict, Exception):
             raise verdict
         return verdict
@@ -183,9 +187,14 @@ async def _checks(
         return "lm-eval's parser accepts the flags"
 
     admitted: list[Admitted] = []
+    found: list[FoundFolders | None] = []
+
+    def fetch_folders(verdict: Admitted) -> None:  # in the policy's worker thread
+        if verdict.run is not None:
+            found.append(task_checks.folders_found(supervisor, request, verdict.run))
 
     async def policy() -> str:
-        admitted.append(await gates.admit(request))
+        admitted.append(await gates.admit(request, fetch_folders))
         return "the execution policy allows every path, variable and setting"
 
     async def gpus() -> str:
@@ -200,7 +209,8 @@ async def _checks(
 
         async def tasks() -> str:
             shared = gates.task_verdicts
-            return await task_checks.check_tasks(supervisor, request, effective, shared)
+            folders = found[0] if found and effective is admitted[0].run else None
+            return await task_checks.check_tasks(supervisor, request, effective, shared, folders)
 
         async def endpoint() -> str:
             env = request.get("env_vars") or {}

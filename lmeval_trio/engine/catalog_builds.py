@@ -30,6 +30,8 @@ log = logging.getLogger("lmeval_trio.catalog")
 CHILD_MODULE = "lmeval_trio.harness.task_catalog"
 #: Task folders whose catalogs stay in memory (the least recently built go first).
 MAX_HELD_FOLDERS = 32
+#: A job's include_path folders and their stat fingerprints, as ``found_fingerprints`` lists them.
+FoundFolders = tuple[Sequence[Path], list[tuple[str, int]]]
 
 
 class Catalogs:
@@ -46,6 +48,8 @@ class Catalogs:
         self._walls = walls  # a user's task folder is read behind the jobs' walls
         self._nursery: trio.Nursery | None = None
         self._builtin: Catalog | None = None
+        #: Set once lm-eval's catalog is built (it is then kept for the server's life).
+        self.builtin_built = trio.Event()
         self._building: trio.Event | None = None
         self._error = "the task catalog was not built yet"
         self._by_folder: dict[Path, tuple[tuple[str, int], Catalog]] = {}
@@ -110,6 +114,7 @@ class Catalogs:
                 self._error = "the server is stopping"
                 return
             log.info("task catalog: %d tasks, groups and tags", len(self._builtin))
+            self.builtin_built.set()
         except (CatalogUnavailable, OSError, ValueError, KeyError) as error:
             self._error = f"the task catalog could not be built: {error}"
             log.warning("%s", self._error)
@@ -144,14 +149,22 @@ class Catalogs:
         while len(self._by_folder) > MAX_HELD_FOLDERS:  # the oldest first
             del self._by_folder[next(iter(self._by_folder))]
 
-    async def for_request(self, find_folders: Callable[[], Sequence[Path]] | None) -> Catalog:
+    async def for_request(
+        self,
+        find_folders: Callable[[], Sequence[Path]] | None,
+        listed: FoundFolders | None = None,
+    ) -> Catalog:
         """What a job can name: lm-eval's, then its ``include_path`` folders' (``find_folders``
         lists them, resolving paths: it runs in the worker thread that stats them, one hop,
-        never on the event loop; None: the job names no folder)."""
+        never on the event loop; None: the job names no folder). ``listed``: what
+        ``found_fingerprints`` answered for them already, in a worker thread the request
+        took anyway (the policy's), so no hop is needed here."""
         builtin = await self.builtin()
         if find_folders is None:
             return builtin
-        folders, prints = await trio.to_thread.run_sync(_found_fingerprints, find_folders)
+        if listed is None:
+            listed = await trio.to_thread.run_sync(found_fingerprints, find_folders)
+        folders, prints = listed
         if not folders:
             return builtin
         key = (builtin, tuple(zip(folders, prints, strict=True)))
@@ -194,9 +207,7 @@ class Catalogs:
         return _child_files(done, len(roots))
 
 
-def _found_fingerprints(
-    find_folders: Callable[[], Sequence[Path]],
-) -> tuple[Sequence[Path], list[tuple[str, int]]]:
+def found_fingerprints(find_folders: Callable[[], Sequence[Path]]) -> FoundFolders:
     """The folders ``find_folders`` lists and their stat fingerprints (a worker thread)."""
     folders = find_folders()
     return folders, _fingerprints(folders)

@@ -136,14 +136,21 @@ class Dispatcher:
             await _either(self._changed, queued, self.slots.freed, freed)
 
     def _first_ready(self, gate: EndpointGate) -> LiveJob | None:
-        for job_id in list(self._queue):
+        """The scan stops at the first job that may start; it walks the queue itself, not a
+        copy (a copy of every queued id per wake made each submission cost O(queue))."""
+        gone: list[int] = []
+        found = None
+        for job_id in self._queue:
             live = self.live.jobs.get(job_id)
             if live is None or live.scope.cancel_called:  # stopped or deleted while queued
-                del self._queue[job_id]
-                gate.forget(job_id)
+                gone.append(job_id)
             elif not self._sweep_full(live) and gate.ready(live):
-                return live
-        return None
+                found = live
+                break
+        for job_id in gone:
+            del self._queue[job_id]
+            gate.forget(job_id)
+        return found
 
     def _sweep_full(self, live: LiveJob) -> bool:
         """Whether the job's sweep already runs its ``max_parallel`` jobs."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from lmeval_trio.engine.catalog import LOGLIKELIHOOD_TYPES, Catalog, CatalogUnavailable
+from lmeval_trio.engine.catalog_builds import FoundFolders, found_fingerprints
 from lmeval_trio.errors import InvalidRequest
 from lmeval_trio.harness.effective import EffectiveRun
 from lmeval_trio.policy import budget
@@ -84,14 +85,16 @@ async def check_tasks(
     request: Mapping[str, Any],
     run: EffectiveRun,
     shared: dict[str, str | Exception] | None = None,
+    found: FoundFolders | None = None,
 ) -> str:
     """Every task name of ``run`` must name something lm-eval (or the job's include_path)
     defines, and the model must be able to serve what those tasks ask. Returns the detail
     for the report; a catalog that cannot be built lets the job through (lm-eval then
     judges, as before), saying so. With ``shared`` (a sweep's cells), requests that agree on
-    everything the check reads share one verdict: one catalog look-up, not one per cell."""
+    everything the check reads share one verdict: one catalog look-up, not one per cell.
+    ``found``: ``folders_found``'s answer for this request, taken in the policy's thread."""
     if shared is None:
-        return await _check_tasks(supervisor, request, run)
+        return await _check_tasks(supervisor, request, run, found)
     key = _verdict_key(request, run)
     if key not in shared:
         try:
@@ -117,22 +120,49 @@ def _verdict_key(request: Mapping[str, Any], run: EffectiveRun) -> str:
     return json.dumps(read, sort_keys=True, default=str)
 
 
-async def _check_tasks(
+def folders_found(
     supervisor: Supervisor, request: Mapping[str, Any], run: EffectiveRun
-) -> str:
-    """The check itself (see ``check_tasks``)."""
+) -> FoundFolders | None:
+    """The include_path folders the task check of ``request`` will read, and their stat
+    fingerprints, if it will read any (a worker thread: the policy's, which the request
+    takes anyway, so the check needs no thread hop of its own). None: no folder to read,
+    or finding them failed (the check then does it again, and meets the same error where
+    it always did)."""
+    if _skipped(supervisor, request, run) is not None or not run.values.get("include_path"):
+        return None
+    try:
+        return found_fingerprints(partial(_include_folders, supervisor, run))
+    except Exception:  # raised again by the check itself, in its own place
+        return None
+
+
+def _skipped(supervisor: Supervisor, request: Mapping[str, Any], run: EffectiveRun) -> str | None:
+    """Why the task check of ``request`` has nothing to judge, or None if it has."""
     if not supervisor.settings.check_tasks:
         return "not checked: LMEVAL_CHECK_TASKS is off"
     if request.get("lm_eval_path"):
         return "not checked: the request runs its own lm-eval (lm_eval_path)"
-    names = [n for n in task_names(run.values.get("tasks")) if not is_path_entry(n)]
-    if not names:
+    if not [n for n in task_names(run.values.get("tasks")) if not is_path_entry(n)]:
         return "no task names to check (files and folders are judged as paths)"
+    return None
+
+
+async def _check_tasks(
+    supervisor: Supervisor,
+    request: Mapping[str, Any],
+    run: EffectiveRun,
+    found: FoundFolders | None = None,
+) -> str:
+    """The check itself (see ``check_tasks``)."""
+    skipped = _skipped(supervisor, request, run)
+    if skipped is not None:
+        return skipped
+    names = [n for n in task_names(run.values.get("tasks")) if not is_path_entry(n)]
     folders = partial(_include_folders, supervisor, run) if run.values.get("include_path") else None
     wait_s = supervisor.settings.task_check_wait_s
     try:
         with trio.move_on_after(wait_s):  # the build goes on, owned by the supervisor
-            catalog = await supervisor.catalogs.for_request(folders)
+            catalog = await supervisor.catalogs.for_request(folders, found)
             return await _check_names(supervisor, catalog, run, names)
     except CatalogUnavailable as error:
         return f"not checked: {error}"

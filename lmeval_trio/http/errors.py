@@ -37,6 +37,8 @@ from lmeval_trio.policy.rules import MissingPath, PolicyViolation
 log = logging.getLogger("lmeval_trio.http")
 #: Set on ``g`` when authentication refused the request (its body is then never read).
 UNAUTHENTICATED = "lmeval_unauthenticated"
+#: Set on ``g`` once a route has read the whole request body (nothing left to drain).
+BODY_READ = "lmeval_body_read"
 
 
 def error_response(
@@ -83,6 +85,8 @@ async def _drain_body(response: Response) -> Response:
     A client without a valid key is answered at once and its connection closed, its body
     never read: otherwise a partial body would hold the connection (and a file descriptor)
     for as long as the client cared to trickle it."""
+    if g.get(BODY_READ, False):  # the route read it all: a second read only costs
+        return response
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if g.get(UNAUTHENTICATED, False):
         response.headers["Connection"] = "close"

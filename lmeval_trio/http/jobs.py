@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, jsonify, request
+from quart import Blueprint, Response, g, jsonify, request
 from quart_schema import document_querystring, document_request, document_response, tag
 
 from lmeval_trio.engine.supervisor import StopOutcome
 from lmeval_trio.errors import InvalidParameter
 from lmeval_trio.harness.request_model import request_model
-from lmeval_trio.http import schemas, strict_json
+from lmeval_trio.http import errors, schemas, strict_json
 from lmeval_trio.http.listing_encoding import ListingEncoder
 from lmeval_trio.http.params import bool_arg, choice_arg, int_arg, supervisor
 from lmeval_trio.jobs.record import JobRecord
@@ -186,6 +186,7 @@ async def json_body() -> Any:
     """The request body as strict JSON: NaN, Infinity and numbers beyond a double (1e309)
     are refused here, so no stored request can make a later answer invalid JSON."""
     data = await request.get_data()
+    setattr(g, errors.BODY_READ, True)  # read to its end: no drain after the answer
     try:
         return strict_json.loads(data)
     except strict_json.NonFiniteNumber as error:
