@@ -29,6 +29,7 @@ NAMES = (
     "submit_throughput",
     "samples_page",
     "fork_servers",
+    "hf_start",
 )
 QUICK = {
     "dispatch": ["--runs", "50"],
@@ -43,6 +44,7 @@ QUICK = {
     "submit_throughput": ["--submissions", "1000", "--warmup", "20"],
     "samples_page": ["--runs", "10", "--samples", "10000"],
     "fork_servers": ["--jobs", "6", "--stock-jobs", "2", "--sequence", "5"],
+    "hf_start": ["--runs", "1"],
 }
 
 

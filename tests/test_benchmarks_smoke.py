@@ -7,6 +7,8 @@ except for the start-up benchmark, whose subject is that subprocess.
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import (
     api,
     catalog,
@@ -14,6 +16,7 @@ from benchmarks import (
     flood,
     fork_servers,
     handoff,
+    hf_start,
     lm_eval_start,
     samples_page,
     startup,
@@ -143,3 +146,20 @@ async def test_fork_servers_smoke() -> None:
     samples = _samples(report)
     assert samples["separate per job s"] == samples["sweep per job s"] == 1
     assert samples["first request s"] == samples["idle PSS ready MB"] == 1
+
+
+async def test_hf_start_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hf job per preload setting and one stock run on the tiny local GPT-2, in process
+    (the jobs inherit this environment, so it says offline), with the tests' shared caches:
+    every run's results equal stock's; no timing is asserted."""
+    for module in ("torch", "tokenizers", "transformers"):
+        pytest.importorskip(module)
+    for name, value in hf_start.OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    report = await hf_start.measure(
+        runs=1, warmup=0, server_factory=inprocess_server, cache_dir=CACHE_DIR
+    )
+    samples = _samples(report)
+    assert samples.pop(hf_start.UNLIKE) == 3  # one per run: on, off and stock
+    assert set(samples.values()) == {1}
+    assert report.context["identical"] is True

@@ -39,6 +39,7 @@ from lmeval_trio.harness import fastrun
 from lmeval_trio.harness.fastrun import _cache, _main, _patch, _warm
 from lmeval_trio.runners.fork_server import LAUNCHER
 from lmeval_trio.runners.job_walls import SINGLE_THREADED_IMPORTS
+from tests.support import hf_model
 
 FASTRUN_TASKS = Path(__file__).parent / "support" / "fastrun_tasks"
 PYTHON = sys.executable
@@ -1053,46 +1054,16 @@ def test_folder_watch_covers_its_folders_not_below(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------ fork servers that preload hf
 
-HF_TASKS = Path(__file__).parent / "support" / "tasks"
+HF_TASKS = hf_model.TASKS
 HF_MODEL_ARGS = ["--model", "hf", "--tasks", "tiny_mc", "--include_path", str(HF_TASKS)]
 
 
 def build_tiny_hf_model(folder: Path) -> Path:
-    """A randomly initialised one-layer GPT-2 (fixed seed) with a byte-level BPE tokenizer
-    trained here on the task's own text: a real hf model, and nothing downloaded."""
-    torch = pytest.importorskip("torch")
-    tokenizers = pytest.importorskip("tokenizers")  # modules as values: mypy without them
-    transformers = pytest.importorskip("transformers")
-    models, pre_tokenizers = tokenizers.models, tokenizers.pre_tokenizers
-    decoders, trainers = tokenizers.decoders, tokenizers.trainers
-
-    bpe = tokenizers.Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train([str(HF_TASKS / "tiny_mc.jsonl")], trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    torch.manual_seed(0)
-    eos = bpe.token_to_id("<|endoftext|>")
-    config = transformers.GPT2Config(
-        vocab_size=bpe.get_vocab_size(),
-        n_positions=256,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=eos,
-        eos_token_id=eos,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """The tiny local GPT-2 of tests/support/hf_model.py; skipped where torch & co are not
+    installed."""
+    for module in ("torch", "tokenizers", "transformers"):
+        pytest.importorskip(module)
+    return hf_model.build_tiny_hf_model(folder)
 
 
 def hf_results(run: Run) -> dict[str, Any]:
