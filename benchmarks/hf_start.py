@@ -46,7 +46,7 @@ from tests.support.hf_model import build_tiny_hf_model
 
 NEEDLE = b"Running loglikelihood requests"
 MODES = ("on", "off")
-UNLIKE = "runs with results unlike stock"  # 0 or 1 per run, stock's own runs included
+UNLIKE = "runs with results unlike stock"  # 0 or 1 per run (warm-up and stock included)
 #: transformers 5 fetches hub kernels unless told not to (or the kernels package is in);
 #: nothing here may reach the network.
 OFFLINE = {"USE_HUB_KERNELS": "0", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -164,11 +164,14 @@ async def measure(
                 outcomes = {"stock": (stock_s, stock_results)}
                 for mode in MODES:
                     outcomes[mode] = await forked_run(clients[mode], model)
-                if rep < warmup:
-                    continue
                 for mode, (elapsed, results) in outcomes.items():
-                    seconds[mode].add(elapsed)
-                    unlike.add(float(results != reference))
+                    unlike.add(float(results != reference))  # warm-up runs too
+                    if rep >= warmup:
+                        seconds[mode].add(elapsed)
+            for mode, client in clients.items():  # jobs forked, not sent cold
+                details[f"fork_servers_{mode}"] = (
+                    (await client.get("/healthz")).json().get("fork_servers")
+                )
         details["identical"] = not any(unlike.samples)
         details["reference_results"] = reference
     ratios = [
