@@ -123,11 +123,11 @@ async def open_server(
     cache: Path | None,
     model_root: Path,
 ) -> httpx.AsyncClient:
-    """A server whose one fork server preloads torch or not, ready (its log says so); its
-    own fresh cache dir unless ``cache`` names an existing one. Its jobs may read
-    ``model_root`` (a folder beside the data dir: confined jobs read no root holding it)."""
+    """A server whose one fork server preloads torch or not, ready (its log says so); a
+    fresh cache dir shared by both servers unless ``cache`` names an existing one. Its jobs
+    may read ``model_root`` (beside the data dir: confined jobs read no root holding it)."""
     settings = {"MAX_CONCURRENCY": "1", "LMEVAL_FORK_SERVERS": "1", **OFFLINE}
-    cache_dir = str(cache or folder / f"cache-{preload}")
+    cache_dir = str(cache or folder / "cache")  # the first server builds it, the next reads
     settings |= {"LMEVAL_FORK_PRELOAD_HF": preload, "LMEVAL_CACHE_DIR": cache_dir}
     settings["LMEVAL_ALLOWED_PATH_ROOTS"] = f"{SUPPORT},{model_root}"
     server: Server = await stack.enter_async_context(
@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cache-dir", type=Path, help="an existing LMEVAL_CACHE_DIR")
     args = parser.parse_args(argv)
-    return run(measure, args.runs, args.warmup, hypercorn_server)
+    return run(measure, args.runs, args.warmup, hypercorn_server, args.cache_dir)
 
 
 if __name__ == "__main__":
