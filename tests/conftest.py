@@ -114,12 +114,24 @@ class Server:
         """Wait (on the supervisor's change signal) until the job reaches a status."""
         wanted = set(statuses) or set(TERMINAL)
         supervisor = supervisor_of(self)
-        with trio.fail_after(120):
+        with trio.move_on_after(120):
             while True:
                 version = supervisor.changed.version
                 if (await supervisor.get(job_id)).status in wanted:
                     return await self.job(job_id)
                 await supervisor.changed.wait_past(version)
+        raise AssertionError(await self.stuck_report(job_id, wanted))
+
+    async def stuck_report(self, job_id: int, wanted: set[JobStatus]) -> str:
+        """What a job that never reached ``wanted`` was doing: its record and its log's tail,
+        so a timeout in CI says where the job stood rather than only that it was slow."""
+        record = await self.job(job_id)
+        logs = await self.client.get(f"/job/{job_id}/logs")
+        tail = logs.text[-6000:]
+        return (
+            f"job {job_id} never reached {sorted(s.value for s in wanted)} in 120 s;"
+            f" record: {record}\n--- log tail ---\n{tail}"
+        )
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ is tested through the server in test_server_process.py)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,3 +61,58 @@ def test_a_stopped_subreaper_kills_them_first(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(timeout=60) == -signal.SIGTERM
     assert _gone([daemon])
+
+
+FORKS = """
+import json, multiprocessing, os, signal, threading
+from lmeval_trio.runners import reaper
+
+def handler_name(_: object = None) -> str:
+    found = signal.getsignal(signal.SIGTERM)
+    return "default" if found is signal.SIG_DFL else found.__qualname__
+
+def in_child(reply) -> None:
+    reply.send(handler_name())
+
+def fork_and_ask() -> str:
+    ask, reply = multiprocessing.Pipe()
+    child = multiprocessing.get_context("fork").Process(target=in_child, args=(reply,))
+    child.start()
+    child.join()
+    return ask.recv()
+
+reaper.become_subreaper()
+reaper.reap_on_sigterm()
+seen = {"main": handler_name(), "forked": fork_and_ask()}
+thread = threading.Thread(target=lambda: seen.update(from_a_thread=fork_and_ask()))
+thread.start()
+thread.join()
+with multiprocessing.get_context("fork").Pool(2) as pool:  # as lm-eval's bootstrap does
+    seen["pool workers"] = sorted(set(pool.map(handler_name, range(8), chunksize=1)))
+ask, reply = multiprocessing.Pipe()
+pid = os.fork()  # a fork server's job: it installs a handler of its own; its forks drop it
+if pid == 0:
+    reaper.reap_on_sigterm()
+    reply.send({"job": handler_name(), "job's fork": fork_and_ask()})
+    os._exit(0)
+os.waitpid(pid, 0)
+seen.update(ask.recv())
+print(json.dumps(seen), flush=True)
+"""
+
+
+def test_forks_of_the_job_die_of_sigterm_as_in_stock() -> None:
+    """lm-eval's own forks (its bootstrap's ``multiprocessing`` pool) do not inherit the
+    reaper's SIGTERM handler: ``Pool.terminate`` SIGTERMs the workers and joins them, and a
+    worker that survived it hung the whole job (seen in CI). The job's main process keeps the
+    handler, and so does a job forked by a fork server, which installs its own."""
+    done = subprocess.run([sys.executable, "-c", FORKS], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "main": "reap_on_sigterm.<locals>.handler",
+        "forked": "default",
+        "from_a_thread": "default",
+        "pool workers": ["default"],
+        "job": "reap_on_sigterm.<locals>.handler",
+        "job's fork": "default",
+    }

@@ -141,17 +141,22 @@ async def _submit(client: httpx.AsyncClient, body: dict[str, Any]) -> int:
     return job_id
 
 
-async def _wait_for_pids(client: httpx.AsyncClient, job_id: int) -> list[int]:
-    """The job's process ids, read from its stdout (the fake prints them)."""
-    with trio.fail_after(30):
+async def _wait_for_pids(
+    client: httpx.AsyncClient, job_id: int, server: ServerProcess | None = None
+) -> list[int]:
+    """The job's process ids, read from its stdout (the fake prints them). If they do not
+    come, the job's record and the server's log say why (a CI failure once gave neither)."""
+    pids: dict[str, int] = {}
+    with trio.move_on_after(60):
         async with client.stream("GET", f"/job/{job_id}/events") as stream:
-            pids: dict[str, int] = {}
             async for line in stream.aiter_lines():
                 for role, pid in re.findall(r"(leader|grandchild) (\d+)", line):
                     pids[role] = int(pid)
                 if len(pids) == 2:
-                    break
-    return [pids["leader"], pids["grandchild"]]
+                    return [pids["leader"], pids["grandchild"]]
+    job = (await client.get(f"/job/{job_id}")).json()
+    log = server.log_tail() if server is not None else "(not kept)"
+    raise AssertionError(f"job {job_id} printed no pids ({pids}); record: {job}\nlog: {log}")
 
 
 def _gone(pids: list[int]) -> bool:
@@ -180,7 +185,7 @@ async def test_signals_shut_down_gracefully(
     async with hypercorn_server(tmp_path / "data") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             job_id = await _submit(client, fake_job("tree"))
-            pids = await _wait_for_pids(client, job_id)
+            pids = await _wait_for_pids(client, job_id, server)
         if target == "worker":
             os.kill(server.worker_pid, signum)
         elif target == "parent":
@@ -268,7 +273,7 @@ async def test_repeated_sigterms_shut_down_once_and_promptly(tmp_path: Path) -> 
     async with hypercorn_server(tmp_path / "data") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             job_id = await _submit(client, fake_job("tree"))
-            pids = await _wait_for_pids(client, job_id)
+            pids = await _wait_for_pids(client, job_id, server)
         os.killpg(server.proc.pid, signal.SIGTERM)
         for resend in (server.worker_pid,) * 6:
             with contextlib.suppress(ProcessLookupError):
@@ -318,7 +323,7 @@ async def test_kill_9_loses_nothing(tmp_path: Path) -> None:
     async with hypercorn_server(tmp_path / "data", MAX_CONCURRENCY="1") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             first = await _submit(client, fake_job("tree_once", FAKE_MARKER="./ran-once"))
-            pids = await _wait_for_pids(client, first)
+            pids = await _wait_for_pids(client, first, server)
             queued = [await _submit(client, fake_job("env")) for _ in range(3)]
             before = (await client.get("/jobs")).json()["jobs"]
         os.killpg(server.proc.pid, signal.SIGKILL)  # the server, not the job's own group

@@ -317,7 +317,7 @@ async def test_kill_9_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             submitted = await _submit(client, body)
             ids = submitted["job_ids"]
-            await _wait_for_pids(client, ids[0])
+            await _wait_for_pids(client, ids[0], server)
             before = await _sweep(client, submitted["sweep_id"])
             assert before["counts"]["Running"] == 1 and before["counts"]["Queued"] == 2
         os.killpg(server.proc.pid, signal.SIGKILL)

@@ -16,7 +16,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _PR_SET_CHILD_SUBREAPER = 36
 #: Rounds of "kill every child, reap it" before giving up on a tree that keeps forking.
@@ -73,14 +73,45 @@ def kill_descendants() -> int:
 
 def reap_on_sigterm() -> None:
     """On SIGTERM (a stop), kill what is below this process, then die of SIGTERM as before:
-    for a reaper that is itself the job's main program (fastrun)."""
+    for a reaper that is itself the job's main program (fastrun). Processes it forks without
+    exec (lm-eval's ``multiprocessing`` pools) get SIGTERM's default back, as in stock."""
+    global _handler
 
     def handler(signum: int, _frame: object) -> None:
         kill_descendants()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
+    _handler = handler
     signal.signal(signal.SIGTERM, handler)
+    _default_in_forked_children()
+
+
+#: The SIGTERM handler ``reap_on_sigterm`` installed in this process, if any.
+_handler: Callable[[int, object], None] | None = None
+_fork_hook_registered = False
+
+
+def _default_in_forked_children() -> None:
+    """Register, once per process (children inherit it), the at-fork hook below.
+
+    Why: a fork inherits Python-level handlers. lm-eval's bootstrap pool ends with
+    ``Pool.terminate``, which SIGTERMs its workers and joins them. Workers that had our handler
+    were seen to survive that SIGTERM now and then (behind the job's Landlock wall; about one
+    job in ten on a loaded machine), and the job hung in the join forever. Stock lm-eval's
+    workers die of SIGTERM's default action, and so do ours now. They have nothing to reap:
+    the subreaper is the job's main process, which orphans are handed to."""
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_forget_handler)
+        _fork_hook_registered = True
+
+
+def _forget_handler() -> None:
+    """In a forked child: SIGTERM's default again, if the inherited handler is ours."""
+    if _handler is not None and signal.getsignal(signal.SIGTERM) is _handler:
+        with contextlib.suppress(ValueError):  # not the main thread: keep what it has
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_reaped(command: Sequence[str]) -> int:
