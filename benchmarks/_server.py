@@ -103,10 +103,12 @@ def server_environment(data_dir: Path, **settings: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def hypercorn_server(data_dir: Path, **settings: str) -> AsyncIterator[Server]:
-    """Start the server, wait until it serves, stop it gracefully (SIGTERM) at the end."""
-    argv = [str(HYPERCORN), "--config", "hypercorn.toml", "--bind", "127.0.0.1:0"]
-    argv.append("lmeval_trio.asgi:app")
+async def hypercorn_server(
+    data_dir: Path, app: str = "lmeval_trio.asgi:app", **settings: str
+) -> AsyncIterator[Server]:
+    """Start the server, wait until it serves, stop it gracefully (SIGTERM) at the end.
+    ``app``: another ASGI app served the same way (benchmark 14's bare stack)."""
+    argv = [str(HYPERCORN), "--config", "hypercorn.toml", "--bind", "127.0.0.1:0", app]
     env = server_environment(data_dir, **settings)
     async with trio.open_nursery() as nursery:
         spawned_at = time.monotonic()

@@ -30,6 +30,7 @@ NAMES = (
     "samples_page",
     "fork_servers",
     "hf_start",
+    "stack_floor",
 )
 QUICK = {
     "dispatch": ["--runs", "50"],
@@ -45,6 +46,7 @@ QUICK = {
     "samples_page": ["--runs", "10", "--samples", "10000"],
     "fork_servers": ["--jobs", "6", "--stock-jobs", "2", "--sequence", "5"],
     "hf_start": ["--runs", "1"],
+    "stack_floor": ["--submissions", "1000", "--rounds", "1"],
 }
 
 

@@ -19,6 +19,7 @@ from benchmarks import (
     hf_start,
     lm_eval_start,
     samples_page,
+    stack_floor,
     startup,
     submit_throughput,
     sweep_overhead,
@@ -122,6 +123,17 @@ async def test_submit_throughput_smoke() -> None:
     samples = _samples(report)
     assert samples["3 clients latency ms"] == samples["1 client latency ms"] == 6
     assert samples["3 clients submissions/s"] == samples["1 client submissions/s"] == 1
+
+
+async def test_stack_floor_smoke() -> None:
+    """Both apps on the README's hypercorn command, 16 and 1 client(s), one round."""
+    report = await stack_floor.measure(
+        submissions=6, rounds=1, clients=3, cache_dir=CACHE_DIR, warmup=2
+    )
+    samples = _samples(report)
+    for app in ("bare stack", "lmeval-trio"):
+        assert samples[f"{app}, 3 clients: latency ms"] == 6
+        assert samples[f"{app}, 1 client: submissions/s"] == 1
 
 
 async def test_samples_page_smoke() -> None:
