@@ -7,9 +7,8 @@ import shlex
 
 import pytest
 
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import FAKE_LM_EVAL, Server, fake_job
+from tests.conftest import FAKE_LM_EVAL, Server, fake_job, supervisor_of
 
 SUMMARY_KEYS = {"job_id", "argument", "status", "timestamp", "exit_code", "inference_progress_pct"}
 
@@ -39,7 +38,7 @@ async def test_completed_job_summary_and_detail(server: Server) -> None:
     assert "--model=dummy" in argv and "--tasks=fake" in argv
     child = json.loads("".join(job["stdout"]))
     # env_vars reach the child (its own log says so); the API shows its output masked.
-    record = await server.app.extensions[SUPERVISOR_KEY].get(job_id)
+    record = await supervisor_of(server).get(job_id)
     assert json.loads(record.stdout_path.read_text())["env"]["SECRET_TOKEN"] == "s3cret-value"
     assert child["env"]["SECRET_TOKEN"] == "***"
     assert child["env"]["PYTHONUNBUFFERED"] == "1"

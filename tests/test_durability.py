@@ -11,7 +11,6 @@ import trio
 
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.store.sqlite import (
     MIGRATIONS,
@@ -21,13 +20,13 @@ from lmeval_trio.store.sqlite import (
     JobStore,
     StoreError,
 )
-from tests.conftest import Server, fake_job, make_settings
+from tests.conftest import Server, fake_job, make_settings, supervisor_of
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
 
 
 async def _wait_progress(server: Server, job_id: int, percent: int) -> None:
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     with trio.fail_after(120):
         while True:
             pulse = supervisor.live_changes(job_id)

@@ -10,11 +10,17 @@ from pathlib import Path
 import httpx
 import trio
 
-from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners import process
-from tests.conftest import FAKE_LM_EVAL, Server, fake_job, job_files, make_settings, start_server
+from tests.conftest import (
+    FAKE_LM_EVAL,
+    Server,
+    fake_job,
+    job_files,
+    make_settings,
+    start_server,
+    supervisor_of,
+)
 
 
 def _pids(stdout: list[str]) -> dict[str, int]:
@@ -27,7 +33,7 @@ def _pids(stdout: list[str]) -> dict[str, int]:
 
 
 async def _wait_for_lines(server: Server, job_id: int, count: int) -> list[str]:
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     with trio.fail_after(30):
         while True:
             pulse = supervisor.live_changes(job_id)
@@ -73,7 +79,7 @@ async def test_output_flood_finishes_with_flat_memory(server: Server) -> None:
 
 
 async def test_concurrency_limit_and_queue_order(server: Server) -> None:
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     ids = [await server.submit(fake_job("block")) for _ in range(6)]
     await server.wait_status(ids[3], JobStatus.RUNNING)
     statuses = [(await server.job(i))["status"] for i in ids]
@@ -126,7 +132,7 @@ async def test_progress_is_live_mid_run(server: Server, tmp_path: Path) -> None:
     gate = job_files(tmp_path) / "gate"
     os.mkfifo(gate)
     job_id = await server.submit(fake_job("bars", FAKE_TOTAL="4", FAKE_GATE=str(gate)))
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     writer = await trio.to_thread.run_sync(open, gate, "w")
     try:
         for step in range(1, 4):

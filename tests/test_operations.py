@@ -16,10 +16,9 @@ import trio
 from lmeval_trio.config import Settings, SettingsError, env_name
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.harness.request_model import RequestRejected
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.logging_setup import JsonLineFormatter
-from tests.conftest import LOAD_SERVED_APP, Server, fake_job, make_settings
+from tests.conftest import LOAD_SERVED_APP, Server, fake_job, make_settings, supervisor_of
 
 ROOT = Path(__file__).parent.parent
 
@@ -34,7 +33,7 @@ async def test_health_and_readiness(server: Server) -> None:
 
 
 async def test_health_reveals_a_dead_supervisor(server: Server) -> None:
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     supervisor.shutdown()
     await supervisor.closed.wait()
     assert (await server.client.get("/healthz")).status_code == 503

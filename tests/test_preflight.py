@@ -16,11 +16,9 @@ import pytest
 import trio
 
 from lmeval_trio.engine.preflight import server_root, shown
-from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import TASKS_DIR, Server, fake_job, make_settings, start_server
+from tests.conftest import TASKS_DIR, Server, fake_job, make_settings, start_server, supervisor_of
 from tests.support.stub_openai import StubHandle, running_stub
 
 
@@ -132,7 +130,7 @@ async def _serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[Server]:
 
 async def _until(server: Server, job_id: int, done: Callable[[JobRecord], bool]) -> JobRecord:
     """Wait on the supervisor's change signal until ``done(record)``."""
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     with trio.fail_after(120):
         while True:
             version = supervisor.changed.version
@@ -163,7 +161,7 @@ async def test_wait_mode_waits_without_a_slot_then_runs_when_the_stub_comes_up(
         assert waiting.status is JobStatus.QUEUED
         refused = f"model_args: endpoint {url} refused the connection"
         assert waiting.reason == f"waiting for its endpoint: {refused}"
-        supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+        supervisor = supervisor_of(server)
         assert supervisor.statistics().slots_free == 1  # the slot is not held meanwhile
         other = await server.submit(fake_job("env"))  # the queue moves on behind it
         assert (await server.wait_status(other))["status"] == "Completed"
@@ -190,7 +188,7 @@ async def test_a_waiting_job_can_be_stopped(tmp_path: Path) -> None:
         await _until(server, job_id, lambda r: bool(r.reason))
         stopped = await server.client.post(f"/job/{job_id}/stop")
         assert stopped.json()["job_status"] == "Stopped"
-        supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+        supervisor = supervisor_of(server)
         assert supervisor.statistics().queued == 0
 
 
@@ -201,7 +199,7 @@ async def test_shutdown_does_not_wait_for_a_waiting_job(tmp_path: Path) -> None:
         async with _serving(tmp_path) as server:
             job_id = await server.submit(_job(url))
             await _until(server, job_id, lambda r: bool(r.reason))
-            supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+            supervisor = supervisor_of(server)
     assert supervisor.closed.is_set()
     async with _serving(tmp_path, preflight="fail") as again:
         job = await again.wait_status(job_id)

@@ -8,10 +8,8 @@ from typing import Any
 
 import trio
 
-from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import DUMMY_JOB, TASKS_DIR, Server
+from tests.conftest import DUMMY_JOB, TASKS_DIR, Server, supervisor_of
 from tests.support.stub_openai import StubHandle
 
 
@@ -59,7 +57,7 @@ async def test_api_model_progress_mid_run_and_perfect_scores(
 ) -> None:
     stub.set_delay(0.15)
     job_id = await server.submit(completions_job(stub))
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     seen: set[int] = set()
     with trio.fail_after(180):
         while True:

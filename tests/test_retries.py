@@ -17,12 +17,19 @@ from lmeval_trio.config import Settings, SettingsError
 from lmeval_trio.engine import retries
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.harness.log_wording import transient_error
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.record import JobRecord
 from lmeval_trio.jobs.status import JobStatus
 from lmeval_trio.runners.environment import local_environment
 from lmeval_trio.runners.fake import Exit, FakeRunner, Sleep, stderr
-from tests.conftest import DUMMY_JOB, Server, fake_job, job_files, make_settings, pid_alive
+from tests.conftest import (
+    DUMMY_JOB,
+    Server,
+    fake_job,
+    job_files,
+    make_settings,
+    pid_alive,
+    supervisor_of,
+)
 from tests.support.stub_openai import StubHandle, start_stub
 from tests.test_real_lm_eval import completions_job
 
@@ -308,7 +315,7 @@ async def test_nan_and_infinity_are_refused(server: Server, tmp_path: Path) -> N
             "/job", content=body, headers={"Content-Type": "application/json"}
         )
         assert response.status_code == 422 and "non-finite" in response.text
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     from pydantic import ValidationError
 
     for value in (math.nan, math.inf):
@@ -356,7 +363,7 @@ async def test_an_endpoint_that_refuses_at_first_is_retried(server: Server) -> N
     url = f"http://127.0.0.1:{port}/v1/completions"
     body = {**completions_job_for(url), "max_attempts": 3}
     job_id = await server.submit(body)
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     await _until(supervisor, job_id, _waiting_to_retry)
     stub = start_stub(port=port)
     try:
@@ -384,7 +391,7 @@ async def test_a_503_mid_run_is_retried_from_the_cache(server: Server, stub: Stu
     body = completions_job(stub, max_attempts=2)
     body["model_args"] = {**body["model_args"], "max_retries": 1}
     job_id = await server.submit(body)
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     await _until(supervisor, job_id, lambda r: (supervisor.progress_dict(r).get("n") or 0) >= 5)
     stub.set_fail_first(1, 503)
     job = await server.wait_status(job_id)

@@ -14,10 +14,8 @@ from typing import Any
 import trio
 
 from lmeval_trio.client import AsyncClient
-from lmeval_trio.engine.supervisor import Supervisor
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import DUMMY_JOB, TASKS_DIR, Server, fake_job, job_files
+from tests.conftest import DUMMY_JOB, TASKS_DIR, Server, fake_job, job_files, supervisor_of
 from tests.support.stub_openai import StubHandle
 from tests.test_cli import cli
 
@@ -277,7 +275,7 @@ async def test_index_built_once_and_rebuilt_when_the_file_changes(
     server: Server, stub: StubHandle, tmp_path: Path
 ) -> None:
     job_id, data_dir = await samples_job(server, stub, tmp_path)
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     before = supervisor.samples.builds
     pages: list[dict[str, Any]] = []
 

@@ -20,7 +20,7 @@ import trio
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server
+from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server, supervisor_of
 from tests.support.stub_openai import StubHandle
 from tests.test_real_lm_eval import completions_job
 from tests.test_server_process import _wait_all_finished, _wait_for_pids, hypercorn_server
@@ -35,7 +35,7 @@ async def _submit(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, 
 
 async def _until(server: Server, check: Callable[[Supervisor], bool]) -> None:
     """Wait (on the supervisor's change signal, no polling) until ``check`` holds."""
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     with trio.fail_after(60):
         while True:
             version = supervisor.changed.version

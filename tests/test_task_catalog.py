@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from lmeval_trio.config import SHIPPED_EXAMPLE_TASKS
-from lmeval_trio.http.params import SUPERVISOR_KEY
-from tests.conftest import TASKS_DIR, Server, job_files
+from tests.conftest import TASKS_DIR, Server, job_files, supervisor_of
 
 
 async def _tasks(server: Server, **params: Any) -> dict[str, Any]:
@@ -158,7 +157,7 @@ async def test_odd_unicode_queries_are_answered(server: Server) -> None:
 async def test_a_task_folder_is_read_behind_the_jobs_walls(server: Server, tmp_path: Path) -> None:
     """A YAML ``include:`` may name any file; the catalog's child reads a user's folder with
     the walls every job has, so a file no job may read never reaches the catalog."""
-    supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     if not supervisor.walls.confined:
         pytest.skip("jobs run unconfined here (no Landlock): nothing to prove")
     secret = tmp_path / "secret" / "s.yaml"  # in the data dir's root: no job may read it

@@ -21,9 +21,8 @@ from standardwebhooks.webhooks import Webhook
 from lmeval_trio.config import Settings
 from lmeval_trio.engine.supervisor import Supervisor
 from lmeval_trio.engine.webhooks import SECRET_FILE
-from lmeval_trio.http.params import SUPERVISOR_KEY
 from lmeval_trio.jobs.status import JobStatus
-from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server
+from tests.conftest import DUMMY_JOB, Server, fake_job, make_settings, start_server, supervisor_of
 from tests.support.webhook_receiver import Receiver, webhook_receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -51,7 +50,7 @@ async def served(tmp_path: Path, **overrides: Any) -> AsyncIterator[Server]:
 
 async def deliveries_when(server: Server, job_id: int, done: Check) -> list[dict[str, Any]]:
     """The job's deliveries once ``done`` holds for them (woken by each recorded attempt)."""
-    supervisor: Supervisor = server.app.extensions[SUPERVISOR_KEY]
+    supervisor = supervisor_of(server)
     with trio.fail_after(60):
         while True:
             version = supervisor.outbox.attempted.version
