@@ -13,48 +13,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import trio
 
 from benchmarks._report import Metric, Report, Target, run
-from benchmarks._server import cpu_seconds, hypercorn_server
+from benchmarks._server import hypercorn_server
 from benchmarks.catalog import DEFAULT_CACHE
-from benchmarks.submit_throughput import _catalogs_ready, _client_cpu_s, job_body
+from benchmarks.submit_throughput import _catalogs_ready, job_body, load
 
 FLOOR_APP = "benchmarks._floor_app:app"
 SERVER_APP = "lmeval_trio.asgi:app"
-
-
-async def _load(url: str, worker_pid: int, clients: int, submissions: int) -> dict[str, Any]:
-    """``submissions`` POSTs from ``clients`` concurrent clients: rate, latencies, CPU."""
-    latencies: list[float] = []
-
-    async def one_client(share: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            for index in range(share):
-                before = time.monotonic()
-                response = await client.post("/job", json=job_body(index))
-                if response.status_code != 200 or response.json()["status"] != "success":
-                    raise RuntimeError(f"POST /job: {response.status_code} {response.text}")
-                latencies.append(time.monotonic() - before)
-
-    shares = [submissions // clients + (i < submissions % clients) for i in range(clients)]
-    server_cpu, client_cpu = cpu_seconds(worker_pid), _client_cpu_s()
-    started = time.monotonic()
-    async with trio.open_nursery() as nursery:
-        for share in shares:
-            nursery.start_soon(one_client, share)
-    wall_s = time.monotonic() - started
-    return {
-        "rate": submissions / wall_s,
-        "latencies_ms": [x * 1000 for x in latencies],
-        "server_cpu_ms": (cpu_seconds(worker_pid) - server_cpu) * 1000 / submissions,
-        "client_cpu_ms": (_client_cpu_s() - client_cpu) * 1000 / submissions,
-    }
 
 
 async def _one_server(
@@ -72,7 +42,7 @@ async def _one_server(
                     await _catalogs_ready(first)
                 for index in range(warmup):  # not counted
                     (await first.post("/job", json=job_body(index))).raise_for_status()
-            return await _load(server.url, server.worker_pid, clients, submissions)
+            return await load(server.url, server.worker_pid, clients, submissions)
 
 
 async def measure(

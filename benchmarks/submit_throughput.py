@@ -71,11 +71,17 @@ async def _phase(
 ) -> dict[str, Any]:
     """``submissions`` POSTs spread over ``clients`` concurrent clients (after ``warmup``
     ones from the first client, not counted, once the catalogs are ready)."""
-    latencies: list[float] = []
     async with httpx.AsyncClient(base_url=server_url, timeout=120) as first:
         await _catalogs_ready(first)
         for index in range(warmup):
             await submit(first, job_body(index))
+    return await load(server_url, worker_pid, clients, submissions)
+
+
+async def load(server_url: str, worker_pid: int, clients: int, submissions: int) -> dict[str, Any]:
+    """``submissions`` POSTs of ``job_body`` from ``clients`` concurrent keep-alive clients:
+    the rate, each latency, and the server's and this process's CPU per submission."""
+    latencies: list[float] = []
     shares = [submissions // clients + (i < submissions % clients) for i in range(clients)]
 
     async def one_client(share: int) -> None:
