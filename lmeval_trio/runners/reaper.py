@@ -98,7 +98,7 @@ def _default_in_forked_children() -> None:
     Why: a fork inherits Python-level handlers. lm-eval's bootstrap pool ends with
     ``Pool.terminate``, which SIGTERMs its workers and joins them. Workers that had our handler
     were seen to survive that SIGTERM now and then (behind the job's Landlock wall; about one
-    job in ten on a loaded machine), and the job hung in the join forever. Stock lm-eval's
+    job in 30 on a loaded machine), and the job hung in the join forever. Stock lm-eval's
     workers die of SIGTERM's default action, and so do ours now. They have nothing to reap:
     the subreaper is the job's main process, which orphans are handed to."""
     global _fork_hook_registered
